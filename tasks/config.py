@@ -1,0 +1,81 @@
+"""The pipeline's one validated configuration, with every default in one place."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from tasks import idx
+
+# The TensorFlow Datasets names this pipeline knows: 28x28 grayscale, 10 classes.
+DatasetName = Literal["mnist", "fashion_mnist"]
+
+# Constrained types shared by the config and the flow's parameters, so Prefect
+# refuses a bad value when a run is created, before any work starts.
+Epochs = Annotated[int, Field(ge=1, description="Training epochs.")]
+BatchSize = Annotated[int, Field(ge=1, description="Examples per training step.")]
+LearningRate = Annotated[float, Field(gt=0, description="Adam's learning rate.")]
+TrainLimit = Annotated[
+    Optional[int], Field(ge=1, description="Use only the first N training examples.")
+]
+Seed = Annotated[int, Field(ge=0, description="Seeds every random source.")]
+
+DEFAULT_DATASET: DatasetName = "mnist"
+# The tutorial's 10 epochs reach about 99% on MNIST.
+DEFAULT_EPOCHS = 10
+# The tutorial's Keras default; see BENCHMARKS.md for what larger batches cost in accuracy.
+DEFAULT_BATCH_SIZE = 32
+# Adam's default step size, as in the tutorial's optimizer="adam".
+DEFAULT_LEARNING_RATE = 1e-3
+DEFAULT_SEED = 0
+# Relative to the working directory, like the rest of a run's paths.
+DEFAULT_ARTIFACTS_DIR = "artifacts"
+
+# A few seconds of work end to end: what the tests and quick local checks run.
+TINY = {"epochs": 1, "batch_size": 16, "train_limit": 256}
+
+
+class TrainParams(BaseModel):
+    """Everything that shapes the trained model besides the data."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    epochs: Epochs = DEFAULT_EPOCHS
+    batch_size: BatchSize = DEFAULT_BATCH_SIZE
+    learning_rate: LearningRate = DEFAULT_LEARNING_RATE
+    seed: Seed = DEFAULT_SEED
+
+
+class PipelineConfig(BaseModel):
+    """One run's settings, validated before any stage starts."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dataset: DatasetName = DEFAULT_DATASET
+    mirror: Optional[str] = None
+    epochs: Epochs = DEFAULT_EPOCHS
+    batch_size: BatchSize = DEFAULT_BATCH_SIZE
+    learning_rate: LearningRate = DEFAULT_LEARNING_RATE
+    train_limit: TrainLimit = None
+    seed: Seed = DEFAULT_SEED
+    artifacts_dir: str = DEFAULT_ARTIFACTS_DIR
+
+    @field_validator("mirror")
+    @classmethod
+    def _mirror_holds_the_four_files(cls, mirror: Optional[str]) -> Optional[str]:
+        # Headers only: a wrong or missing file is refused in milliseconds, and
+        # the download stage checks every byte.
+        if mirror is not None:
+            idx.check_mirror_headers(Path(mirror))
+        return mirror
+
+    @property
+    def train(self) -> TrainParams:
+        return TrainParams(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            seed=self.seed,
+        )

@@ -1,0 +1,150 @@
+"""Stage 1: the raw uint8 splits, through TensorFlow Datasets or from a mirror of IDX files."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import socket
+from pathlib import Path
+from typing import Any, Mapping, Optional
+from urllib.parse import urlsplit
+
+import numpy as np
+from prefect import task
+
+from tasks import idx
+from tasks.caching import StageCache
+from tasks.refs import DatasetRef
+
+ARRAYS = "data.npz"
+# TensorFlow Datasets keeps its downloads and prepared records here, inside the store.
+TFDS_DIR = "tfds"
+_CONNECT_TIMEOUT_S = 5
+
+
+class DownloadUnavailable(RuntimeError):
+    """The dataset's download server cannot be reached."""
+
+
+def _mirror_checksums(inputs: Mapping[str, Any]) -> Mapping[str, Any]:
+    # A mirror is identified by what its files hold, not by where they lie.
+    mirror = inputs.get("mirror")
+    if mirror is None:
+        return {}
+    paths = idx.check_mirror_headers(Path(mirror))
+    return {"mirror": {role: _sha256(path) for role, path in paths.items()}}
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+CACHE = StageCache(
+    stage="download",
+    module=__name__,
+    describe_inputs=_mirror_checksums,
+)
+
+
+def arrays_sha256(arrays: Mapping[str, np.ndarray]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(arrays[name]).tobytes())
+    return digest.hexdigest()
+
+
+def read_mirror(mirror: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The four IDX files of `mirror`, fully checked, and their SHA-256."""
+    arrays, checksums = {}, {}
+    for role, path in idx.check_mirror_headers(mirror).items():
+        arrays[role], checksums[path.name] = idx.read(path, role)
+    return arrays, checksums
+
+
+def registered_urls(dataset: str) -> dict[str, str]:
+    """TFDS's registered download URLs and SHA-256, read without importing TensorFlow."""
+    spec = importlib.util.find_spec("tensorflow_datasets")
+    if spec is None or not spec.submodule_search_locations:
+        raise DownloadUnavailable("tensorflow-datasets is not installed")
+    table = Path(spec.submodule_search_locations[0]) / "url_checksums" / f"{dataset}.txt"
+    rows = (line.split("\t") for line in table.read_text().splitlines() if line.strip())
+    return {url: sha256 for url, _size, sha256, *_ in rows}
+
+
+def check_reachable(urls: list[str], dataset: str) -> None:
+    """Fail within seconds when the download servers cannot be reached at all."""
+    for host, port in sorted({_host_port(url) for url in urls}):
+        try:
+            socket.create_connection((host, port), timeout=_CONNECT_TIMEOUT_S).close()
+        except OSError as err:
+            raise DownloadUnavailable(
+                f"cannot download {dataset} through TensorFlow Datasets: "
+                f"{host} is unreachable ({err}); to run offline, pass --mirror DIR "
+                "with the dataset's four IDX files"
+            ) from err
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def _is_prepared(data_dir: Path, dataset: str) -> bool:
+    return any(data_dir.glob(f"{dataset}/*/dataset_info.json"))
+
+
+def load_tfds(dataset: str, data_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Download and prepare `dataset` with TensorFlow Datasets, then read both splits."""
+    urls = registered_urls(dataset)
+    if not _is_prepared(data_dir, dataset):
+        check_reachable(list(urls), dataset)
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder(dataset, data_dir=str(data_dir))
+    builder.download_and_prepare()
+    arrays = {}
+    for split in ("train", "test"):
+        data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+        arrays[f"{split}_images"] = np.asarray(data["image"], dtype=np.uint8).reshape(
+            -1, *idx.IMAGE_SHAPE
+        )
+        arrays[f"{split}_labels"] = np.asarray(data["label"], dtype=np.uint8)
+    return arrays, {urlsplit(url).path.rsplit("/", 1)[-1]: sha for url, sha in urls.items()}
+
+
+def fetch(out: Path, dataset: str, mirror: Optional[str], tfds_dir: Path) -> dict[str, Any]:
+    """Write the raw splits to `out` and return what the reference records."""
+    if mirror is not None:
+        arrays, checksums = read_mirror(Path(mirror))
+        source = f"mirror:{Path(mirror).resolve()}"
+    else:
+        arrays, checksums = load_tfds(dataset, tfds_dir)
+        source = "tfds"
+    np.savez(out / ARRAYS, **arrays)
+    return {
+        "dataset": dataset,
+        "source": source,
+        "train_count": len(arrays["train_labels"]),
+        "test_count": len(arrays["test_labels"]),
+        "files_sha256": checksums,
+        "arrays_sha256": arrays_sha256(arrays),
+    }
+
+
+def load_arrays(entry: Path) -> dict[str, np.ndarray]:
+    with np.load(entry / ARRAYS) as data:
+        return {name: data[name] for name in data.files}
+
+
+@task(cache_policy=CACHE, persist_result=True, result_serializer="json")
+def download_dataset(artifacts_dir: str, dataset: str, mirror: Optional[str] = None) -> DatasetRef:
+    """Fetch the raw uint8 train and test splits into the artifact store."""
+    tfds_dir = Path(artifacts_dir) / TFDS_DIR
+    return CACHE.produce(
+        DatasetRef,
+        lambda out: fetch(out, dataset, mirror, tfds_dir),
+        artifacts_dir,
+        dataset=dataset,
+        mirror=mirror,
+    )

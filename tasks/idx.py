@@ -1,0 +1,121 @@
+"""The IDX file format of the original MNIST distribution, gzipped or raw."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import struct
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+# The four files of an MNIST-family mirror, by split and role.
+FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+IMAGE_SHAPE = (28, 28)
+NUM_CLASSES = 10
+_UBYTE = 0x08
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+class IdxError(ValueError):
+    """A mirror file that is missing or not the IDX file it should be."""
+
+
+class Header(NamedTuple):
+    dims: tuple[int, ...]
+    offset: int
+
+
+def locate(mirror: Path, name: str) -> Path:
+    """The file `name` in `mirror`, raw or gzipped."""
+    for candidate in (mirror / name, mirror / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    raise IdxError(f"mirror {mirror} has no {name} (nor {name}.gz)")
+
+
+def _open(path: Path):
+    with open(path, "rb") as f:
+        gzipped = f.read(2) == _GZIP_MAGIC
+    return gzip.open(path, "rb") if gzipped else open(path, "rb")
+
+
+def parse_header(head: bytes, path: Path) -> Header:
+    if len(head) < 4 or head[:2] != b"\0\0" or head[2] != _UBYTE:
+        raise IdxError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
+    ndims = head[3]
+    end = 4 + 4 * ndims
+    if ndims == 0 or len(head) < end:
+        raise IdxError(f"{path} has a truncated IDX header")
+    return Header(struct.unpack(f">{ndims}I", head[4:end]), end)
+
+
+def read_header(path: Path) -> Header:
+    try:
+        with _open(path) as f:
+            return parse_header(f.read(16), path)
+    except (OSError, EOFError) as err:
+        raise IdxError(f"{path} cannot be read: {err}") from err
+
+
+def _check_role(role: str, dims: tuple[int, ...], path: Path) -> None:
+    if role.endswith("images") and (len(dims) != 3 or dims[1:] != IMAGE_SHAPE):
+        raise IdxError(f"{path} holds shape {dims}, expected (N, 28, 28) images")
+    if role.endswith("labels") and len(dims) != 1:
+        raise IdxError(f"{path} holds shape {dims}, expected (N,) labels")
+
+
+def check_mirror_headers(mirror: Path) -> dict[str, Path]:
+    """Find the four files in `mirror` and check magic numbers, shapes and counts."""
+    if not mirror.is_dir():
+        raise IdxError(f"mirror {mirror} is not a directory")
+    paths = {role: locate(mirror, name) for role, name in FILES.items()}
+    counts = {}
+    for role, path in paths.items():
+        dims = read_header(path).dims
+        _check_role(role, dims, path)
+        counts[role] = dims[0]
+    for split in ("train", "test"):
+        if counts[f"{split}_images"] != counts[f"{split}_labels"]:
+            raise IdxError(
+                f"mirror {mirror}: {counts[f'{split}_images']} {split} images "
+                f"but {counts[f'{split}_labels']} labels"
+            )
+    return paths
+
+
+def read(path: Path, role: str) -> tuple[np.ndarray, str]:
+    """The array stored in `path`, and the SHA-256 of the file as read."""
+    raw = path.read_bytes()
+    sha256 = hashlib.sha256(raw).hexdigest()
+    try:
+        data = gzip.decompress(raw) if raw[:2] == _GZIP_MAGIC else raw
+    except (OSError, EOFError) as err:
+        raise IdxError(f"{path} is not a readable gzip file: {err}") from err
+    header = parse_header(data[:16], path)
+    _check_role(role, header.dims, path)
+    expected = int(np.prod(header.dims))
+    body = np.frombuffer(data, dtype=np.uint8, offset=header.offset)
+    if body.size != expected:
+        raise IdxError(
+            f"{path} holds {body.size} bytes of data, its header promises {expected}"
+        )
+    array = body.reshape(header.dims)
+    if role.endswith("labels") and array.size and array.max() >= NUM_CLASSES:
+        raise IdxError(f"{path} holds label {array.max()}, expected 0-{NUM_CLASSES - 1}")
+    return array, sha256
+
+
+def write(path: Path, array: np.ndarray, gzipped: bool = False) -> Path:
+    """Write a uint8 array as an IDX file (what test fixtures and mirrors use)."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, _UBYTE, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    payload = header + array.tobytes()
+    path.write_bytes(gzip.compress(payload) if gzipped else payload)
+    return path

@@ -1,0 +1,65 @@
+"""The figures of the pipeline, drawn with matplotlib's Agg backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+_DPI = 100
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    fig.savefig(path, dpi=_DPI, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def image_grid(images: np.ndarray, captions: Sequence[str], path: Path, columns: int = 10) -> Path:
+    """Images in rows of `columns` with a caption under each (the tutorial's 2x10 grid)."""
+    rows = max(1, -(-len(images) // columns))
+    fig = plt.figure(figsize=(columns, 1.25 * rows + 0.2))
+    for i, (image, caption) in enumerate(zip(images, captions)):
+        ax = fig.add_subplot(rows, columns, i + 1)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.grid(False)
+        # plt.cm.binary draws ink dark on white, as in the tutorial.
+        ax.imshow(np.squeeze(image), cmap=plt.cm.binary)
+        ax.set_xlabel(caption, fontsize=9)
+    return _save(fig, path)
+
+
+def training_curves(history: pd.DataFrame, path: Path) -> Path:
+    """Loss and accuracy per epoch, training against validation."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        ax.plot(history["epoch"], history[metric], marker="o", label="train")
+        ax.plot(history["epoch"], history[f"val_{metric}"], marker="o", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.legend()
+    return _save(fig, path)
+
+
+def confusion_heatmap(confusion: pd.DataFrame, path: Path) -> Path:
+    """Counts of true (rows) against predicted (columns) classes."""
+    fig, ax = plt.subplots(figsize=(6, 5))
+    image = ax.imshow(confusion.to_numpy(), cmap="Blues")
+    ax.set_xticks(range(len(confusion.columns)), confusion.columns)
+    ax.set_yticks(range(len(confusion.index)), confusion.index)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    threshold = confusion.to_numpy().max() / 2
+    for (row, col), count in np.ndenumerate(confusion.to_numpy()):
+        color = "white" if count > threshold else "black"
+        ax.text(col, row, str(count), ha="center", va="center", fontsize=7, color=color)
+    fig.colorbar(image, ax=ax)
+    return _save(fig, path)

@@ -1,0 +1,59 @@
+"""The small typed references that stages pass on instead of data."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from pydantic import BaseModel, ConfigDict
+
+
+class EntryRef(BaseModel):
+    """Names one complete entry of the artifact store: `<stage>/<fingerprint>/`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    stage: str
+    fingerprint: str
+
+
+class DatasetRef(EntryRef):
+    """The raw uint8 splits, as downloaded or read from a mirror."""
+
+    dataset: str
+    source: str
+    train_count: int
+    test_count: int
+    # SHA-256 of each file read (TFDS's registered checksums on the download path).
+    files_sha256: dict[str, str]
+    # SHA-256 of the decoded arrays: equal for equal data, however it was stored.
+    arrays_sha256: str
+
+
+class PreparedRef(EntryRef):
+    """Scaled float32 images of shape (N, 28, 28, 1), with labels and the sample grid."""
+
+    train_count: int
+    test_count: int
+
+
+class ModelRef(EntryRef):
+    """A trained model with its per-epoch history."""
+
+    epochs_run: int
+    epoch_seconds: list[float]
+    resumed_from_epoch: Optional[int] = None
+    device: str
+
+
+class MetricsRef(EntryRef):
+    """Test-set metrics and the tables behind them."""
+
+    test_accuracy: float
+    test_loss: float
+
+
+class ReportRef(EntryRef):
+    """The rendered report."""
+
+    markdown: str
+    html: str

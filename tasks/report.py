@@ -1,0 +1,178 @@
+"""Stage 5: report.md and a self-contained report.html, published to Prefect."""
+
+from __future__ import annotations
+
+import base64
+import html
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks import evaluate, plots, preprocess, train
+from tasks.caching import StageCache
+from tasks.config import TrainParams
+from tasks.refs import DatasetRef, MetricsRef, ModelRef, PreparedRef, ReportRef
+from tasks.store import ArtifactStore
+
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
+CURVES_PNG = "curves.png"
+CONFUSION_PNG = "confusion.png"
+MISCLASSIFIED_PNG = "misclassified.png"
+MISCLASSIFIED_SHOWN = 20
+
+CACHE = StageCache(stage="report", module=__name__)
+
+
+@dataclass
+class Image:
+    file: str
+    alt: str
+
+
+@dataclass
+class Code:
+    text: str
+
+
+Block = Union[str, Image, Code, pd.DataFrame]
+
+
+def render_markdown(title: str, sections: list[tuple[str, list[Block]]]) -> str:
+    out = [f"# {title}", ""]
+    for heading, blocks in sections:
+        out += [f"## {heading}", ""]
+        for block in blocks:
+            if isinstance(block, Image):
+                out.append(f"![{block.alt}]({block.file})")
+            elif isinstance(block, Code):
+                out += ["```", block.text.rstrip(), "```"]
+            elif isinstance(block, pd.DataFrame):
+                out.append(block.to_markdown(floatfmt=".4f"))
+            else:
+                out.append(block)
+            out.append("")
+    return "\n".join(out)
+
+
+def render_html(title: str, sections: list[tuple[str, list[Block]]], folder: Path) -> str:
+    out = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title><style>",
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}",
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}",
+        "img{max-width:100%}pre{background:#f4f4f4;padding:1em;overflow-x:auto}",
+        f"</style></head><body><h1>{html.escape(title)}</h1>",
+    ]
+    for heading, blocks in sections:
+        out.append(f"<h2>{html.escape(heading)}</h2>")
+        for block in blocks:
+            if isinstance(block, Image):
+                data = base64.b64encode((folder / block.file).read_bytes()).decode()
+                out.append(f"<img alt='{html.escape(block.alt)}' src='data:image/png;base64,{data}'>")
+            elif isinstance(block, Code):
+                out.append(f"<pre>{html.escape(block.text)}</pre>")
+            elif isinstance(block, pd.DataFrame):
+                out.append(block.to_html(float_format="{:.4f}".format, border=0))
+            else:
+                out.append(f"<p>{html.escape(block)}</p>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def _sections(raw: DatasetRef, data: PreparedRef, model: ModelRef, metrics: MetricsRef,
+              params: TrainParams, history: pd.DataFrame, tables: dict[str, pd.DataFrame],
+              summary: str) -> list[tuple[str, list[Block]]]:
+    files = pd.DataFrame(sorted(raw.files_sha256.items()), columns=["file", "sha256"])
+    settings = pd.DataFrame([params.model_dump()])
+    return [
+        ("Dataset", [
+            f"{raw.dataset} from {raw.source}: {data.train_count} training images "
+            f"(of {raw.train_count}) and {data.test_count} test images.",
+            files,
+            f"SHA-256 of the decoded arrays: {raw.arrays_sha256}",
+            Image(preprocess.SAMPLES_PNG, "the first 20 training images and their labels"),
+        ]),
+        ("Model", [Code(summary)]),
+        ("Training", [
+            settings,
+            f"{model.epochs_run} epochs on {model.device}, "
+            f"{sum(model.epoch_seconds):.1f} s in all.",
+            Image(CURVES_PNG, "loss and accuracy per epoch"),
+            history,
+        ]),
+        ("Metrics", [
+            f"Test accuracy {metrics.test_accuracy:.4f}, test loss {metrics.test_loss:.4f}.",
+            tables["per_class"],
+        ]),
+        ("Confusion matrix", [Image(CONFUSION_PNG, "confusion matrix"), tables["confusion"]]),
+        ("Predictions", [
+            "Logits and predicted class of the first test images.",
+            tables["first_predictions"],
+        ]),
+        ("Misclassified examples", [
+            f"{len(tables['misclassified'])} test images are misclassified; the most "
+            "confident mistakes first (true -> predicted).",
+            Image(MISCLASSIFIED_PNG, "misclassified test images"),
+        ]),
+    ]
+
+
+def write_report(out: Path, entries: dict[str, Path], refs: dict[str, Any], params: TrainParams) -> dict[str, Any]:
+    shutil.copy(entries["preprocess"] / preprocess.SAMPLES_PNG, out / preprocess.SAMPLES_PNG)
+    history = train.load_history(entries["train"])
+    plots.training_curves(history, out / CURVES_PNG)
+    tables = evaluate.load_tables(entries["evaluate"])
+    plots.confusion_heatmap(tables["confusion"], out / CONFUSION_PNG)
+
+    worst = tables["misclassified"].head(MISCLASSIFIED_SHOWN)
+    x_test, _ = preprocess.load_split(entries["preprocess"], "test", mmap=True)
+    images = np.asarray(x_test[worst["index"].to_numpy()])
+    captions = [f"{t} -> {p}" for t, p in zip(worst["true"], worst["predicted"])]
+    plots.image_grid(images, captions, out / MISCLASSIFIED_PNG)
+
+    summary = (entries["train"] / train.SUMMARY).read_text()
+    sections = _sections(params=params, history=history, tables=tables, summary=summary, **refs)
+    title = f"{refs['raw'].dataset} CNN: test accuracy {refs['metrics'].test_accuracy:.4f}"
+    (out / REPORT_MD).write_text(render_markdown(title, sections))
+    (out / REPORT_HTML).write_text(render_html(title, sections, out))
+    return {"markdown": REPORT_MD, "html": REPORT_HTML}
+
+
+@task(cache_policy=CACHE, persist_result=True, result_serializer="json")
+def build_report(artifacts_dir: str, raw: DatasetRef, data: PreparedRef, model: ModelRef,
+                 metrics: MetricsRef, params: TrainParams) -> ReportRef:
+    """Render the run's report as Markdown and as self-contained HTML."""
+    store = ArtifactStore(artifacts_dir)
+    refs = {"raw": raw, "data": data, "model": model, "metrics": metrics}
+    entries = {ref.stage: store.path(ref) for ref in refs.values()}
+    return CACHE.produce(
+        ReportRef, lambda out: write_report(out, entries, refs, params), artifacts_dir,
+        params=params, **refs,
+    )
+
+
+@task(cache_policy=NO_CACHE)
+def publish_report(artifacts_dir: str, report: ReportRef, metrics: MetricsRef, dataset: str) -> None:
+    """Show the report and the per-class metrics as artifacts of this flow run."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    entry = ArtifactStore(artifacts_dir).path(report)
+    key = dataset.replace("_", "-")
+    create_markdown_artifact(
+        key=f"{key}-report",
+        markdown=(entry / REPORT_MD).read_text() + f"\n\nFull report: `{entry / REPORT_HTML}`\n",
+        description="The pipeline's report (images in report.html).",
+    )
+    per_class = evaluate.load_tables(ArtifactStore(artifacts_dir).path(metrics))["per_class"]
+    create_table_artifact(
+        key=f"{key}-metrics",
+        table=per_class.reset_index().round(4).to_dict(orient="records"),
+        description=f"Per-class scores; test accuracy {metrics.test_accuracy:.4f}.",
+    )

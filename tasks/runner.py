@@ -1,0 +1,98 @@
+"""Runs the stages of one flow run and keeps the record the run summary is made of."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from prefect import Task
+from prefect.runtime import flow_run
+
+from tasks.refs import EntryRef, MetricsRef, ModelRef, ReportRef
+from tasks.report import REPORT_HTML
+
+
+class _QuietHook(logging.Filter):
+    """Hides the engine's two INFO lines about the bookkeeping hook below."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "'count_attempts'" not in record.getMessage()
+
+
+logging.getLogger("prefect.task_runs").addFilter(_QuietHook())
+
+
+class StageFailed(RuntimeError):
+    """A stage failed; the message names it and says why, in one sentence."""
+
+    def __init__(self, stage: str, cause: BaseException, summary: dict[str, Any]):
+        reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        super().__init__(f"stage {stage} failed: {reason}")
+        self.stage = stage
+        self.summary = summary
+
+
+class StageRunner:
+    """Calls each stage with its results kept in the artifact store, and times it."""
+
+    def __init__(self, artifacts_dir: str):
+        self.artifacts_dir = artifacts_dir
+        self.stages: dict[str, dict[str, Any]] = {}
+
+    def __call__(self, stage_task: Task, *args: Any) -> Any:
+        stage = stage_task.cache_policy.stage
+        # A stage served from cache never runs, so it counts as one attempt.
+        attempts = {"count": 1}
+
+        def count_attempts(task, task_run, state) -> None:
+            attempts["count"] = max(1, task_run.run_count)
+
+        bound = stage_task.with_options(
+            result_storage=Path(self.artifacts_dir),
+            on_completion=[count_attempts],
+            on_failure=[count_attempts],
+        )
+        start = time.perf_counter()
+        state = bound(self.artifacts_dir, *args, return_state=True)
+        record = {
+            "state": state.name,
+            "seconds": round(time.perf_counter() - start, 3),
+            "attempts": attempts["count"],
+            "artifact": None,
+        }
+        self.stages[stage] = record
+        if state.is_failed():
+            cause = state.result(raise_on_failure=False)
+            raise StageFailed(stage, cause, self.summary("Failed"))
+        ref: EntryRef = state.result()
+        record["artifact"] = str(self._entry(ref))
+        return ref
+
+    def _entry(self, ref: EntryRef) -> Path:
+        return Path(self.artifacts_dir) / ref.stage / ref.fingerprint
+
+    def summary(
+        self,
+        state: str = "Completed",
+        model: Optional[ModelRef] = None,
+        metrics: Optional[MetricsRef] = None,
+        report: Optional[ReportRef] = None,
+    ) -> dict[str, Any]:
+        """The run summary of CONTRACT.md, as far as the run got."""
+        summary: dict[str, Any] = {
+            "flow_run_id": str(flow_run.id),
+            "state": state,
+            "stages": self.stages,
+        }
+        if model is not None:
+            summary["train"] = model.model_dump(
+                include={"epochs_run", "epoch_seconds", "resumed_from_epoch", "device"}
+            )
+        if metrics is not None:
+            summary["metrics"] = metrics.model_dump(include={"test_accuracy", "test_loss"})
+        if report is not None:
+            summary["report"] = str(self._entry(report) / REPORT_HTML)
+        return summary
+

@@ -1,0 +1,126 @@
+"""The artifact store: one folder per stage output, complete or absent.
+
+An entry is `<root>/<stage>/<fingerprint>/`. It is built in a temporary folder
+beside it, sealed with a manifest of SHA-256 checksums, flushed to disk, and
+only then renamed into place, so a crash can leave litter but never an entry
+that looks complete. Every read verifies the manifest first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional
+
+from tasks.refs import EntryRef
+
+MANIFEST = "manifest.json"
+REF = "ref.json"
+_CHUNK = 1 << 20
+
+
+class StoreError(RuntimeError):
+    """The store cannot be written or read."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class ArtifactStore:
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root)
+
+    def entry(self, stage: str, fingerprint: str) -> Path:
+        return self.root / stage / fingerprint
+
+    def path(self, ref: EntryRef) -> Path:
+        """The folder of the entry that `ref` names."""
+        return self.entry(ref.stage, ref.fingerprint)
+
+    def problem(self, stage: str, fingerprint: str) -> Optional[str]:
+        """Why the entry cannot be served, or None when it is complete and intact."""
+        entry = self.entry(stage, fingerprint)
+        try:
+            manifest = json.loads((entry / MANIFEST).read_text())
+        except FileNotFoundError:
+            return f"{entry / MANIFEST} is missing"
+        except (OSError, ValueError) as err:
+            return f"{entry / MANIFEST} is unreadable ({err})"
+        for name, expected in manifest["files"].items():
+            path = entry / name
+            if not path.is_file():
+                return f"{path} is missing"
+            if path.stat().st_size != expected["bytes"] or sha256_file(path) != expected["sha256"]:
+                return f"{path} does not match its checksum"
+        return None
+
+    def exists(self, stage: str, fingerprint: str) -> bool:
+        return self.entry(stage, fingerprint).exists()
+
+    def evict(self, stage: str, fingerprint: str) -> None:
+        """Remove an entry: first out of sight by rename, then from disk."""
+        entry = self.entry(stage, fingerprint)
+        doomed = entry.with_name(f".evicted-{fingerprint}-{uuid.uuid4().hex[:8]}")
+        try:
+            entry.rename(doomed)
+        except FileNotFoundError:
+            return
+        shutil.rmtree(doomed, ignore_errors=True)
+
+    def read_ref(self, stage: str, fingerprint: str) -> str:
+        return (self.entry(stage, fingerprint) / REF).read_text()
+
+    @contextmanager
+    def writing(self, stage: str, fingerprint: str) -> Iterator[Path]:
+        """A temporary folder to build the entry in; sealed and published on success."""
+        final = self.entry(stage, fingerprint)
+        tmp = final.with_name(f".tmp-{fingerprint}-{uuid.uuid4().hex[:8]}")
+        try:
+            tmp.mkdir(parents=True)
+        except OSError as err:
+            raise StoreError(f"cannot write to the artifact store {self.root}: {err}") from err
+        try:
+            yield tmp
+            self._seal(tmp, stage, fingerprint)
+            self._publish(tmp, final, stage, fingerprint)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _seal(self, tmp: Path, stage: str, fingerprint: str) -> None:
+        files = {}
+        for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
+            _fsync(path)
+            files[path.relative_to(tmp).as_posix()] = {
+                "sha256": sha256_file(path),
+                "bytes": path.stat().st_size,
+            }
+        manifest = {"stage": stage, "fingerprint": fingerprint, "files": files}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        _fsync(tmp / MANIFEST)
+        _fsync(tmp)
+
+    def _publish(self, tmp: Path, final: Path, stage: str, fingerprint: str) -> None:
+        if final.exists():
+            if self.problem(stage, fingerprint) is None:
+                return  # a concurrent run published the same entry first
+            self.evict(stage, fingerprint)
+        os.rename(tmp, final)
+        _fsync(final.parent)

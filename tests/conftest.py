@@ -1,0 +1,35 @@
+"""Shared fixtures: a private Prefect home, one test harness, tiny data."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+# Before Prefect is imported anywhere: never touch ~/.prefect, stay offline-quiet.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="prefect-home-")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+from tests.synthetic import write_mirror  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One Prefect test server for the whole session (it takes ~20 s to start)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness():
+        yield
+
+
+@pytest.fixture(scope="session")
+def mirror(tmp_path_factory) -> Path:
+    return write_mirror(tmp_path_factory.mktemp("mirror"))
+
+
+@pytest.fixture
+def store(tmp_path) -> str:
+    return str(tmp_path / "artifacts")

@@ -1,0 +1,66 @@
+import pytest
+
+from tasks.store import MANIFEST, ArtifactStore, StoreError
+
+
+def _publish(store: ArtifactStore, content: bytes = b"weights") -> None:
+    with store.writing("train", "abc") as folder:
+        (folder / "model.bin").write_bytes(content)
+        (folder / "sub").mkdir()
+        (folder / "sub" / "history.csv").write_text("epoch\n1\n")
+
+
+def test_entry_appears_complete_with_manifest(tmp_path):
+    store = ArtifactStore(tmp_path)
+    _publish(store)
+    assert store.problem("train", "abc") is None
+    assert (store.entry("train", "abc") / MANIFEST).is_file()
+    assert [p.name for p in (tmp_path / "train").iterdir()] == ["abc"]
+
+
+def test_failed_build_leaves_nothing_behind(tmp_path):
+    store = ArtifactStore(tmp_path)
+    with pytest.raises(RuntimeError, match="boom"):
+        with store.writing("train", "abc") as folder:
+            (folder / "model.bin").write_bytes(b"half")
+            raise RuntimeError("boom")
+    assert not store.exists("train", "abc")
+    assert list((tmp_path / "train").iterdir()) == []
+
+
+def test_corrupted_file_is_named(tmp_path):
+    store = ArtifactStore(tmp_path)
+    _publish(store)
+    (store.entry("train", "abc") / "model.bin").write_bytes(b"weighty")
+    assert "model.bin does not match its checksum" in store.problem("train", "abc")
+
+
+def test_same_size_corruption_is_caught_by_checksum(tmp_path):
+    store = ArtifactStore(tmp_path)
+    _publish(store)
+    (store.entry("train", "abc") / "model.bin").write_bytes(b"WEIGHTS")
+    assert "does not match its checksum" in store.problem("train", "abc")
+
+
+def test_missing_file_and_manifest_are_problems(tmp_path):
+    store = ArtifactStore(tmp_path)
+    _publish(store)
+    (store.entry("train", "abc") / "sub" / "history.csv").unlink()
+    assert "history.csv is missing" in store.problem("train", "abc")
+    (store.entry("train", "abc") / MANIFEST).unlink()
+    assert "manifest.json is missing" in store.problem("train", "abc")
+
+
+def test_evict_removes_the_entry(tmp_path):
+    store = ArtifactStore(tmp_path)
+    _publish(store)
+    store.evict("train", "abc")
+    assert not store.exists("train", "abc")
+    assert list((tmp_path / "train").iterdir()) == []
+
+
+def test_unwritable_store_gives_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(StoreError, match="cannot write to the artifact store"):
+        _publish(ArtifactStore(blocker))
