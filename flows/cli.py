@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import sys
@@ -65,8 +66,24 @@ def _prefect_defaults() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 
+class _LastWord:
+    """A message printed at exit, after the temporary Prefect server logs its shutdown.
+
+    Registered before that server starts: exit handlers run last-in, first-out.
+    """
+
+    def __init__(self) -> None:
+        self.message: Optional[str] = None
+        atexit.register(self._emit)
+
+    def _emit(self) -> None:
+        if self.message:
+            print(self.message, file=sys.stderr, flush=True)
+
+
 def run(cfg: PipelineConfig, as_json: bool) -> int:
     _prefect_defaults()
+    last_word = _LastWord()
     from flows.pipeline import mnist_pipeline
     from tasks.runner import StageFailed
 
@@ -80,7 +97,7 @@ def run(cfg: PipelineConfig, as_json: bool) -> int:
         reason = str(outcome)
     else:
         reason = f"flow {state.name.lower()}: {outcome}"
-    print(f"{PROG}: error: {reason}", file=sys.stderr)
+    last_word.message = f"{PROG}: error: {reason}"
     return EXIT_FAILED
 
 

@@ -20,6 +20,7 @@ ARRAYS = "data.npz"
 # TensorFlow Datasets keeps its downloads and prepared records here, inside the store.
 TFDS_DIR = "tfds"
 _CONNECT_TIMEOUT_S = 5
+_READ_BATCH = 10_000
 
 
 class DownloadUnavailable(RuntimeError):
@@ -105,11 +106,11 @@ def load_tfds(dataset: str, data_dir: Path) -> tuple[dict[str, np.ndarray], dict
     builder.download_and_prepare()
     arrays = {}
     for split in ("train", "test"):
-        data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
-        arrays[f"{split}_images"] = np.asarray(data["image"], dtype=np.uint8).reshape(
-            -1, *idx.IMAGE_SHAPE
-        )
-        arrays[f"{split}_labels"] = np.asarray(data["label"], dtype=np.uint8)
+        # Batched reads: batch_size=-1 aborts TensorFlow on datasets of unknown size.
+        batches = list(tfds.as_numpy(builder.as_dataset(split=split, batch_size=_READ_BATCH)))
+        images = np.concatenate([batch["image"] for batch in batches])
+        arrays[f"{split}_images"] = images.astype(np.uint8).reshape(-1, *idx.IMAGE_SHAPE)
+        arrays[f"{split}_labels"] = np.concatenate([b["label"] for b in batches]).astype(np.uint8)
     return arrays, {urlsplit(url).path.rsplit("/", 1)[-1]: sha for url, sha in urls.items()}
 
 

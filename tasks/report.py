@@ -119,8 +119,7 @@ def _sections(raw: DatasetRef, data: PreparedRef, model: ModelRef, metrics: Metr
         ("Misclassified examples", [
             f"{len(tables['misclassified'])} test images are misclassified; the most "
             "confident mistakes first (true -> predicted).",
-            Image(MISCLASSIFIED_PNG, "misclassified test images"),
-        ]),
+        ] + ([Image(MISCLASSIFIED_PNG, "misclassified test images")] if len(tables["misclassified"]) else [])),
     ]
 
 
@@ -132,10 +131,11 @@ def write_report(out: Path, entries: dict[str, Path], refs: dict[str, Any], para
     plots.confusion_heatmap(tables["confusion"], out / CONFUSION_PNG)
 
     worst = tables["misclassified"].head(MISCLASSIFIED_SHOWN)
-    x_test, _ = preprocess.load_split(entries["preprocess"], "test", mmap=True)
-    images = np.asarray(x_test[worst["index"].to_numpy()])
-    captions = [f"{t} -> {p}" for t, p in zip(worst["true"], worst["predicted"])]
-    plots.image_grid(images, captions, out / MISCLASSIFIED_PNG)
+    if len(worst):
+        x_test, _ = preprocess.load_split(entries["preprocess"], "test", mmap=True)
+        images = np.asarray(x_test[worst["index"].to_numpy()])
+        captions = [f"{t} -> {p}" for t, p in zip(worst["true"], worst["predicted"])]
+        plots.image_grid(images, captions, out / MISCLASSIFIED_PNG)
 
     summary = (entries["train"] / train.SUMMARY).read_text()
     sections = _sections(params=params, history=history, tables=tables, summary=summary, **refs)

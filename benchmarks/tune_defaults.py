@@ -1,0 +1,55 @@
+"""Test accuracy and training time of batch size / learning rate pairs, side by side.
+
+    python benchmarks/tune_defaults.py --mirror /usr/share/datasets/fashion-mnist \
+        --train-limit 3000 --epochs 3 --seeds 0 1
+
+Each setting trains through the pipeline's own stage functions (no Prefect), on
+the same data, in one process, one after another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from tasks.config import TrainParams
+from tasks.download import download_dataset
+from tasks.evaluate import evaluate_model
+from tasks.preprocess import preprocess_dataset
+from tasks.train import train_model
+
+SETTINGS = [(16, 1e-3), (32, 1e-3), (32, 2e-3), (64, 2e-3), (128, 3e-3)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mirror", required=True)
+    parser.add_argument("--dataset", default="fashion_mnist")
+    parser.add_argument("--train-limit", type=int)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    args = parser.parse_args()
+
+    store = tempfile.mkdtemp(prefix="tune-")
+    data = preprocess_dataset.fn(store, download_dataset.fn(store, args.dataset, args.mirror), args.train_limit)
+    rows = []
+    for (batch, rate), seed in itertools.product(SETTINGS, args.seeds):
+        params = TrainParams(epochs=args.epochs, batch_size=batch, learning_rate=rate, seed=seed)
+        model = train_model.fn(store, data, params)
+        metrics = evaluate_model.fn(store, model, data)
+        rows.append({"batch_size": batch, "learning_rate": rate, "seed": seed,
+                     "test_accuracy": metrics.test_accuracy, "seconds_per_epoch": sum(model.epoch_seconds) / model.epochs_run})
+        print(rows[-1], flush=True)
+    table = pd.DataFrame(rows).groupby(["batch_size", "learning_rate"]).agg(
+        test_accuracy=("test_accuracy", "mean"), worst=("test_accuracy", "min"),
+        seconds_per_epoch=("seconds_per_epoch", "mean"))
+    print(f"\n{args.dataset}, train_limit={args.train_limit}, epochs={args.epochs}, seeds={args.seeds}, store {Path(store)}")
+    print(table.to_markdown(floatfmt=".4f"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from flows import cli
+from tasks import idx
+from tests.synthetic import write_mirror
+
+
+def _refused(capsys, *args: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["run", *args])
+    assert exit_info.value.code == cli.EXIT_INVALID
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--epochs", "0"], "--epochs 0: Input should be greater than or equal to 1"),
+        (["--batch-size", "0"], "--batch-size 0: Input should be greater than or equal to 1"),
+        (["--learning-rate", "-0.1"], "--learning-rate -0.1: Input should be greater than 0"),
+        (["--dataset", "cifar10"], "--dataset cifar10: Input should be 'mnist' or 'fashion_mnist'"),
+        (["--epochs", "three"], "argument --epochs: invalid int value: 'three'"),
+        (["--train-limit", "0"], "--train-limit 0: Input should be greater than or equal to 1"),
+    ],
+)
+def test_bad_option_is_one_line_exit_2(capsys, args, message):
+    assert message in _refused(capsys, *args)
+
+
+def test_mirror_without_the_four_files(capsys, tmp_path):
+    mirror = write_mirror(tmp_path)
+    (mirror / "train-images-idx3-ubyte.gz").unlink()
+    assert "has no train-images-idx3-ubyte" in _refused(capsys, "--mirror", str(mirror))
+
+
+def test_malformed_idx_file(capsys, tmp_path):
+    mirror = write_mirror(tmp_path, gzipped=False)
+    idx.write(mirror / "t10k-images-idx3-ubyte", np.zeros((3, 28), dtype=np.uint8))
+    assert "expected (N, 28, 28) images" in _refused(capsys, "--mirror", str(mirror))
+
+
+def test_bad_input_starts_no_stage_and_no_prefect(tmp_path):
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "home")}
+    probe = "import sys; from flows import cli\ntry: cli.main(['run', '--epochs', '0'])\nexcept SystemExit as e: print(e.code, 'prefect' in sys.modules, 'tensorflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.stdout.split() == ["2", "False", "False"]
+    assert not (tmp_path / "artifacts").exists()
+
+
+def _run_cli(tmp_path, *args, importtime=False):
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": ""}
+    env.pop("PREFECT_API_URL")
+    flags = ["-X", "importtime"] if importtime else []
+    return subprocess.run(
+        [sys.executable, *flags, "-m", "flows.cli", "run", *args, "--json"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )
+
+
+@pytest.mark.e2e
+def test_command_runs_then_serves_everything_from_cache(tmp_path, mirror):
+    args = ["--mirror", str(mirror), "--epochs", "2", "--batch-size", "16"]
+    first = _run_cli(tmp_path, *args)
+    assert first.returncode == 0, first.stderr[-2000:]
+    summary = json.loads(first.stdout.strip().splitlines()[-1])
+    assert {s["state"] for s in summary["stages"].values()} == {"Completed"}
+    assert "epoch 1/2" in first.stderr and "epoch 2/2" in first.stderr
+    assert (tmp_path / summary["report"]).is_file()
+
+    again = _run_cli(tmp_path, *args, importtime=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    cached = json.loads(again.stdout.strip().splitlines()[-1])
+    assert {s["state"] for s in cached["stages"].values()} == {"Cached"}
+    assert cached["metrics"] == summary["metrics"]
+    # A fully cached run computes nothing, so it never imports TensorFlow.
+    assert "| tensorflow" not in again.stderr and "| keras" not in again.stderr
+
+
+@pytest.mark.e2e
+def test_failed_stage_exits_1_naming_it(tmp_path):
+    mirror = write_mirror(tmp_path / "mirror", gzipped=False)
+    labels = mirror / "t10k-labels-idx1-ubyte"
+    labels.write_bytes(labels.read_bytes()[:-10])  # the header is fine, the body is short
+    result = _run_cli(tmp_path, "--mirror", str(mirror), "--epochs", "1")
+    assert result.returncode == cli.EXIT_FAILED
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("mnist-pipeline: error: stage download failed:")
+    assert "t10k-labels-idx1-ubyte holds 90 bytes of data, its header promises 100" in last
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["state"] == "Failed" and summary["stages"]["download"]["state"] == "Failed"

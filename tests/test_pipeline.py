@@ -1,0 +1,74 @@
+"""The flow end to end through Prefect: caching, partial reruns, recovery."""
+
+import pytest
+
+from flows.pipeline import mnist_pipeline
+from tasks import preprocess
+from tasks.config import TINY
+from tasks.store import ArtifactStore
+
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_harness")]
+STAGES = ["download", "preprocess", "train", "evaluate", "report"]
+
+
+@pytest.fixture
+def run(mirror, store):
+    def run(**overrides):
+        params = {"mirror": str(mirror), "artifacts_dir": store, **TINY, "train_limit": None, **overrides}
+        return mnist_pipeline(**params)
+
+    return run
+
+
+def _states(summary):
+    return [summary["stages"][stage]["state"] for stage in STAGES]
+
+
+def test_second_run_is_served_entirely_from_cache(run):
+    first = run()
+    assert first["state"] == "Completed"
+    assert _states(first) == ["Completed"] * 5
+    second = run()
+    assert _states(second) == ["Cached"] * 5
+    assert second["metrics"] == first["metrics"]
+    assert second["report"] == first["report"]
+    assert [s["artifact"] for s in second["stages"].values()] == [s["artifact"] for s in first["stages"].values()]
+    assert second["flow_run_id"] != first["flow_run_id"]
+
+
+def test_changing_epochs_reruns_only_training_and_after(run):
+    run(epochs=1)
+    summary = run(epochs=2)
+    assert _states(summary) == ["Cached", "Cached", "Completed", "Completed", "Completed"]
+    assert summary["train"]["epochs_run"] == 2
+
+
+def test_corrupted_entry_is_recomputed_not_served(run, store):
+    first = run()
+    entry = ArtifactStore(store).root / "preprocess" / first["stages"]["preprocess"]["artifact"].rsplit("/", 1)[1]
+    with open(entry / "train_x.npy", "r+b") as f:
+        f.seek(-4, 2)
+        f.write(b"\xff\xff\xff\xff")
+    second = run()
+    assert _states(second) == ["Cached", "Completed", "Cached", "Cached", "Cached"]
+    x, _ = preprocess.load_split(entry, "train")
+    assert x.max() <= 1.0
+
+
+def test_summary_matches_the_contract(run, store):
+    summary = run()
+    assert set(summary) == {"flow_run_id", "state", "stages", "train", "metrics", "report"}
+    for stage in STAGES:
+        record = summary["stages"][stage]
+        assert set(record) == {"state", "seconds", "attempts", "artifact"}
+        assert record["attempts"] == 1
+        assert record["artifact"].startswith(f"{store}/{stage}/")
+    assert set(summary["train"]) == {"epochs_run", "epoch_seconds", "resumed_from_epoch", "device"}
+    assert 0.0 <= summary["metrics"]["test_accuracy"] <= 1.0
+
+
+def test_invalid_parameter_is_refused_before_any_stage(store):
+    from prefect.exceptions import ParameterTypeError
+
+    with pytest.raises(ParameterTypeError, match="greater than or equal to 1"):
+        mnist_pipeline(epochs=0, artifacts_dir=store)

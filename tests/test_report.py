@@ -1,0 +1,42 @@
+import base64
+import io
+import re
+
+import matplotlib.image
+import pytest
+
+from tasks import report
+from tasks.store import ArtifactStore
+from tests.stages import run_stages
+
+SECTIONS = ["Dataset", "Model", "Training", "Metrics", "Confusion matrix", "Predictions", "Misclassified examples"]
+
+
+@pytest.fixture(scope="module")
+def entry(tmp_path_factory, mirror):
+    store = str(tmp_path_factory.mktemp("artifacts"))
+    return ArtifactStore(store).path(run_stages(store, mirror)["report"])
+
+
+def test_markdown_has_every_section_and_its_images(entry):
+    text = (entry / report.REPORT_MD).read_text()
+    for section in SECTIONS:
+        assert f"## {section}\n" in text
+    for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
+        assert matplotlib.image.imread(entry / image).size > 0
+
+
+def test_html_is_self_contained_and_its_images_decode(entry):
+    html = (entry / report.REPORT_HTML).read_text()
+    for section in SECTIONS:
+        assert f"<h2>{section}</h2>" in html
+    images = re.findall(r"src='data:image/png;base64,([^']+)'", html)
+    assert len(images) == 4
+    for data in images:
+        assert matplotlib.image.imread(io.BytesIO(base64.b64decode(data)), format="png").ndim == 3
+    assert "src='http" not in html and 'src="http' not in html
+
+
+def test_report_shows_the_metrics_and_model(entry):
+    text = (entry / report.REPORT_MD).read_text()
+    assert "Test accuracy" in text and "121,930" in text and "sha256" in text
