@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import socket
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any, Mapping, Optional
 from urllib.parse import urlsplit
@@ -76,12 +78,17 @@ def registered_urls(dataset: str) -> dict[str, str]:
 def check_reachable(urls: list[str], dataset: str) -> None:
     """Fail within seconds when the download servers cannot be reached at all."""
     for host, port in sorted({_host_port(url) for url in urls}):
+        # Name resolution ignores socket timeouts, so bound the whole attempt.
+        pool = ThreadPoolExecutor(max_workers=1)
+        attempt = pool.submit(socket.create_connection, (host, port), _CONNECT_TIMEOUT_S)
+        pool.shutdown(wait=False)
         try:
-            socket.create_connection((host, port), timeout=_CONNECT_TIMEOUT_S).close()
-        except OSError as err:
+            attempt.result(timeout=_CONNECT_TIMEOUT_S).close()
+        except (OSError, FutureTimeout) as err:
+            reason = str(err) or f"no answer within {_CONNECT_TIMEOUT_S} s"
             raise DownloadUnavailable(
                 f"cannot download {dataset} through TensorFlow Datasets: "
-                f"{host} is unreachable ({err}); to run offline, pass --mirror DIR "
+                f"{host} is unreachable ({reason}); to run offline, pass --mirror DIR "
                 "with the dataset's four IDX files"
             ) from err
 

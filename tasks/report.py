@@ -165,9 +165,11 @@ def publish_report(artifacts_dir: str, report: ReportRef, metrics: MetricsRef, d
 
     entry = ArtifactStore(artifacts_dir).path(report)
     key = dataset.replace("_", "-")
+    # The UI cannot reach the entry's PNG files: images stay in report.html.
+    text = "\n".join(line for line in (entry / REPORT_MD).read_text().splitlines() if not line.startswith("!["))
     create_markdown_artifact(
         key=f"{key}-report",
-        markdown=(entry / REPORT_MD).read_text() + f"\n\nFull report: `{entry / REPORT_HTML}`\n",
+        markdown=f"{text}\n\nFull report with images: `{entry / REPORT_HTML}`\n",
         description="The pipeline's report (images in report.html).",
     )
     per_class = evaluate.load_tables(ArtifactStore(artifacts_dir).path(metrics))["per_class"]

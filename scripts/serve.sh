@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# `make serve` / `make stop`: a local Prefect server, the work pool, the
+# deployments of prefect.yaml and one worker, all on 127.0.0.1, all ended by
+# `make stop` through the PID files under .prefect/run/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PORT="${PORT:-4200}"
+BIN="${BIN:-.venv/bin}"
+RUN_DIR=".prefect/run"
+POOL="local-process"
+
+export PREFECT_HOME="${PREFECT_HOME:-$PWD/.prefect}"
+export PREFECT_SERVER_ANALYTICS_ENABLED=false
+export PREFECT_SERVER_API_HOST=127.0.0.1
+# The UI asks the API at this port; --port alone would leave it at 4200.
+export PREFECT_SERVER_API_PORT="$PORT"
+export PREFECT_API_URL="http://127.0.0.1:$PORT/api"
+# The deployments' pull step moves flow runs into this checkout.
+export PROJECT_DIR="$PWD"
+if [ -n "${PREFECT_SERVER_API_AUTH_STRING:-}" ]; then
+  # The server requires basic auth; the CLI and the worker present the same.
+  export PREFECT_API_AUTH_STRING="$PREFECT_SERVER_API_AUTH_STRING"
+fi
+
+alive() { [ -f "$RUN_DIR/$1.pid" ] && kill -0 "$(cat "$RUN_DIR/$1.pid")" 2>/dev/null; }
+
+# Start a command in its own process group, so `stop` can end it with its children.
+launch() {
+  local name=$1; shift
+  setsid "$@" >"$RUN_DIR/$name.log" 2>&1 < /dev/null &
+  echo $! >"$RUN_DIR/$name.pid"
+}
+
+wait_healthy() {
+  for _ in $(seq 1 120); do
+    if "$BIN/python" - "$PREFECT_API_URL/health" <<'PY' 2>/dev/null; then return 0; fi
+import sys, urllib.request
+sys.exit(0 if urllib.request.urlopen(sys.argv[1], timeout=2).read().strip() == b"true" else 1)
+PY
+    alive server || { echo "the Prefect server exited; see $RUN_DIR/server.log" >&2; exit 1; }
+    sleep 1
+  done
+  echo "the Prefect server did not answer within 120 s; see $RUN_DIR/server.log" >&2
+  exit 1
+}
+
+start() {
+  mkdir -p "$RUN_DIR"
+  if alive server; then
+    echo "server already running (pid $(cat "$RUN_DIR/server.pid"))"
+  else
+    launch server "$BIN/prefect" server start --host 127.0.0.1 --port "$PORT"
+  fi
+  wait_healthy
+  "$BIN/prefect" work-pool inspect "$POOL" >/dev/null 2>&1 \
+    || "$BIN/prefect" work-pool create "$POOL" --type process >/dev/null
+  "$BIN/prefect" --no-prompt deploy --all >"$RUN_DIR/deploy.log" 2>&1 \
+    || { cat "$RUN_DIR/deploy.log" >&2; exit 1; }
+  if alive worker; then
+    echo "worker already running (pid $(cat "$RUN_DIR/worker.pid"))"
+  else
+    launch worker "$BIN/prefect" worker start --pool "$POOL" --limit 1
+  fi
+  echo "Prefect UI: http://127.0.0.1:$PORT"
+  echo "For the CLI: export PREFECT_API_URL=$PREFECT_API_URL"
+}
+
+stop() {
+  local name pid
+  for name in worker server; do
+    alive "$name" || { rm -f "$RUN_DIR/$name.pid"; continue; }
+    pid=$(cat "$RUN_DIR/$name.pid")
+    kill -TERM -- "-$pid" 2>/dev/null || true
+    for _ in $(seq 1 30); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.5; done
+    kill -KILL -- "-$pid" 2>/dev/null || true
+    rm -f "$RUN_DIR/$name.pid"
+    echo "stopped $name (pid $pid)"
+  done
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  *) echo "usage: $0 start|stop" >&2; exit 2 ;;
+esac
