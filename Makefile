@@ -9,7 +9,9 @@ PYTEST_ARGS ?=
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: install run test clean
+PORT ?= 4200
+
+.PHONY: install run test serve stop clean
 
 install: $(VENV)/.installed
 
@@ -25,6 +27,15 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# A local Prefect server (SQLite in .prefect/), the work pool, the deployments
+# of prefect.yaml and one worker, on 127.0.0.1:$(PORT). Safe to run twice.
+serve: install
+	PORT=$(PORT) BIN=$(BIN) scripts/serve.sh start
+
+# Ends exactly what `make serve` started, by the process groups it recorded.
+stop:
+	scripts/serve.sh stop
 
 clean:
 	rm -rf $(VENV) .prefect .pytest_cache

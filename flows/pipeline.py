@@ -16,7 +16,7 @@ from tasks.runner import StageRunner
 from tasks.train import train_model
 
 
-@flow(name="mnist-pipeline")
+@flow(name="mnist-pipeline", retries=config.FLOW_RETRIES, retry_delay_seconds=config.FLOW_RETRY_DELAY_S)
 def mnist_pipeline(
     dataset: DatasetName = config.DEFAULT_DATASET,
     mirror: Optional[str] = None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 
@@ -32,6 +33,10 @@ DEFAULT_LEARNING_RATE = 2e-3
 DEFAULT_SEED = 0
 # Relative to the working directory, like the rest of a run's paths.
 DEFAULT_ARTIFACTS_DIR = "artifacts"
+
+# Automatic retries of a whole failed flow run; stages that completed come from cache.
+FLOW_RETRIES = int(os.environ.get("MNIST_PIPELINE_FLOW_RETRIES", "0"))
+FLOW_RETRY_DELAY_S = int(os.environ.get("MNIST_PIPELINE_FLOW_RETRY_DELAY_S", "10"))
 
 # A few seconds of work end to end: what the tests and quick local checks run.
 TINY = {"epochs": 1, "batch_size": 16, "train_limit": 256}

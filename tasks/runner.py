@@ -10,8 +10,12 @@ from typing import Any, Optional
 from prefect import Task
 from prefect.runtime import flow_run
 
+from tasks.locking import FileLockManager
 from tasks.refs import EntryRef, MetricsRef, ModelRef, ReportRef
 from tasks.report import REPORT_HTML
+
+
+LOCKS_DIR = ".locks"
 
 
 class _QuietHook(logging.Filter):
@@ -39,6 +43,7 @@ class StageRunner:
 
     def __init__(self, artifacts_dir: str):
         self.artifacts_dir = artifacts_dir
+        self.locks = FileLockManager(Path(artifacts_dir) / LOCKS_DIR)
         self.stages: dict[str, dict[str, Any]] = {}
 
     def __call__(self, stage_task: Task, *args: Any) -> Any:
@@ -50,7 +55,12 @@ class StageRunner:
             attempts["count"] = max(1, task_run.run_count)
 
         bound = stage_task.with_options(
+            # Prefect's record of the result lives in the stage's entry of this run's store.
             result_storage=Path(self.artifacts_dir),
+            # Runs with the same inputs at once compute each stage once; the others wait.
+            cache_policy=stage_task.cache_policy.configure(
+                isolation_level="SERIALIZABLE", lock_manager=self.locks
+            ),
             on_completion=[count_attempts],
             on_failure=[count_attempts],
         )
