@@ -11,7 +11,10 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
 PORT ?= 4200
 
-.PHONY: install run test serve stop clean
+# Debian packages the test suite needs: the browser the UI test drives.
+APT_PACKAGES := chromium
+
+.PHONY: install system-deps run test serve stop clean
 
 install: $(VENV)/.installed
 
@@ -22,10 +25,21 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
+# Installs the missing ones when run as root (CI), else says what to install.
+system-deps:
+	@command -v dpkg >/dev/null || { echo "not Debian: install $(APT_PACKAGES) by hand"; exit 0; }; \
+	missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	else \
+		echo "missing Debian packages: $$missing (sudo make system-deps)"; \
+	fi
+
 run: install
 	$(BIN)/mnist-pipeline run $(ARGS)
 
-test: install
+test: install system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # A local Prefect server (SQLite in .prefect/), the work pool, the deployments

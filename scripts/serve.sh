@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # `make serve` / `make stop`: a local Prefect server, the work pool, the
 # deployments of prefect.yaml and one worker, all on 127.0.0.1, all ended by
-# `make stop` through the PID files under .prefect/run/.
+# `make stop` through the PID files under $PREFECT_HOME/run/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PORT="${PORT:-4200}"
 BIN="${BIN:-.venv/bin}"
-RUN_DIR=".prefect/run"
 POOL="local-process"
 
 export PREFECT_HOME="${PREFECT_HOME:-$PWD/.prefect}"
+RUN_DIR="$PREFECT_HOME/run"
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
 export PREFECT_SERVER_API_HOST=127.0.0.1
 # The UI asks the API at this port; --port alone would leave it at 4200.

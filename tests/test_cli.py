@@ -55,14 +55,24 @@ def test_bad_input_starts_no_stage_and_no_prefect(tmp_path):
     assert not (tmp_path / "artifacts").exists()
 
 
-def _run_cli(tmp_path, *args, importtime=False):
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": ""}
-    env.pop("PREFECT_API_URL")
+def _start_cli(tmp_path, *args, importtime=False, home="prefect-home"):
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / home)}
+    env.pop("PREFECT_API_URL", None)
     flags = ["-X", "importtime"] if importtime else []
-    return subprocess.run(
+    return subprocess.Popen(
         [sys.executable, *flags, "-m", "flows.cli", "run", *args, "--json"],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
     )
+
+
+def _run_cli(tmp_path, *args, importtime=False):
+    process = _start_cli(tmp_path, *args, importtime=importtime)
+    stdout, stderr = process.communicate(timeout=300)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def _summary(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.e2e
@@ -70,14 +80,14 @@ def test_command_runs_then_serves_everything_from_cache(tmp_path, mirror):
     args = ["--mirror", str(mirror), "--epochs", "2", "--batch-size", "16"]
     first = _run_cli(tmp_path, *args)
     assert first.returncode == 0, first.stderr[-2000:]
-    summary = json.loads(first.stdout.strip().splitlines()[-1])
+    summary = _summary(first.stdout)
     assert {s["state"] for s in summary["stages"].values()} == {"Completed"}
     assert "epoch 1/2" in first.stderr and "epoch 2/2" in first.stderr
     assert (tmp_path / summary["report"]).is_file()
 
     again = _run_cli(tmp_path, *args, importtime=True)
     assert again.returncode == 0, again.stderr[-2000:]
-    cached = json.loads(again.stdout.strip().splitlines()[-1])
+    cached = _summary(again.stdout)
     assert {s["state"] for s in cached["stages"].values()} == {"Cached"}
     assert cached["metrics"] == summary["metrics"]
     # A fully cached run computes nothing, so it never imports TensorFlow.
@@ -94,5 +104,19 @@ def test_failed_stage_exits_1_naming_it(tmp_path):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("mnist-pipeline: error: stage download failed:")
     assert "t10k-labels-idx1-ubyte holds 90 bytes of data, its header promises 100" in last
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    summary = _summary(result.stdout)
     assert summary["state"] == "Failed" and summary["stages"]["download"]["state"] == "Failed"
+
+
+@pytest.mark.e2e
+def test_concurrent_runs_with_the_same_inputs_compute_each_stage_once(tmp_path, mirror):
+    args = ["--mirror", str(mirror), "--epochs", "3", "--batch-size", "16"]
+    # Two Prefect homes (two temporary servers), one artifact store: the working directory.
+    runs = [_start_cli(tmp_path, *args, home=f"home-{i}") for i in range(2)]
+    outputs = [run.communicate(timeout=300) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [err[-2000:] for _, err in outputs]
+    summaries = [_summary(out) for out, _ in outputs]
+    for stage in summaries[0]["stages"]:
+        states = sorted(summary["stages"][stage]["state"] for summary in summaries)
+        assert states == ["Cached", "Completed"], (stage, states)
+    assert summaries[0]["metrics"] == summaries[1]["metrics"]

@@ -1,0 +1,229 @@
+"""The pipeline as people operate it: `make serve`'s server, deployments and worker.
+
+One server, work pool, set of deployments and worker for the module, started by
+scripts/serve.sh on a free loopback port and stopped by it at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tasks.config import TINY
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parent.parent
+STAGE_TASKS = ["download_dataset", "preprocess_dataset", "train_model", "evaluate_model", "build_report"]
+FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve(command: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(ROOT / "scripts/serve.sh"), command], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=240)
+
+
+@contextmanager
+def _served(home: Path, **extra_env: str):
+    port = _free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PORT": str(port),
+           "BIN": str(Path(sys.executable).parent), "PREFECT_WORKER_QUERY_SECONDS": "1", **extra_env}
+    env.pop("PREFECT_API_URL", None)
+    started = _serve("start", env)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert f"http://127.0.0.1:{port}" in started.stdout
+        yield {"url": f"http://127.0.0.1:{port}", "env": env, "home": home}
+    finally:
+        pids = [int(p.read_text()) for p in (home / "run").glob("*.pid")]
+        stopped = _serve("stop", env)
+        assert stopped.returncode == 0, stopped.stderr
+        assert not list((home / "run").glob("*.pid"))
+        for pid in pids:  # each process group, children included, is gone
+            with pytest.raises(ProcessLookupError):
+                os.killpg(pid, 0)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    with _served(tmp_path_factory.mktemp("served-prefect-home")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def api(served):
+    with httpx.Client(base_url=f"{served['url']}/api", timeout=30) as client:
+        yield client
+
+
+def _deployment(api: httpx.Client, name: str) -> dict:
+    found = [d for d in api.post("/deployments/filter", json={}).json() if d["name"] == name]
+    assert len(found) == 1, f"expected one deployment {name}"
+    return found[0]
+
+
+def _wait(api: httpx.Client, run_id: str, timeout: float = 180) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = api.get(f"/flow_runs/{run_id}").json()
+        if run["state"]["type"] in FINAL:
+            return run
+        time.sleep(1)
+    raise AssertionError(f"flow run {run_id} still {run['state']['name']} after {timeout} s")
+
+
+def _stage_states(api: httpx.Client, run_id: str) -> dict[str, str]:
+    """The latest state name of each stage's task run in a flow run."""
+    runs = api.post("/task_runs/filter", json={"flow_runs": {"id": {"any_": [run_id]}},
+                                                "sort": "EXPECTED_START_TIME_ASC"}).json()
+    return {run["task_key"].rsplit("-", 1)[0]: run["state"]["name"] for run in runs
+            if run["task_key"].rsplit("-", 1)[0] in STAGE_TASKS}
+
+
+def _tiny(mirror: Path, store: Path, **overrides) -> dict:
+    return {"mirror": str(mirror), "artifacts_dir": str(store), **TINY, **overrides}
+
+
+def test_serve_lists_both_deployments_with_the_nightly_schedule(api):
+    nightly = _deployment(api, "nightly")
+    assert nightly["enforce_parameter_schema"] is True
+    schedule = nightly["schedules"][0]["schedule"]
+    assert schedule["cron"] == "0 2 * * *" and schedule["timezone"]
+    assert _deployment(api, "on-demand")["schedules"] == []
+    assert api.get("/work_pools/local-process").json()["type"] == "process"
+
+
+def test_serve_twice_keeps_one_of_each(served, api):
+    pids = {p.name: p.read_text() for p in (served["home"] / "run").glob("*.pid")}
+    again = _serve("start", served["env"])
+    assert again.returncode == 0, again.stderr
+    assert {p.name: p.read_text() for p in (served["home"] / "run").glob("*.pid")} == pids
+    assert len([d for d in api.post("/deployments/filter", json={}).json()]) == 2
+
+
+def test_on_demand_run_completes_with_its_parameters(api, mirror, tmp_path):
+    params = _tiny(mirror, tmp_path / "artifacts", epochs=2)
+    run = api.post(f"/deployments/{_deployment(api, 'on-demand')['id']}/create_flow_run",
+                   json={"parameters": params}).json()
+    done = _wait(api, run["id"])
+    assert done["state"]["type"] == "COMPLETED", done["state"]
+    assert done["parameters"]["epochs"] == 2
+    assert set(_stage_states(api, run["id"]).values()) == {"Completed"}
+    trained = list((tmp_path / "artifacts" / "train").glob("*/history.csv"))
+    assert len(trained) == 1 and len(trained[0].read_text().splitlines()) == 1 + 2
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"epochs": 0}, "0 is less than the minimum of 1"),
+    ({"dataset": "cifar10"}, "'cifar10' is not one of"),
+    ({"learning_rate": -0.1}, "less than or equal to the minimum of 0"),
+])
+def test_bad_parameters_are_refused_when_the_run_is_created(api, bad, message):
+    answer = api.post(f"/deployments/{_deployment(api, 'on-demand')['id']}/create_flow_run",
+                      json={"parameters": bad})
+    assert answer.status_code == 409
+    assert message in answer.json()["detail"]
+
+
+def test_ui_retry_reruns_only_the_failed_stage_and_after(api, mirror, tmp_path):
+    store = tmp_path / "artifacts"
+    store.mkdir()
+    (store / "train").write_text("a file where the train stage's folder must go")
+    run = api.post(f"/deployments/{_deployment(api, 'on-demand')['id']}/create_flow_run",
+                   json={"parameters": _tiny(mirror, store)}).json()
+    failed = _wait(api, run["id"])
+    assert failed["state"]["type"] == "FAILED"
+    assert "stage train failed" in failed["state"]["message"]
+
+    (store / "train").unlink()  # the cause, repaired
+    # What the UI's Retry button sends.
+    answer = api.post(f"/flow_runs/{run['id']}/set_state", json={
+        "state": {"type": "SCHEDULED", "name": "AwaitingRetry", "message": "Retry from the UI"},
+        "force": True,
+    })
+    assert answer.status_code == 201
+    retried = _wait(api, run["id"])
+    assert retried["state"]["type"] == "COMPLETED", retried["state"]
+    assert retried["run_count"] == 2
+    states = _stage_states(api, run["id"])
+    assert states["download_dataset"] == states["preprocess_dataset"] == "Cached"
+    assert states["train_model"] == states["evaluate_model"] == states["build_report"] == "Completed"
+
+
+def test_quick_run_from_the_browser(served, api, mirror, tmp_path):
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing: .ci/run installs it through `make test`")
+        pytest.skip("Debian's chromium is not installed (make system-deps)")
+    from playwright.sync_api import sync_playwright
+
+    deployment = _deployment(api, "on-demand")
+    # Quick run takes the deployment's defaults: point them at the tiny mirror.
+    api.patch(f"/deployments/{deployment['id']}",
+              json={"parameters": _tiny(mirror, tmp_path / "artifacts")}).raise_for_status()
+    before = {r["id"] for r in api.post("/flow_runs/filter", json={}).json()}
+    shots = ROOT / "build" / "test-artifacts"
+    shots.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=chromium, headless=True,
+            viewport={"width": 1400, "height": 900},
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+        )
+        page = browser.new_page()
+        page.goto(f"{served['url']}/v2/deployments/deployment/{deployment['id']}")
+        toast = _quick_run(page)
+        if "error" in toast.lower():
+            # SQLite can answer 503 while a finished run's last writes land; a person clicks again.
+            toast = _quick_run(page)
+        page.screenshot(path=str(shots / "ui-quick-run.png"))
+        browser.close()
+    assert "Flow run created" in toast
+    created = [r for r in api.post("/flow_runs/filter", json={}).json() if r["id"] not in before]
+    assert len(created) == 1 and created[0]["deployment_id"] == deployment["id"]
+    done = _wait(api, created[0]["id"])
+    assert done["state"]["type"] == "COMPLETED", done["state"]
+
+
+def _quick_run(page) -> str:
+    """Run > Quick run on a deployment's page; the text of the toast that answers."""
+    page.get_by_role("button", name="Run", exact=True).click(timeout=30_000)
+    page.get_by_role("menuitem", name="Quick run").click()
+    toast = page.locator("[data-sonner-toast]").last
+    toast.wait_for(state="visible", timeout=15_000)
+    page.wait_for_timeout(500)
+    return toast.inner_text()
+
+
+def test_basic_auth_guards_the_server_and_serve_uses_it(tmp_path):
+    with _served(tmp_path / "home", PREFECT_SERVER_API_AUTH_STRING="admin:s3cret") as server:
+        url = f"{server['url']}/api/deployments/filter"
+        assert httpx.post(url, json={}).status_code == 401
+        deployments = httpx.post(url, json={}, auth=("admin", "s3cret")).json()
+        assert sorted(d["name"] for d in deployments) == ["nightly", "on-demand"]
+        assert _eventually(lambda: httpx.post(
+            f"{server['url']}/api/work_pools/local-process/workers/filter", json={}, auth=("admin", "s3cret"),
+        ).json()), "the worker never reached the server"
+
+
+def _eventually(probe, timeout: float = 60):
+    deadline = time.monotonic() + timeout
+    while not (result := probe()) and time.monotonic() < deadline:
+        time.sleep(1)
+    return result
