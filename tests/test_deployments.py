@@ -164,7 +164,9 @@ def test_ui_retry_reruns_only_the_failed_stage_and_after(api, mirror, tmp_path):
     assert states["train_model"] == states["evaluate_model"] == states["build_report"] == "Completed"
 
 
-def test_quick_run_from_the_browser(served, api, mirror, tmp_path):
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """Debian's chromium, headless, driven by Playwright (its own browser download cannot work here)."""
     chromium = shutil.which("chromium")
     if chromium is None:
         if os.environ.get("CI"):
@@ -172,33 +174,66 @@ def test_quick_run_from_the_browser(served, api, mirror, tmp_path):
         pytest.skip("Debian's chromium is not installed (make system-deps)")
     from playwright.sync_api import sync_playwright
 
+    with sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=chromium, headless=True,
+            viewport={"width": 1400, "height": 900},
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+        )
+        yield context
+        context.close()
+
+
+def _screenshot(page, name: str) -> None:
+    shots = ROOT / "build" / "test-artifacts"
+    shots.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(shots / name))
+
+
+def test_quick_run_from_the_browser(served, api, browser, mirror, tmp_path):
     deployment = _deployment(api, "on-demand")
     # Quick run takes the deployment's defaults: point them at the tiny mirror.
     api.patch(f"/deployments/{deployment['id']}",
               json={"parameters": _tiny(mirror, tmp_path / "artifacts")}).raise_for_status()
     before = {r["id"] for r in api.post("/flow_runs/filter", json={}).json()}
-    shots = ROOT / "build" / "test-artifacts"
-    shots.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=chromium, headless=True,
-            viewport={"width": 1400, "height": 900},
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-        )
-        page = browser.new_page()
-        page.goto(f"{served['url']}/v2/deployments/deployment/{deployment['id']}")
+    page = browser.new_page()
+    page.goto(f"{served['url']}/v2/deployments/deployment/{deployment['id']}")
+    toast = _quick_run(page)
+    if "error" in toast.lower():
+        # SQLite can answer 503 while the scheduler or a finishing run writes; a person clicks again.
         toast = _quick_run(page)
-        if "error" in toast.lower():
-            # SQLite can answer 503 while a finished run's last writes land; a person clicks again.
-            toast = _quick_run(page)
-        page.screenshot(path=str(shots / "ui-quick-run.png"))
-        browser.close()
+    _screenshot(page, "ui-quick-run.png")
     assert "Flow run created" in toast
-    created = [r for r in api.post("/flow_runs/filter", json={}).json() if r["id"] not in before]
-    assert len(created) == 1 and created[0]["deployment_id"] == deployment["id"]
+    created = [r for r in api.post("/flow_runs/filter", json={}).json()
+               if r["id"] not in before and r["deployment_id"] == deployment["id"]]
+    assert len(created) == 1
     done = _wait(api, created[0]["id"])
     assert done["state"]["type"] == "COMPLETED", done["state"]
+
+
+def test_retry_from_the_browser(served, api, browser, mirror, tmp_path):
+    store = tmp_path / "artifacts"
+    store.mkdir()
+    (store / "evaluate").write_text("a file where the evaluate stage's folder must go")
+    run = api.post(f"/deployments/{_deployment(api, 'on-demand')['id']}/create_flow_run",
+                   json={"parameters": _tiny(mirror, store)}).json()
+    assert _wait(api, run["id"])["state"]["type"] == "FAILED"
+    (store / "evaluate").unlink()
+
+    page = browser.new_page()
+    page.goto(f"{served['url']}/v2/runs/flow-run/{run['id']}")
+    page.get_by_role("button", name="Open menu").click(timeout=30_000)
+    page.get_by_role("menuitem", name="Retry", exact=True).click()
+    page.get_by_role("alertdialog").get_by_role("button", name="Retry", exact=True).click()
+    page.get_by_text("Flow run scheduled for retry").wait_for(state="visible", timeout=15_000)
+    retried = _wait(api, run["id"])
+    page.reload()
+    page.get_by_text("Completed").first.wait_for(state="visible", timeout=30_000)
+    _screenshot(page, "ui-retry.png")
+    assert retried["state"]["type"] == "COMPLETED", retried["state"]
+    states = _stage_states(api, run["id"])
+    assert [states[t] for t in STAGE_TASKS] == ["Cached", "Cached", "Cached", "Completed", "Completed"]
 
 
 def _quick_run(page) -> str:
