@@ -18,6 +18,8 @@ export PREFECT_SERVER_API_PORT="$PORT"
 export PREFECT_API_URL="http://127.0.0.1:$PORT/api"
 # The deployments' pull step moves flow runs into this checkout.
 export PROJECT_DIR="$PWD"
+# Runs created from the UI or the API read and write only here (see README).
+export MNIST_PIPELINE_ALLOWED_ROOTS="${MNIST_PIPELINE_ALLOWED_ROOTS:-$PWD:/usr/share/datasets}"
 if [ -n "${PREFECT_SERVER_API_AUTH_STRING:-}" ]; then
   # The server requires basic auth; the CLI and the worker present the same.
   export PREFECT_API_AUTH_STRING="$PREFECT_SERVER_API_AUTH_STRING"

@@ -20,9 +20,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, TypeVar
 
+from prefect import task
 from prefect.cache_policies import CachePolicy
 from pydantic import BaseModel
 
+from tasks import retries
 from tasks.refs import EntryRef
 from tasks.store import REF, ArtifactStore
 
@@ -158,6 +160,20 @@ class StageCache(CachePolicy):
             ref = ref_type(stage=self.stage, fingerprint=fingerprint, **build(folder))
             (folder / REF).write_text(ref.model_dump_json(indent=1))
         return ref
+
+
+def stage_task(cache: StageCache):
+    """`@task` for a stage: cached in the store, results as JSON, transient failures retried."""
+    return task(
+        cache_policy=cache,
+        persist_result=True,
+        # JSON, not pickle: reading a result back never runs code from the store.
+        result_serializer="json",
+        retries=retries.RETRIES,
+        retry_delay_seconds=retries.RETRY_DELAYS_S,
+        retry_jitter_factor=retries.RETRY_JITTER,
+        retry_condition_fn=retries.worth_retrying,
+    )
 
 
 def _discard_if_broken(store: ArtifactStore, stage: str, fingerprint: str) -> bool:

@@ -38,6 +38,10 @@ DEFAULT_ARTIFACTS_DIR = "artifacts"
 FLOW_RETRIES = int(os.environ.get("MNIST_PIPELINE_FLOW_RETRIES", "0"))
 FLOW_RETRY_DELAY_S = int(os.environ.get("MNIST_PIPELINE_FLOW_RETRY_DELAY_S", "10"))
 
+# Set on a worker (`make serve` does): the only folders, separated by ":", in which
+# runs created from the UI or the API may read a mirror or keep an artifact store.
+ALLOWED_ROOTS_ENV = "MNIST_PIPELINE_ALLOWED_ROOTS"
+
 # A few seconds of work end to end: what the tests and quick local checks run.
 TINY = {"epochs": 1, "batch_size": 16, "train_limit": 256}
 
@@ -73,8 +77,14 @@ class PipelineConfig(BaseModel):
         # Headers only: a wrong or missing file is refused in milliseconds, and
         # the download stage checks every byte.
         if mirror is not None:
+            confine(mirror, "mirror")
             idx.check_mirror_headers(Path(mirror))
         return mirror
+
+    @field_validator("artifacts_dir")
+    @classmethod
+    def _store_inside_allowed_roots(cls, artifacts_dir: str) -> str:
+        return confine(artifacts_dir, "artifacts_dir")
 
     @property
     def train(self) -> TrainParams:
@@ -84,3 +94,15 @@ class PipelineConfig(BaseModel):
             learning_rate=self.learning_rate,
             seed=self.seed,
         )
+
+
+def confine(path: str, what: str) -> str:
+    """Refuse `path` when it resolves outside the allowed roots (if any are set)."""
+    roots = [root for root in os.environ.get(ALLOWED_ROOTS_ENV, "").split(os.pathsep) if root]
+    if not roots:
+        return path
+    real = Path(os.path.realpath(path))
+    if any(real == Path(os.path.realpath(root)) or Path(os.path.realpath(root)) in real.parents
+           for root in roots):
+        return path
+    raise ValueError(f"{what} {path} is outside the folders this worker allows ({ALLOWED_ROOTS_ENV})")

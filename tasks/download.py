@@ -12,11 +12,11 @@ from typing import Any, Mapping, Optional
 from urllib.parse import urlsplit
 
 import numpy as np
-from prefect import task
 
 from tasks import idx
-from tasks.caching import StageCache
+from tasks.caching import StageCache, stage_task
 from tasks.refs import DatasetRef
+from tasks.retries import TransientError
 
 ARRAYS = "data.npz"
 # TensorFlow Datasets keeps its downloads and prepared records here, inside the store.
@@ -25,7 +25,7 @@ _CONNECT_TIMEOUT_S = 5
 _READ_BATCH = 10_000
 
 
-class DownloadUnavailable(RuntimeError):
+class DownloadUnavailable(TransientError):
     """The dataset's download server cannot be reached."""
 
 
@@ -145,7 +145,7 @@ def load_arrays(entry: Path) -> dict[str, np.ndarray]:
         return {name: data[name] for name in data.files}
 
 
-@task(cache_policy=CACHE, persist_result=True, result_serializer="json")
+@stage_task(CACHE)
 def download_dataset(artifacts_dir: str, dataset: str, mirror: Optional[str] = None) -> DatasetRef:
     """Fetch the raw uint8 train and test splits into the artifact store."""
     tfds_dir = Path(artifacts_dir) / TFDS_DIR

@@ -8,10 +8,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from prefect import task
 
 from tasks import preprocess, train
-from tasks.caching import StageCache
+from tasks.caching import StageCache, stage_task
 from tasks.refs import MetricsRef, ModelRef, PreparedRef
 from tasks.store import ArtifactStore
 
@@ -77,7 +76,8 @@ def score(logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
 def assess(out: Path, model_entry: Path, data_entry: Path) -> dict[str, Any]:
     import keras
 
-    model = keras.models.load_model(model_entry / train.MODEL)
+    # safe_mode refuses a model file that would run code of its own when loaded.
+    model = keras.models.load_model(model_entry / train.MODEL, safe_mode=True)
     x_test, y_test = preprocess.load_split(data_entry, "test")
     logits = model.predict(x_test, batch_size=_PREDICT_BATCH, verbose=0)
     scores = score(logits, y_test)
@@ -99,7 +99,7 @@ def load_tables(entry: Path) -> dict[str, pd.DataFrame]:
     }
 
 
-@task(cache_policy=CACHE, persist_result=True, result_serializer="json")
+@stage_task(CACHE)
 def evaluate_model(artifacts_dir: str, model: ModelRef, data: PreparedRef) -> MetricsRef:
     """Score the trained model on the test split."""
     store = ArtifactStore(artifacts_dir)

@@ -27,6 +27,10 @@ class IdxError(ValueError):
     """A mirror file that is missing or not the IDX file it should be."""
 
 
+class IdxTruncated(IdxError):
+    """A file shorter than its header promises: damaged, or still being copied."""
+
+
 class Header(NamedTuple):
     dims: tuple[int, ...]
     offset: int
@@ -96,12 +100,18 @@ def read(path: Path, role: str) -> tuple[np.ndarray, str]:
     sha256 = hashlib.sha256(raw).hexdigest()
     try:
         data = gzip.decompress(raw) if raw[:2] == _GZIP_MAGIC else raw
-    except (OSError, EOFError) as err:
+    except EOFError as err:
+        raise IdxTruncated(f"{path} ends before its gzip stream does: {err}") from err
+    except OSError as err:
         raise IdxError(f"{path} is not a readable gzip file: {err}") from err
     header = parse_header(data[:16], path)
     _check_role(role, header.dims, path)
     expected = int(np.prod(header.dims))
     body = np.frombuffer(data, dtype=np.uint8, offset=header.offset)
+    if body.size < expected:
+        raise IdxTruncated(
+            f"{path} holds {body.size} bytes of data, its header promises {expected}"
+        )
     if body.size != expected:
         raise IdxError(
             f"{path} holds {body.size} bytes of data, its header promises {expected}"

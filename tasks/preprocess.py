@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-from prefect import task
 
 from tasks import download, plots
-from tasks.caching import StageCache
+from tasks.caching import StageCache, stage_task
 from tasks.refs import DatasetRef, PreparedRef
 from tasks.store import ArtifactStore
 
@@ -49,7 +48,7 @@ def load_split(entry: Path, split: str, mmap: bool = False) -> tuple[np.ndarray,
     return np.load(entry / f"{split}_x.npy", mmap_mode=mode), np.load(entry / f"{split}_y.npy")
 
 
-@task(cache_policy=CACHE, persist_result=True, result_serializer="json")
+@stage_task(CACHE)
 def preprocess_dataset(
     artifacts_dir: str, raw: DatasetRef, train_limit: Optional[int] = None
 ) -> PreparedRef:

@@ -43,6 +43,9 @@ class ModelRef(EntryRef):
     epoch_seconds: list[float]
     resumed_from_epoch: Optional[int] = None
     device: str
+    # The batch size trained with: smaller than asked after GPU out-of-memory.
+    batch_size: int
+    notes: list[str] = []
 
 
 class MetricsRef(EntryRef):

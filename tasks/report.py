@@ -15,7 +15,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks import evaluate, plots, preprocess, train
-from tasks.caching import StageCache
+from tasks.caching import StageCache, stage_task
 from tasks.config import TrainParams
 from tasks.refs import DatasetRef, MetricsRef, ModelRef, PreparedRef, ReportRef
 from tasks.store import ArtifactStore
@@ -145,7 +145,7 @@ def write_report(out: Path, entries: dict[str, Path], refs: dict[str, Any], para
     return {"markdown": REPORT_MD, "html": REPORT_HTML}
 
 
-@task(cache_policy=CACHE, persist_result=True, result_serializer="json")
+@stage_task(CACHE)
 def build_report(artifacts_dir: str, raw: DatasetRef, data: PreparedRef, model: ModelRef,
                  metrics: MetricsRef, params: TrainParams) -> ReportRef:
     """Render the run's report as Markdown and as self-contained HTML."""

@@ -13,6 +13,7 @@ from prefect.runtime import flow_run
 from tasks.locking import FileLockManager
 from tasks.refs import EntryRef, MetricsRef, ModelRef, ReportRef
 from tasks.report import REPORT_HTML
+from tasks.store import ArtifactStore
 
 
 LOCKS_DIR = ".locks"
@@ -43,6 +44,8 @@ class StageRunner:
 
     def __init__(self, artifacts_dir: str):
         self.artifacts_dir = artifacts_dir
+        # Before any stage: an unwritable store fails the run at once, in one sentence.
+        ArtifactStore(artifacts_dir).open()
         self.locks = FileLockManager(Path(artifacts_dir) / LOCKS_DIR)
         self.stages: dict[str, dict[str, Any]] = {}
 
@@ -98,7 +101,7 @@ class StageRunner:
         }
         if model is not None:
             summary["train"] = model.model_dump(
-                include={"epochs_run", "epoch_seconds", "resumed_from_epoch", "device"}
+                include={"epochs_run", "epoch_seconds", "resumed_from_epoch", "device", "batch_size", "notes"}
             )
         if metrics is not None:
             summary["metrics"] = metrics.model_dump(include={"test_accuracy", "test_loss"})

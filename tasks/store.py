@@ -48,6 +48,17 @@ class ArtifactStore:
     def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root)
 
+    def open(self) -> "ArtifactStore":
+        """Create the store's folder if needed; a clear error if it cannot be written."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f".probe-{uuid.uuid4().hex[:8]}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as err:
+            raise StoreError(f"cannot write to the artifact store {self.root}: {err.strerror or err}") from err
+        return self
+
     def entry(self, stage: str, fingerprint: str) -> Path:
         return self.root / stage / fingerprint
 
@@ -92,11 +103,15 @@ class ArtifactStore:
     def writing(self, stage: str, fingerprint: str) -> Iterator[Path]:
         """A temporary folder to build the entry in; sealed and published on success."""
         final = self.entry(stage, fingerprint)
+        # Left by a writer that died. Writers of one entry take turns (the flow locks
+        # each stage's cache key), so no other writer is using them.
+        for stale in final.parent.glob(f".tmp-{fingerprint}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = final.with_name(f".tmp-{fingerprint}-{uuid.uuid4().hex[:8]}")
         try:
             tmp.mkdir(parents=True)
         except OSError as err:
-            raise StoreError(f"cannot write to the artifact store {self.root}: {err}") from err
+            raise StoreError(f"cannot write to the artifact store {self.root}: {err.strerror or err}") from err
         try:
             yield tmp
             self._seal(tmp, stage, fingerprint)

@@ -3,25 +3,31 @@
 from __future__ import annotations
 
 import json
-import time
+import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import pandas as pd
-from prefect import task
 
-from tasks import preprocess
-from tasks.caching import StageCache, run_logger
+from tasks import checkpoint, preprocess
+from tasks.caching import StageCache, stage_task, run_logger
 from tasks.config import TrainParams
 from tasks.refs import ModelRef, PreparedRef
+from tasks.retries import TransientError
 from tasks.store import ArtifactStore
 
 MODEL = "model.keras"
 HISTORY = "history.csv"
 SUMMARY = "model_summary.txt"
 TRAIN_INFO = "train.json"
+# Per-stage-fingerprint checkpoint folders, beside the train entries.
+CHECKPOINTS = ".checkpoints"
+# In a checkpoint folder: the batch size to use after running out of GPU memory.
+OUT_OF_MEMORY = "out_of_memory.json"
 # Validation runs forward only, so it can take larger batches than training.
 _EVAL_BATCH = 1024
+# Spaces the per-epoch shuffle seeds of different run seeds apart.
+_EPOCH_SEEDS = 100_003
 
 CACHE = StageCache(stage="train", module=__name__)
 
@@ -59,76 +65,88 @@ def build_model():
     )
 
 
-def make_dataset(x, y, batch_size: int, seed: int | None = None):
-    """A tf.data pipeline; shuffled every epoch when a seed is given."""
+def make_dataset(x, y, batch_size: int):
+    """A batched, prefetching tf.data pipeline over (x, y), in order."""
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices((x, y))
-    if seed is not None:
-        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def _progress_callback(epochs: int, say: Callable[[str], None]):
+def epoch_order(train, size: int, seed: int, epoch: int, batch_size: int):
+    """Epoch `epoch`'s shuffled batches: a function of the seed and the epoch only."""
+    import tensorflow as tf
+
+    shuffled = train.shuffle(size, seed=seed * _EPOCH_SEEDS + epoch, reshuffle_each_iteration=False)
+    return shuffled.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _compiled_model(params: TrainParams, resume_from: Optional[Path]):
     import keras
 
-    class EpochProgress(keras.callbacks.Callback):
-        """One line per finished epoch, and its wall time."""
-
-        def __init__(self):
-            super().__init__()
-            self.seconds: list[float] = []
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self._start = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            self.seconds.append(round(time.perf_counter() - self._start, 3))
-            scores = " - ".join(f"{k}: {v:.4f}" for k, v in (logs or {}).items())
-            say(f"epoch {epoch + 1}/{epochs} - {scores} - {self.seconds[-1]:.1f}s")
-
-    return EpochProgress()
-
-
-def fit(out: Path, data_entry: Path, params: TrainParams, say: Callable[[str], None]) -> dict[str, Any]:
-    """Train on the prepared splits and write the model, its history and its summary."""
-    device = select_device()
-    import keras
-
-    keras.utils.set_random_seed(params.seed)
-    x_train, y_train = preprocess.load_split(data_entry, "train")
-    x_test, y_test = preprocess.load_split(data_entry, "test")
-
+    if resume_from is not None:
+        # The checkpoint holds the optimizer's state too; safe_mode refuses code in the file.
+        return keras.models.load_model(resume_from / checkpoint.MODEL, safe_mode=True)
     model = build_model()
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=params.learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
-    progress = _progress_callback(params.epochs, say)
-    history = model.fit(
-        make_dataset(x_train, y_train, params.batch_size, seed=params.seed),
-        epochs=params.epochs,
-        validation_data=make_dataset(x_test, y_test, _EVAL_BATCH),
-        callbacks=[progress],
-        # tf.data shuffles, seeded, every epoch.
-        shuffle=False,
-        verbose=0,
-    )
+    return model
+
+
+def fit(out: Path, data_entry: Path, params: TrainParams, say: Callable[[str], None],
+        checkpoints: Path) -> dict[str, Any]:
+    """Train on the prepared splits, resuming from `checkpoints` when they hold any.
+
+    Writes the model, the history of every epoch and the model's summary to `out`.
+    """
+    device = select_device()
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(params.seed)
+    x_train, y_train = preprocess.load_split(data_entry, "train")
+    x_test, y_test = preprocess.load_split(data_entry, "test")
+
+    resume_from = checkpoint.latest(checkpoints)
+    history = checkpoint.load_history(resume_from) if resume_from else []
+    if resume_from:
+        say(f"resuming after epoch {len(history)}/{params.epochs} from {resume_from}")
+    model = _compiled_model(params, resume_from)
+    recorder = checkpoint.epoch_recorder(params.epochs, history, checkpoints, say)
+    train = tf.data.Dataset.from_tensor_slices((x_train, y_train))
+    validation = make_dataset(x_test, y_test, _EVAL_BATCH)
+    first = len(history)
+    batch_size = _batch_size(params, checkpoints)
+    try:
+        # One fit call per epoch, so each epoch's order is chosen here, by its number.
+        for epoch in range(first, params.epochs):
+            model.fit(
+                epoch_order(train, len(x_train), params.seed, epoch, batch_size),
+                initial_epoch=epoch, epochs=epoch + 1,
+                validation_data=validation, callbacks=[recorder], verbose=0,
+                # The order is epoch_order's; Keras must not (and cannot) shuffle a tf.data pipeline.
+                shuffle=False,
+            )
+    except tf.errors.ResourceExhaustedError as error:
+        raise _smaller_batch_next_time(batch_size, checkpoints) from error
 
     model.save(out / MODEL)
-    table = pd.DataFrame(history.history)
-    table.insert(0, "epoch", range(1, len(table) + 1))
-    table["seconds"] = progress.seconds
-    table.to_csv(out / HISTORY, index=False)
+    pd.DataFrame(history).to_csv(out / HISTORY, index=False)
     lines: list[str] = []
     model.summary(print_fn=lambda line, *args, **kwargs: lines.append(line))
     (out / SUMMARY).write_text("\n".join(lines) + "\n")
+    notes = []
+    if batch_size != params.batch_size:
+        notes.append(f"batch size {params.batch_size} ran out of GPU memory; trained with {batch_size}")
     info = {
-        "epochs_run": len(table),
-        "epoch_seconds": progress.seconds,
-        "resumed_from_epoch": None,
+        "epochs_run": params.epochs - first,
+        "epoch_seconds": [row["seconds"] for row in history[first:]],
+        "resumed_from_epoch": first if resume_from else None,
         "device": device,
+        "batch_size": batch_size,
+        "notes": notes,
     }
     (out / TRAIN_INFO).write_text(json.dumps(info, indent=1))
     return info
@@ -138,11 +156,36 @@ def load_history(entry: Path) -> pd.DataFrame:
     return pd.read_csv(entry / HISTORY)
 
 
-@task(cache_policy=CACHE, persist_result=True, result_serializer="json")
+def _batch_size(params: TrainParams, checkpoints: Path) -> int:
+    """The requested batch size, or the smaller one an out-of-memory failure left."""
+    note = checkpoints / OUT_OF_MEMORY
+    return json.loads(note.read_text())["batch_size"] if note.is_file() else params.batch_size
+
+
+def _smaller_batch_next_time(batch_size: int, checkpoints: Path) -> Exception:
+    if batch_size == 1:
+        return RuntimeError("GPU out of memory even at batch size 1")
+    smaller = batch_size // 2
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    (checkpoints / OUT_OF_MEMORY).write_text(json.dumps({"batch_size": smaller}))
+    return TransientError(f"GPU out of memory at batch size {batch_size}; the next try uses {smaller}")
+
+
+def checkpoint_folder(artifacts_dir: str, fingerprint: str) -> Path:
+    """Where a training run with this fingerprint keeps its checkpoints until it completes."""
+    return Path(artifacts_dir) / CACHE.stage / CHECKPOINTS / fingerprint
+
+
+@stage_task(CACHE)
 def train_model(artifacts_dir: str, data: PreparedRef, params: TrainParams) -> ModelRef:
     """Fit the CNN with Adam on the training split, validating on the test split."""
     data_entry = ArtifactStore(artifacts_dir).path(data)
+    checkpoints = checkpoint_folder(artifacts_dir, CACHE.fingerprint({"data": data, "params": params}))
     say = run_logger().info
-    return CACHE.produce(
-        ModelRef, lambda out: fit(out, data_entry, params, say), artifacts_dir, data=data, params=params
+    ref = CACHE.produce(
+        ModelRef, lambda out: fit(out, data_entry, params, say, checkpoints),
+        artifacts_dir, data=data, params=params,
     )
+    # The entry is complete: its checkpoints have served their purpose.
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    return ref

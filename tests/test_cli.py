@@ -1,9 +1,11 @@
 import json
 import os
+import signal
 import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from flows import cli
@@ -55,13 +57,14 @@ def test_bad_input_starts_no_stage_and_no_prefect(tmp_path):
     assert not (tmp_path / "artifacts").exists()
 
 
-def _start_cli(tmp_path, *args, importtime=False, home="prefect-home"):
+def _start_cli(tmp_path, *args, importtime=False, home="prefect-home", new_session=False):
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / home)}
     env.pop("PREFECT_API_URL", None)
     flags = ["-X", "importtime"] if importtime else []
     return subprocess.Popen(
         [sys.executable, *flags, "-m", "flows.cli", "run", *args, "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+        start_new_session=new_session,
     )
 
 
@@ -126,3 +129,55 @@ def test_concurrent_runs_compute_shared_stages_once(tmp_path, mirror, epochs_b, 
         expected = ["Cached", "Completed"] if stage in ("download", "preprocess") else trained_states
         assert states == expected, (stage, states)
     assert [s["train"]["epochs_run"] for s in summaries] == [3, epochs_b]
+
+
+@pytest.mark.e2e
+def test_run_killed_during_training_resumes_where_it_stopped(tmp_path):
+    mirror = write_mirror(tmp_path / "mirror", train=2000, test=200)
+    args = ["--mirror", str(mirror), "--epochs", "5", "--batch-size", "16"]
+    # Its own session, so SIGKILL takes Prefect's temporary server down with it.
+    doomed = _start_cli(tmp_path, *args, new_session=True)
+    for line in doomed.stderr:
+        if "epoch 2/5" in line:
+            os.killpg(doomed.pid, signal.SIGKILL)
+            break
+    assert doomed.wait(timeout=60) == -signal.SIGKILL
+
+    result = _run_cli(tmp_path, *args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = _summary(result.stdout)
+    assert [s["state"] for s in summary["stages"].values()] == ["Cached", "Cached", "Completed", "Completed", "Completed"]
+    assert (summary["train"]["resumed_from_epoch"], summary["train"]["epochs_run"]) == (2, 3)
+    train_entry = tmp_path / summary["stages"]["train"]["artifact"]
+    assert list(pd.read_csv(train_entry / "history.csv")["epoch"]) == [1, 2, 3, 4, 5]
+    assert not list((tmp_path / "artifacts" / "train" / ".checkpoints").glob("*/*"))
+    assert not list((tmp_path / "artifacts" / "train").glob(".tmp-*"))  # the killed run's half entry
+
+
+def test_paths_outside_allowed_roots_are_refused(capsys, tmp_path, monkeypatch):
+    allowed = tmp_path / "allowed"
+    mirror = write_mirror(allowed / "mirror")
+    monkeypatch.setenv("MNIST_PIPELINE_ALLOWED_ROOTS", str(allowed))
+    assert "mirror" in _refused(capsys, "--mirror", str(allowed / ".." / "elsewhere"))
+    assert "outside the folders this worker allows" in _refused(
+        capsys, "--mirror", str(mirror), "--artifacts-dir", str(tmp_path / "store"))
+    (allowed / "link").symlink_to("/etc")
+    assert "outside the folders" in _refused(
+        capsys, "--mirror", str(mirror), "--artifacts-dir", str(allowed / "link" / "store"))
+
+
+@pytest.mark.e2e
+def test_mirror_file_still_being_copied_is_retried(tmp_path):
+    mirror = write_mirror(tmp_path / "mirror", gzipped=False)
+    images = mirror / "train-images-idx3-ubyte"
+    whole = images.read_bytes()
+    images.write_bytes(whole[: len(whole) // 2])  # the copy has not finished yet
+    process = _start_cli(tmp_path, "--mirror", str(mirror), "--epochs", "1", "--batch-size", "16")
+    for line in process.stderr:
+        if "Retry 1/" in line:
+            images.write_bytes(whole)  # ... and now it has
+            break
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr[-2000:]
+    download = _summary(stdout)["stages"]["download"]
+    assert download["state"] == "Completed" and download["attempts"] == 2

@@ -41,7 +41,9 @@ def _serve(command: str, env: dict) -> subprocess.CompletedProcess:
 def _served(home: Path, **extra_env: str):
     port = _free_port()
     env = {**os.environ, "PREFECT_HOME": str(home), "PORT": str(port),
-           "BIN": str(Path(sys.executable).parent), "PREFECT_WORKER_QUERY_SECONDS": "1", **extra_env}
+           "BIN": str(Path(sys.executable).parent), "PREFECT_WORKER_QUERY_SECONDS": "1",
+           # The tests' mirrors and stores live under pytest's temporary folder.
+           "MNIST_PIPELINE_ALLOWED_ROOTS": f"{ROOT}:{home.parent.parent}", **extra_env}
     env.pop("PREFECT_API_URL", None)
     started = _serve("start", env)
     try:
@@ -137,6 +139,15 @@ def test_bad_parameters_are_refused_when_the_run_is_created(api, bad, message):
                       json={"parameters": bad})
     assert answer.status_code == 409
     assert message in answer.json()["detail"]
+
+
+def test_paths_outside_the_allowed_roots_are_refused(api, mirror):
+    run = api.post(f"/deployments/{_deployment(api, 'on-demand')['id']}/create_flow_run",
+                   json={"parameters": _tiny(mirror, Path("/etc/mnist-artifacts"))}).json()
+    failed = _wait(api, run["id"])
+    assert failed["state"]["type"] == "FAILED"
+    assert "artifacts_dir /etc/mnist-artifacts is outside the folders this worker allows" in failed["state"]["message"]
+    assert not Path("/etc/mnist-artifacts").exists()
 
 
 def test_ui_retry_reruns_only_the_failed_stage_and_after(api, mirror, tmp_path):

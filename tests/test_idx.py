@@ -53,14 +53,14 @@ def test_images_must_be_28_by_28(tmp_path):
 def test_truncated_data_is_refused(tmp_path):
     path = idx.write(tmp_path / "images", np.zeros((4, 28, 28), dtype=np.uint8))
     path.write_bytes(path.read_bytes()[:-100])
-    with pytest.raises(idx.IdxError, match="header promises 3136"):
+    with pytest.raises(idx.IdxTruncated, match="header promises 3136"):
         idx.read(path, "train_images")
 
 
 def test_truncated_gzip_is_refused(tmp_path):
     path = tmp_path / "labels.gz"
     path.write_bytes(gzip.compress(b"\0\0\x08\x01\0\0\0\x05" + bytes(5))[:-10])
-    with pytest.raises(idx.IdxError, match="not a readable gzip file"):
+    with pytest.raises(idx.IdxTruncated, match="ends before its gzip stream does"):
         idx.read(path, "train_labels")
 
 

@@ -63,7 +63,7 @@ def test_summary_matches_the_contract(run, store):
         assert set(record) == {"state", "seconds", "attempts", "artifact"}
         assert record["attempts"] == 1
         assert record["artifact"].startswith(f"{store}/{stage}/")
-    assert set(summary["train"]) == {"epochs_run", "epoch_seconds", "resumed_from_epoch", "device"}
+    assert set(summary["train"]) == {"epochs_run", "epoch_seconds", "resumed_from_epoch", "device", "batch_size", "notes"}
     assert 0.0 <= summary["metrics"]["test_accuracy"] <= 1.0
 
 
@@ -72,3 +72,25 @@ def test_invalid_parameter_is_refused_before_any_stage(store):
 
     with pytest.raises(ParameterTypeError, match="greater than or equal to 1"):
         mnist_pipeline(epochs=0, artifacts_dir=store)
+
+
+def test_unwritable_store_fails_clearly_and_leaves_no_entry(mirror, tmp_path):
+    from tasks.store import StoreError
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    with pytest.raises(StoreError, match="cannot write to the artifact store .*: Not a directory"):
+        mnist_pipeline(mirror=str(mirror), artifacts_dir=str(blocker / "artifacts"), **TINY)
+    assert blocker.read_text() == ""
+
+
+def test_deterministic_failure_is_not_retried(tmp_path, store):
+    from tests.synthetic import write_mirror
+    from tasks.runner import StageFailed
+
+    mirror = write_mirror(tmp_path / "mirror", gzipped=False)
+    labels = mirror / "t10k-labels-idx1-ubyte"
+    labels.write_bytes(labels.read_bytes() + b"\0")  # longer than its header says: malformed, not in transit
+    with pytest.raises(StageFailed, match="header promises 100") as failure:
+        mnist_pipeline(mirror=str(mirror), artifacts_dir=store, **TINY)
+    assert failure.value.summary["stages"]["download"]["attempts"] == 1

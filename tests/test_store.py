@@ -64,3 +64,13 @@ def test_unwritable_store_gives_a_clear_error(tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(StoreError, match="cannot write to the artifact store"):
         _publish(ArtifactStore(blocker))
+
+
+def test_half_written_entry_of_a_dead_writer_is_cleared(tmp_path):
+    store = ArtifactStore(tmp_path)
+    stale = tmp_path / "train" / ".tmp-abc-deadbeef"
+    stale.mkdir(parents=True)
+    (stale / "model.bin").write_bytes(b"half")
+    _publish(store)
+    assert not stale.exists()
+    assert store.problem("train", "abc") is None

@@ -45,7 +45,8 @@ def test_progress_line_per_epoch(mirror, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     lines = []
-    train.fit(out, ArtifactStore(store).path(data), PARAMS.model_copy(update={"epochs": 2}), lines.append)
+    train.fit(out, ArtifactStore(store).path(data), PARAMS.model_copy(update={"epochs": 2}), lines.append,
+              tmp_path / "checkpoints")
     assert [line.split(" - ")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
     assert "val_accuracy" in lines[0]
 
@@ -54,3 +55,50 @@ def test_history_is_a_csv_pandas_reads(trained):
     store, ref = trained
     table = pd.read_csv(ArtifactStore(store).path(ref) / train.HISTORY)
     assert {"loss", "accuracy", "val_loss", "val_accuracy", "seconds"} <= set(table.columns)
+
+
+def test_resumed_training_matches_an_uninterrupted_run(mirror, tmp_path):
+    store = str(tmp_path / "artifacts")
+    data = ArtifactStore(store).path(run_stages(store, mirror, upto="preprocess")["data"])
+    params = PARAMS.model_copy(update={"epochs": 3})
+
+    def fit(name, params, checkpoints):
+        (tmp_path / name).mkdir()
+        return train.fit(tmp_path / name, data, params, lambda line: None, checkpoints)
+
+    whole = fit("whole", params, tmp_path / "ckpt-whole")
+    # A run that stops after two epochs leaves its checkpoint; the next one picks it up.
+    fit("first-two", params.model_copy(update={"epochs": 2}), tmp_path / "ckpt")
+    resumed = fit("resumed", params, tmp_path / "ckpt")
+
+    assert (resumed["resumed_from_epoch"], resumed["epochs_run"]) == (2, 1)
+    assert (whole["resumed_from_epoch"], whole["epochs_run"]) == (None, 3)
+    a = train.load_history(tmp_path / "whole")
+    b = train.load_history(tmp_path / "resumed")
+    assert list(b["epoch"]) == [1, 2, 3]
+    assert b["val_loss"].to_numpy() == pytest.approx(a["val_loss"].to_numpy(), rel=1e-4)
+
+
+def test_gpu_out_of_memory_retries_with_half_the_batch(mirror, tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    from tasks.retries import is_transient
+
+    store = str(tmp_path / "artifacts")
+    data = ArtifactStore(store).path(run_stages(store, mirror, upto="preprocess")["data"])
+    real_order = train.epoch_order
+
+    def tight_memory(dataset, size, seed, epoch, batch_size):
+        if batch_size > 8:
+            raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+        return real_order(dataset, size, seed, epoch, batch_size)
+
+    monkeypatch.setattr(train, "epoch_order", tight_memory)
+    params = PARAMS.model_copy(update={"epochs": 1})
+    (tmp_path / "out").mkdir()
+    with pytest.raises(Exception) as failure:
+        train.fit(tmp_path / "out", data, params, lambda line: None, tmp_path / "ckpt")
+    assert is_transient(failure.value) and "batch size 16; the next try uses 8" in str(failure.value)
+    info = train.fit(tmp_path / "out", data, params, lambda line: None, tmp_path / "ckpt")
+    assert info["batch_size"] == 8
+    assert info["notes"] == ["batch size 16 ran out of GPU memory; trained with 8"]

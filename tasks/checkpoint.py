@@ -1,0 +1,69 @@
+"""Per-epoch training checkpoints, so a crash costs at most the epoch in progress.
+
+After every epoch the model (weights and optimizer state) and the history so
+far are written to `epoch-NNNN/` in a temporary folder and renamed into place;
+the older checkpoint is then removed. Each epoch's data order depends only on
+the seed and the epoch's number, so a resumed run sees the batches an
+uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+MODEL = "model.keras"
+STATE = "state.json"
+_PREFIX = "epoch-"
+
+
+def latest(folder: Path) -> Optional[Path]:
+    """The newest complete checkpoint in `folder`, if any."""
+    complete = sorted(p for p in folder.glob(f"{_PREFIX}*") if (p / STATE).is_file())
+    return complete[-1] if complete else None
+
+
+def load_history(checkpoint: Path) -> list[dict[str, Any]]:
+    return json.loads((checkpoint / STATE).read_text())["history"]
+
+
+def save(folder: Path, model, history: list[dict[str, Any]]) -> Path:
+    """Write a checkpoint for `len(history)` finished epochs; drop the older ones."""
+    final = folder / f"{_PREFIX}{len(history):04d}"
+    tmp = folder / f".tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    model.save(tmp / MODEL)
+    # Written last: a checkpoint without its state file is incomplete and ignored.
+    (tmp / STATE).write_text(json.dumps({"history": history}))
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    for old in folder.glob(f"{_PREFIX}*"):
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def epoch_recorder(epochs: int, history: list[dict[str, Any]], folder: Path, say: Callable[[str], None]):
+    """A Keras callback: per epoch, its time, a history row, a checkpoint, then a progress line."""
+    import keras
+
+    class EpochRecorder(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self._start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            seconds = round(time.perf_counter() - self._start, 3)
+            history.append({"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()},
+                            "seconds": seconds})
+            # Saved before the progress line: "epoch K/N" means K epochs are safe.
+            save(folder, self.model, history)
+            scores = " - ".join(f"{k}: {float(v):.4f}" for k, v in (logs or {}).items())
+            say(f"epoch {epoch + 1}/{epochs} - {scores} - {seconds:.1f}s")
+
+    return EpochRecorder()

@@ -1,0 +1,46 @@
+"""Which stage failures are worth another try, and how the stages retry.
+
+Transient: a read error, a mirror file shorter than its header promises (still
+being copied), an unreachable download server, GPU out-of-memory. Deterministic,
+never retried: invalid settings, a malformed file, a full or read-only store.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import Any
+
+from tasks.idx import IdxError, IdxTruncated
+from tasks.store import StoreError
+
+# Tries after the first, the waits before them (seconds), and how far each wait
+# may randomly stretch or shrink (0.5: +-50%), so that many runs do not retry in step.
+# Short on purpose: a stage that keeps failing ends the run within a minute.
+RETRIES = int(os.environ.get("MNIST_PIPELINE_STAGE_RETRIES", "2"))
+RETRY_DELAYS_S = [float(s) for s in os.environ.get("MNIST_PIPELINE_RETRY_DELAYS_S", "1,4").split(",")]
+RETRY_JITTER = float(os.environ.get("MNIST_PIPELINE_RETRY_JITTER", "0.5"))
+
+# Errors of the machine, not of the moment: another try meets them again.
+_LASTING_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR}
+
+
+class TransientError(RuntimeError):
+    """A failure that may pass by itself; the stage is tried again."""
+
+
+def is_transient(error: BaseException) -> bool:
+    if isinstance(error, (TransientError, IdxTruncated)):
+        return True
+    if isinstance(error, (IdxError, StoreError)):
+        return False
+    if isinstance(error, OSError):
+        return error.errno not in _LASTING_ERRNOS
+    # TensorFlow's GPU out-of-memory, named so TensorFlow need not be imported here.
+    return type(error).__name__ == "ResourceExhaustedError"
+
+
+def worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect's `retry_condition_fn`: retry transient failures only."""
+    error = state.data if isinstance(state.data, BaseException) else state.result(raise_on_failure=False)
+    return isinstance(error, BaseException) and is_transient(error)
