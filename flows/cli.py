@@ -38,7 +38,22 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--train-limit", type=int, help="use only the first N training examples")
     run.add_argument("--seed", type=int, default=config.DEFAULT_SEED)
     run.add_argument("--artifacts-dir", default=config.DEFAULT_ARTIFACTS_DIR)
+    run.add_argument("--accuracy-threshold", type=float,
+                     help="least test accuracy for the model to become the champion")
     run.add_argument("--json", action="store_true", help="print the run summary as JSON last")
+
+    predict = commands.add_parser("predict", help="classify PNG or JPEG images")
+    predict.add_argument("images", nargs="+", type=Path)
+    predict.add_argument("--model", type=Path, help="a .keras model; default: the dataset's champion")
+    predict.add_argument("--dataset", default=config.DEFAULT_DATASET, choices=["mnist", "fashion_mnist"])
+    predict.add_argument("--invert", choices=["auto", "yes", "no"], default="auto",
+                         help="dark ink on light paper needs inverting; auto looks at the border")
+    predict.add_argument("--artifacts-dir", default=config.DEFAULT_ARTIFACTS_DIR)
+    predict.add_argument("--json", action="store_true")
+
+    runs = commands.add_parser("runs", help="list past runs with their metrics and gate results")
+    runs.add_argument("--artifacts-dir", default=config.DEFAULT_ARTIFACTS_DIR)
+    runs.add_argument("--json", action="store_true")
     return parser
 
 
@@ -106,13 +121,56 @@ def _emit(summary: dict[str, Any], as_json: bool) -> None:
         print(json.dumps(summary), flush=True)
     elif "metrics" in summary:
         print(f"test accuracy {summary['metrics']['test_accuracy']:.4f}; report: {summary['report']}")
+        print(("promoted to champion: " if summary["gate"]["passed"] else "not promoted: ")
+              + summary["gate"]["reason"])
+
+
+def predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from tasks import predict as prediction
+
+    try:
+        invert = {"auto": None, "yes": True, "no": False}[args.invert]
+        images = np.stack([prediction.to_mnist(prediction.load_gray(p), invert) for p in args.images])
+        model = args.model or prediction.champion_model(args.artifacts_dir, args.dataset)
+    except (prediction.NotAnImage, FileNotFoundError) as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return EXIT_INVALID
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    probabilities = prediction.classify(model, images)
+    results = [{"image": str(path), "class": int(p.argmax()), "probabilities": [round(float(x), 6) for x in p]}
+               for path, p in zip(args.images, probabilities)]
+    if args.json:
+        print(json.dumps(results))
+    else:
+        for result in results:
+            top = result["probabilities"][result["class"]]
+            print(f"{result['image']}: {result['class']} ({top:.1%})")
+    return 0
+
+
+def runs(args: argparse.Namespace) -> int:
+    from tasks import runlog
+
+    table = runlog.read(args.artifacts_dir)
+    if args.json:
+        print(table.to_json(orient="records"))
+    elif table.empty:
+        print(f"no runs logged in {args.artifacts_dir}")
+    else:
+        print(table[runlog.COLUMNS].to_string(index=False))
+    return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
-    cfg = validate(args)
     try:
-        return run(cfg, args.json)
+        if args.command == "predict":
+            return predict(args)
+        if args.command == "runs":
+            return runs(args)
+        return run(validate(args), args.json)
     finally:
         sys.stdout.flush()
 

@@ -5,11 +5,15 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from prefect import flow
+from prefect.runtime import flow_run
 
 from tasks import config
-from tasks.config import BatchSize, DatasetName, Epochs, LearningRate, PipelineConfig, Seed, TrainLimit
+from tasks.config import (
+    AccuracyThreshold, BatchSize, DatasetName, Epochs, LearningRate, PipelineConfig, Seed, TrainLimit,
+)
 from tasks.download import download_dataset
 from tasks.evaluate import evaluate_model
+from tasks.gate import gate_model
 from tasks.preprocess import preprocess_dataset
 from tasks.report import build_report, publish_report
 from tasks.runner import StageRunner
@@ -26,12 +30,13 @@ def mnist_pipeline(
     train_limit: TrainLimit = None,
     seed: Seed = config.DEFAULT_SEED,
     artifacts_dir: str = config.DEFAULT_ARTIFACTS_DIR,
+    accuracy_threshold: AccuracyThreshold = None,
 ) -> dict[str, Any]:
     """Train and evaluate the tutorial's MNIST CNN; returns the run summary."""
     cfg = PipelineConfig(
         dataset=dataset, mirror=mirror, epochs=epochs, batch_size=batch_size,
         learning_rate=learning_rate, train_limit=train_limit, seed=seed,
-        artifacts_dir=artifacts_dir,
+        artifacts_dir=artifacts_dir, accuracy_threshold=accuracy_threshold,
     )
     run = StageRunner(cfg.artifacts_dir)
     # The raw uint8 splits: downloaded through TFDS, or read from a mirror.
@@ -42,7 +47,10 @@ def mnist_pipeline(
     model = run(train_model, data, cfg.train)
     # Test loss and accuracy, confusion matrix, per-class scores.
     metrics = run(evaluate_model, model, data)
-    # report.md and report.html, then shown as artifacts of this run.
+    # report.md and report.html.
     report = run(build_report, raw, data, model, metrics, cfg.train)
-    publish_report(cfg.artifacts_dir, report, metrics, cfg.dataset)
-    return run.summary(model=model, metrics=metrics, report=report)
+    # The quality gate: the model becomes the dataset's champion only if good enough.
+    gate = gate_model(cfg.artifacts_dir, cfg.dataset, model, metrics, cfg.threshold, str(flow_run.id))
+    # The report, the gate's verdict and the per-class scores as artifacts of this run.
+    publish_report(cfg.artifacts_dir, report, metrics, cfg.dataset, gate)
+    return run.finish(cfg, model, metrics, report, gate)

@@ -49,8 +49,9 @@ def save(folder: Path, model, history: list[dict[str, Any]]) -> Path:
     return final
 
 
-def epoch_recorder(epochs: int, history: list[dict[str, Any]], folder: Path, say: Callable[[str], None]):
-    """A Keras callback: per epoch, its time, a history row, a checkpoint, then a progress line."""
+def epoch_recorder(epochs: int, history: list[dict[str, Any]], folder: Path, say: Callable[[str], None],
+                   progress: Callable[[float], None] = lambda percent: None):
+    """A Keras callback: per epoch, its time, a history row, a checkpoint, then progress."""
     import keras
 
     class EpochRecorder(keras.callbacks.Callback):
@@ -65,5 +66,6 @@ def epoch_recorder(epochs: int, history: list[dict[str, Any]], folder: Path, say
             save(folder, self.model, history)
             scores = " - ".join(f"{k}: {float(v):.4f}" for k, v in (logs or {}).items())
             say(f"epoch {epoch + 1}/{epochs} - {scores} - {seconds:.1f}s")
+            progress(100.0 * (epoch + 1) / epochs)
 
     return EpochRecorder()

@@ -22,6 +22,10 @@ TrainLimit = Annotated[
     Optional[int], Field(ge=1, description="Use only the first N training examples.")
 ]
 Seed = Annotated[int, Field(ge=0, description="Seeds every random source.")]
+AccuracyThreshold = Annotated[
+    Optional[float],
+    Field(ge=0, le=1, description="Least test accuracy to become the champion; empty: the dataset's default."),
+]
 
 DEFAULT_DATASET: DatasetName = "mnist"
 # The tutorial's 10 epochs reach about 99% on MNIST.
@@ -31,6 +35,8 @@ DEFAULT_BATCH_SIZE = 32
 # Twice Adam's default: better on a few thousand images, equal on the full set (BENCHMARKS.md).
 DEFAULT_LEARNING_RATE = 2e-3
 DEFAULT_SEED = 0
+# The quality gate's bar per dataset: what a few thousand images reach in 3 epochs.
+DEFAULT_ACCURACY_THRESHOLD = {"mnist": 0.97, "fashion_mnist": 0.82}
 # Relative to the working directory, like the rest of a run's paths.
 DEFAULT_ARTIFACTS_DIR = "artifacts"
 
@@ -70,6 +76,7 @@ class PipelineConfig(BaseModel):
     train_limit: TrainLimit = None
     seed: Seed = DEFAULT_SEED
     artifacts_dir: str = DEFAULT_ARTIFACTS_DIR
+    accuracy_threshold: AccuracyThreshold = None
 
     @field_validator("mirror")
     @classmethod
@@ -85,6 +92,13 @@ class PipelineConfig(BaseModel):
     @classmethod
     def _store_inside_allowed_roots(cls, artifacts_dir: str) -> str:
         return confine(artifacts_dir, "artifacts_dir")
+
+    @property
+    def threshold(self) -> float:
+        """The quality gate's bar: as given, else the dataset's default."""
+        if self.accuracy_threshold is not None:
+            return self.accuracy_threshold
+        return DEFAULT_ACCURACY_THRESHOLD[self.dataset]
 
     @property
     def train(self) -> TrainParams:

@@ -17,6 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks import evaluate, plots, preprocess, train
 from tasks.caching import StageCache, stage_task
 from tasks.config import TrainParams
+from tasks.gate import GateResult
 from tasks.refs import DatasetRef, MetricsRef, ModelRef, PreparedRef, ReportRef
 from tasks.store import ArtifactStore
 
@@ -159,18 +160,25 @@ def build_report(artifacts_dir: str, raw: DatasetRef, data: PreparedRef, model: 
 
 
 @task(cache_policy=NO_CACHE)
-def publish_report(artifacts_dir: str, report: ReportRef, metrics: MetricsRef, dataset: str) -> None:
-    """Show the report and the per-class metrics as artifacts of this flow run."""
-    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+def publish_report(artifacts_dir: str, report: ReportRef, metrics: MetricsRef, dataset: str,
+                   gate: GateResult) -> None:
+    """Show the report, the gate's verdict and the per-class metrics as artifacts of this flow run."""
+    from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
     entry = ArtifactStore(artifacts_dir).path(report)
     key = dataset.replace("_", "-")
+    verdict = "promoted to champion" if gate.passed else "not promoted"
     # The UI cannot reach the entry's PNG files: images stay in report.html.
     text = "\n".join(line for line in (entry / REPORT_MD).read_text().splitlines() if not line.startswith("!["))
     create_markdown_artifact(
         key=f"{key}-report",
-        markdown=f"{text}\n\nFull report with images: `{entry / REPORT_HTML}`\n",
+        markdown=f"{text}\n\n## Quality gate\n\nThe model was {verdict}: {gate.reason}.\n\n"
+                 f"Full report with images: `{(entry / REPORT_HTML).resolve()}`\n",
         description="The pipeline's report (images in report.html).",
+    )
+    create_link_artifact(
+        key=f"{key}-report-html", link=(entry / REPORT_HTML).resolve().as_uri(),
+        link_text="report.html", description="The self-contained report, with its images.",
     )
     per_class = evaluate.load_tables(ArtifactStore(artifacts_dir).path(metrics))["per_class"]
     create_table_artifact(

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from prefect import Task
+from prefect.states import Completed, State
 from prefect.runtime import flow_run
 
+from tasks import runlog
+from tasks.config import PipelineConfig
+from tasks.gate import GateResult
 from tasks.locking import FileLockManager
 from tasks.refs import EntryRef, MetricsRef, ModelRef, ReportRef
 from tasks.report import REPORT_HTML
@@ -17,6 +22,8 @@ from tasks.store import ArtifactStore
 
 
 LOCKS_DIR = ".locks"
+# The flow run's state when its model did not pass the quality gate.
+NOT_PROMOTED = "NotPromoted"
 
 
 class _QuietHook(logging.Filter):
@@ -108,4 +115,22 @@ class StageRunner:
         if report is not None:
             summary["report"] = str(self._entry(report) / REPORT_HTML)
         return summary
+
+    def finish(self, cfg: PipelineConfig, model: ModelRef, metrics: MetricsRef, report: ReportRef,
+               gate: GateResult) -> Union[dict[str, Any], State]:
+        """Log the run; return its summary, as a state named NotPromoted if the gate refused."""
+        summary = self.summary(model=model, metrics=metrics, report=report)
+        summary["gate"] = gate.model_dump()
+        runlog.append(self.artifacts_dir, {
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "flow_run_id": summary["flow_run_id"],
+            **cfg.model_dump(exclude={"artifacts_dir"}),
+            "test_accuracy": metrics.test_accuracy, "test_loss": metrics.test_loss,
+            "gate_passed": gate.passed, "gate_reason": gate.reason,
+            "stages": {stage: record["state"] for stage, record in self.stages.items()},
+        })
+        if gate.passed:
+            return summary
+        # Completed, so nothing is retried; named, so the UI tells it from a promotion.
+        return Completed(name=NOT_PROMOTED, message=f"not promoted: {gate.reason}", data=summary)
 

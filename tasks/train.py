@@ -96,7 +96,7 @@ def _compiled_model(params: TrainParams, resume_from: Optional[Path]):
 
 
 def fit(out: Path, data_entry: Path, params: TrainParams, say: Callable[[str], None],
-        checkpoints: Path) -> dict[str, Any]:
+        checkpoints: Path, progress: Callable[[float], None] = lambda percent: None) -> dict[str, Any]:
     """Train on the prepared splits, resuming from `checkpoints` when they hold any.
 
     Writes the model, the history of every epoch and the model's summary to `out`.
@@ -114,7 +114,7 @@ def fit(out: Path, data_entry: Path, params: TrainParams, say: Callable[[str], N
     if resume_from:
         say(f"resuming after epoch {len(history)}/{params.epochs} from {resume_from}")
     model = _compiled_model(params, resume_from)
-    recorder = checkpoint.epoch_recorder(params.epochs, history, checkpoints, say)
+    recorder = checkpoint.epoch_recorder(params.epochs, history, checkpoints, say, progress)
     train = tf.data.Dataset.from_tensor_slices((x_train, y_train))
     validation = make_dataset(x_test, y_test, _EVAL_BATCH)
     first = len(history)
@@ -171,6 +171,18 @@ def _smaller_batch_next_time(batch_size: int, checkpoints: Path) -> Exception:
     return TransientError(f"GPU out of memory at batch size {batch_size}; the next try uses {smaller}")
 
 
+def _progress_artifact() -> Callable[[float], None]:
+    """A progress artifact the UI shows live, updated as each epoch ends."""
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact
+    from prefect.context import TaskRunContext
+
+    if TaskRunContext.get() is None:  # called as a plain function: nobody to show it to
+        return lambda percent: None
+    artifact_id = create_progress_artifact(progress=0.0, key="training-progress",
+                                           description="Share of the training epochs done")
+    return lambda percent: update_progress_artifact(artifact_id=artifact_id, progress=percent)
+
+
 def checkpoint_folder(artifacts_dir: str, fingerprint: str) -> Path:
     """Where a training run with this fingerprint keeps its checkpoints until it completes."""
     return Path(artifacts_dir) / CACHE.stage / CHECKPOINTS / fingerprint
@@ -183,7 +195,7 @@ def train_model(artifacts_dir: str, data: PreparedRef, params: TrainParams) -> M
     checkpoints = checkpoint_folder(artifacts_dir, CACHE.fingerprint({"data": data, "params": params}))
     say = run_logger().info
     ref = CACHE.produce(
-        ModelRef, lambda out: fit(out, data_entry, params, say, checkpoints),
+        ModelRef, lambda out: fit(out, data_entry, params, say, checkpoints, _progress_artifact()),
         artifacts_dir, data=data, params=params,
     )
     # The entry is complete: its checkpoints have served their purpose.

@@ -1,5 +1,7 @@
 """The flow end to end through Prefect: caching, partial reruns, recovery."""
 
+import json
+
 import pytest
 
 from flows.pipeline import mnist_pipeline
@@ -57,7 +59,8 @@ def test_corrupted_entry_is_recomputed_not_served(run, store):
 
 def test_summary_matches_the_contract(run, store):
     summary = run()
-    assert set(summary) == {"flow_run_id", "state", "stages", "train", "metrics", "report"}
+    assert set(summary) == {"flow_run_id", "state", "stages", "train", "metrics", "report", "gate"}
+    assert set(summary["gate"]) == {"passed", "champion_accuracy", "reason"}
     for stage in STAGES:
         record = summary["stages"][stage]
         assert set(record) == {"state", "seconds", "attempts", "artifact"}
@@ -94,3 +97,58 @@ def test_deterministic_failure_is_not_retried(tmp_path, store):
     with pytest.raises(StageFailed, match="header promises 100") as failure:
         mnist_pipeline(mirror=str(mirror), artifacts_dir=store, **TINY)
     assert failure.value.summary["stages"]["download"]["attempts"] == 1
+
+
+def test_gate_promotes_a_good_model_and_refuses_a_weak_one(run, store):
+    from tasks.gate import read_champion
+
+    promoted = run(accuracy_threshold=0.5)
+    assert promoted["gate"]["passed"] is True
+    champion = read_champion(store, "mnist")
+    assert champion["test_accuracy"] == promoted["metrics"]["test_accuracy"]
+
+    state = run(accuracy_threshold=0.999, seed=1, return_state=True)
+    assert state.is_completed() and state.name == "NotPromoted"
+    refused = state.result()
+    assert refused["gate"]["passed"] is False
+    assert "under the threshold 0.9990" in refused["gate"]["reason"]
+    assert read_champion(store, "mnist") == champion
+
+
+def test_runs_are_logged_with_parameters_metrics_and_gate(run, store):
+    from tasks import runlog
+
+    first = run(accuracy_threshold=0.5)
+    second = run(accuracy_threshold=0.999)
+    table = runlog.read(store)
+    assert list(table["flow_run_id"]) == [first["flow_run_id"], second["flow_run_id"]]
+    assert list(table["gate_passed"]) == [True, False]
+    assert list(table["epochs"]) == [TINY["epochs"]] * 2
+    assert table["test_accuracy"].iloc[0] == first["metrics"]["test_accuracy"]
+
+
+def test_flow_run_publishes_its_artifacts(run):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    summary = run(accuracy_threshold=0.5)
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[summary["flow_run_id"]])))
+    by_key = {a.key: a for a in artifacts}
+    assert set(by_key) >= {"mnist-report", "mnist-metrics", "mnist-report-html", "training-progress"}
+    assert by_key["training-progress"].type == "progress" and by_key["training-progress"].data == 100.0
+    assert by_key["mnist-metrics"].type == "table"
+    assert "## Quality gate" in by_key["mnist-report"].data
+    assert by_key["mnist-report-html"].data.startswith("[report.html](file://")
+
+
+def test_runs_command_lists_what_ran(run, store, capsys):
+    from flows import cli
+
+    summary = run(accuracy_threshold=0.5)
+    assert cli.main(["runs", "--artifacts-dir", store, "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [r["flow_run_id"] for r in listed] == [summary["flow_run_id"]]
+    assert cli.main(["runs", "--artifacts-dir", store]) == 0
+    assert summary["flow_run_id"] in capsys.readouterr().out

@@ -1,0 +1,34 @@
+"""The log of finished runs in the artifact store (`runs.jsonl`), one JSON line each."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+RUNS = "runs.jsonl"
+# The columns `mnist-pipeline runs` shows, in order.
+COLUMNS = ["finished", "dataset", "epochs", "batch_size", "learning_rate", "train_limit", "seed",
+           "test_accuracy", "gate_passed", "gate_reason", "flow_run_id"]
+
+
+def append(artifacts_dir: str, record: dict[str, Any]) -> None:
+    line = json.dumps(record, sort_keys=True) + "\n"
+    # One write in append mode: concurrent runs never interleave inside a line.
+    fd = os.open(Path(artifacts_dir) / RUNS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def read(artifacts_dir: str) -> pd.DataFrame:
+    """Every logged run, oldest first."""
+    path = Path(artifacts_dir) / RUNS
+    if not path.is_file() or path.stat().st_size == 0:
+        return pd.DataFrame(columns=COLUMNS)
+    runs = pd.read_json(path, lines=True, dtype=False)
+    return runs.reindex(columns=COLUMNS + [c for c in runs.columns if c not in COLUMNS])
