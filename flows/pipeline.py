@@ -52,5 +52,5 @@ def mnist_pipeline(
     # The quality gate: the model becomes the dataset's champion only if good enough.
     gate = gate_model(cfg.artifacts_dir, cfg.dataset, model, metrics, cfg.threshold, str(flow_run.id))
     # The report, the gate's verdict and the per-class scores as artifacts of this run.
-    publish_report(cfg.artifacts_dir, report, metrics, cfg.dataset, gate)
+    publish_report(cfg.artifacts_dir, report, metrics, cfg.dataset, gate, run.stages)
     return run.finish(cfg, model, metrics, report, gate)

@@ -63,3 +63,13 @@ def confusion_heatmap(confusion: pd.DataFrame, path: Path) -> Path:
         ax.text(col, row, str(count), ha="center", va="center", fontsize=7, color=color)
     fig.colorbar(image, ax=ax)
     return _save(fig, path)
+
+
+def per_class_bars(per_class: pd.DataFrame, path: Path) -> Path:
+    """Precision, recall and F1 of each class, side by side."""
+    fig, ax = plt.subplots(figsize=(10, 3.5))
+    per_class[["precision", "recall", "f1"]].plot.bar(ax=ax, rot=0, width=0.8)
+    ax.set_ylim(max(0.0, per_class[["precision", "recall", "f1"]].to_numpy().min() - 0.05), 1.0)
+    ax.set_xlabel("class")
+    ax.legend(loc="lower right")
+    return _save(fig, path)

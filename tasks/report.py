@@ -14,8 +14,8 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks import evaluate, plots, preprocess, train
-from tasks.caching import StageCache, stage_task
+from tasks import evaluate, plots, preprocess, runlog, train
+from tasks.caching import StageCache, library_versions, stage_task
 from tasks.config import TrainParams
 from tasks.gate import GateResult
 from tasks.refs import DatasetRef, MetricsRef, ModelRef, PreparedRef, ReportRef
@@ -25,8 +25,11 @@ REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
 CURVES_PNG = "curves.png"
 CONFUSION_PNG = "confusion.png"
+PER_CLASS_PNG = "per_class.png"
 MISCLASSIFIED_PNG = "misclassified.png"
 MISCLASSIFIED_SHOWN = 20
+# How many earlier runs of the same dataset the published report compares against.
+PREVIOUS_RUNS = 5
 
 CACHE = StageCache(stage="report", module=__name__)
 
@@ -103,6 +106,7 @@ def _sections(raw: DatasetRef, data: PreparedRef, model: ModelRef, metrics: Metr
         ("Model", [Code(summary)]),
         ("Training", [
             settings,
+            pd.DataFrame([library_versions()]),
             f"{model.epochs_run} epochs on {model.device}, "
             f"{sum(model.epoch_seconds):.1f} s in all.",
             Image(CURVES_PNG, "loss and accuracy per epoch"),
@@ -110,6 +114,7 @@ def _sections(raw: DatasetRef, data: PreparedRef, model: ModelRef, metrics: Metr
         ]),
         ("Metrics", [
             f"Test accuracy {metrics.test_accuracy:.4f}, test loss {metrics.test_loss:.4f}.",
+            Image(PER_CLASS_PNG, "precision, recall and F1 per class"),
             tables["per_class"],
         ]),
         ("Confusion matrix", [Image(CONFUSION_PNG, "confusion matrix"), tables["confusion"]]),
@@ -130,6 +135,7 @@ def write_report(out: Path, entries: dict[str, Path], refs: dict[str, Any], para
     plots.training_curves(history, out / CURVES_PNG)
     tables = evaluate.load_tables(entries["evaluate"])
     plots.confusion_heatmap(tables["confusion"], out / CONFUSION_PNG)
+    plots.per_class_bars(tables["per_class"], out / PER_CLASS_PNG)
 
     worst = tables["misclassified"].head(MISCLASSIFIED_SHOWN)
     if len(worst):
@@ -159,9 +165,26 @@ def build_report(artifacts_dir: str, raw: DatasetRef, data: PreparedRef, model: 
     )
 
 
+def run_sections(artifacts_dir: str, dataset: str, metrics: MetricsRef, stages: dict[str, dict]) -> str:
+    """What only this run knows: each stage's time and cache state, and the runs before it."""
+    timing = pd.DataFrame(stages).T[["state", "seconds", "attempts"]]
+    timing.index.name = "stage"
+    earlier = runlog.read(artifacts_dir)
+    earlier = earlier[earlier["dataset"] == dataset].tail(PREVIOUS_RUNS)
+    if earlier.empty:
+        comparison = f"No earlier {dataset} run is logged in this store."
+    else:
+        columns = ["finished", "epochs", "batch_size", "learning_rate", "train_limit", "test_accuracy", "gate_passed"]
+        best = earlier["test_accuracy"].max()
+        comparison = (f"This run: test accuracy {metrics.test_accuracy:.4f}; the best of the "
+                      f"{len(earlier)} runs before it: {best:.4f}.\n\n"
+                      + earlier[columns].to_markdown(index=False, floatfmt=".4f"))
+    return f"{timing.to_markdown(floatfmt='.3f')}\n\n### Earlier runs\n\n{comparison}"
+
+
 @task(cache_policy=NO_CACHE)
 def publish_report(artifacts_dir: str, report: ReportRef, metrics: MetricsRef, dataset: str,
-                   gate: GateResult) -> None:
+                   gate: GateResult, stages: dict[str, dict]) -> None:
     """Show the report, the gate's verdict and the per-class metrics as artifacts of this flow run."""
     from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
@@ -173,6 +196,7 @@ def publish_report(artifacts_dir: str, report: ReportRef, metrics: MetricsRef, d
     create_markdown_artifact(
         key=f"{key}-report",
         markdown=f"{text}\n\n## Quality gate\n\nThe model was {verdict}: {gate.reason}.\n\n"
+                 f"## This run\n\n{run_sections(artifacts_dir, dataset, metrics, stages)}\n\n"
                  f"Full report with images: `{(entry / REPORT_HTML).resolve()}`\n",
         description="The pipeline's report (images in report.html).",
     )

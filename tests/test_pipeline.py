@@ -131,6 +131,7 @@ def test_flow_run_publishes_its_artifacts(run):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
+    earlier = run(accuracy_threshold=0.5, seed=1)
     summary = run(accuracy_threshold=0.5)
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
@@ -139,7 +140,9 @@ def test_flow_run_publishes_its_artifacts(run):
     assert set(by_key) >= {"mnist-report", "mnist-metrics", "mnist-report-html", "training-progress"}
     assert by_key["training-progress"].type == "progress" and by_key["training-progress"].data == 100.0
     assert by_key["mnist-metrics"].type == "table"
-    assert "## Quality gate" in by_key["mnist-report"].data
+    markdown = by_key["mnist-report"].data
+    assert "## Quality gate" in markdown and "## This run" in markdown
+    assert f"the best of the 1 runs before it: {earlier['metrics']['test_accuracy']:.4f}" in markdown
     assert by_key["mnist-report-html"].data.startswith("[report.html](file://")
 
 

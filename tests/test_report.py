@@ -31,7 +31,7 @@ def test_html_is_self_contained_and_its_images_decode(entry):
     for section in SECTIONS:
         assert f"<h2>{section}</h2>" in html
     images = re.findall(r"src='data:image/png;base64,([^']+)'", html)
-    assert len(images) == 4
+    assert len(images) == 5
     for data in images:
         assert matplotlib.image.imread(io.BytesIO(base64.b64decode(data)), format="png").ndim == 3
     assert "src='http" not in html and 'src="http' not in html
@@ -40,3 +40,4 @@ def test_html_is_self_contained_and_its_images_decode(entry):
 def test_report_shows_the_metrics_and_model(entry):
     text = (entry / report.REPORT_MD).read_text()
     assert "Test accuracy" in text and "121,930" in text and "sha256" in text
+    assert "tensorflow-datasets" in text and "keras" in text  # library versions
