@@ -35,8 +35,9 @@ DEFAULT_BATCH_SIZE = 32
 # Twice Adam's default: better on a few thousand images, equal on the full set (BENCHMARKS.md).
 DEFAULT_LEARNING_RATE = 2e-3
 DEFAULT_SEED = 0
-# The quality gate's bar per dataset: what a few thousand images reach in 3 epochs.
-DEFAULT_ACCURACY_THRESHOLD = {"mnist": 0.97, "fashion_mnist": 0.82}
+# The quality gate's floor per dataset: below what a few thousand images reach in
+# 3 epochs (Fashion-MNIST: 0.82-0.84 in BENCHMARKS.md); the champion rule does the rest.
+DEFAULT_ACCURACY_THRESHOLD = {"mnist": 0.95, "fashion_mnist": 0.80}
 # Relative to the working directory, like the rest of a run's paths.
 DEFAULT_ARTIFACTS_DIR = "artifacts"
 

@@ -71,5 +71,5 @@ def per_class_bars(per_class: pd.DataFrame, path: Path) -> Path:
     per_class[["precision", "recall", "f1"]].plot.bar(ax=ax, rot=0, width=0.8)
     ax.set_ylim(max(0.0, per_class[["precision", "recall", "f1"]].to_numpy().min() - 0.05), 1.0)
     ax.set_xlabel("class")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _save(fig, path)

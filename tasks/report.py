@@ -48,6 +48,11 @@ class Code:
 Block = Union[str, Image, Code, pd.DataFrame]
 
 
+def _meaningful_index(table: pd.DataFrame) -> bool:
+    # Row numbers 0, 1, 2 ... say nothing; class labels and epochs do.
+    return not isinstance(table.index, pd.RangeIndex) or table.index.name is not None
+
+
 def render_markdown(title: str, sections: list[tuple[str, list[Block]]]) -> str:
     out = [f"# {title}", ""]
     for heading, blocks in sections:
@@ -58,7 +63,7 @@ def render_markdown(title: str, sections: list[tuple[str, list[Block]]]) -> str:
             elif isinstance(block, Code):
                 out += ["```", block.text.rstrip(), "```"]
             elif isinstance(block, pd.DataFrame):
-                out.append(block.to_markdown(floatfmt=".4f"))
+                out.append(block.to_markdown(floatfmt=".4f", index=_meaningful_index(block)))
             else:
                 out.append(block)
             out.append("")
@@ -83,7 +88,7 @@ def render_html(title: str, sections: list[tuple[str, list[Block]]], folder: Pat
             elif isinstance(block, Code):
                 out.append(f"<pre>{html.escape(block.text)}</pre>")
             elif isinstance(block, pd.DataFrame):
-                out.append(block.to_html(float_format="{:.4f}".format, border=0))
+                out.append(block.to_html(float_format="{:.4f}".format, border=0, index=_meaningful_index(block)))
             else:
                 out.append(f"<p>{html.escape(block)}</p>")
     out.append("</body></html>")
