@@ -51,6 +51,7 @@ def mnist_pipeline(
     report = run(build_report, raw, data, model, metrics, cfg.train)
     # The quality gate: the model becomes the dataset's champion only if good enough.
     gate = gate_model(cfg.artifacts_dir, cfg.dataset, model, metrics, cfg.threshold, str(flow_run.id))
-    # The report, the gate's verdict and the per-class scores as artifacts of this run.
-    publish_report(cfg.artifacts_dir, report, metrics, cfg.dataset, gate, run.stages)
-    return run.finish(cfg, model, metrics, report, gate)
+    # This run's report (the gate's verdict, stage times, earlier runs added), also as artifacts.
+    run_report = publish_report(cfg.artifacts_dir, report, metrics, cfg.dataset, gate, run.stages,
+                                str(flow_run.id))
+    return run.finish(cfg, model, metrics, report, gate, run_report)

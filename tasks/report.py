@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,9 @@ CONFUSION_PNG = "confusion.png"
 PER_CLASS_PNG = "per_class.png"
 MISCLASSIFIED_PNG = "misclassified.png"
 MISCLASSIFIED_SHOWN = 20
+_HTML_END = "</body></html>"
+# Per flow run, beside the stage entries: the report with what only that run knows.
+RUNS_DIR = "runs"
 # How many earlier runs of the same dataset the published report compares against.
 PREVIOUS_RUNS = 5
 
@@ -53,8 +57,8 @@ def _meaningful_index(table: pd.DataFrame) -> bool:
     return not isinstance(table.index, pd.RangeIndex) or table.index.name is not None
 
 
-def render_markdown(title: str, sections: list[tuple[str, list[Block]]]) -> str:
-    out = [f"# {title}", ""]
+def markdown_body(sections: list[tuple[str, list[Block]]]) -> str:
+    out = []
     for heading, blocks in sections:
         out += [f"## {heading}", ""]
         for block in blocks:
@@ -70,15 +74,8 @@ def render_markdown(title: str, sections: list[tuple[str, list[Block]]]) -> str:
     return "\n".join(out)
 
 
-def render_html(title: str, sections: list[tuple[str, list[Block]]], folder: Path) -> str:
-    out = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>{html.escape(title)}</title><style>",
-        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}",
-        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}",
-        "img{max-width:100%}pre{background:#f4f4f4;padding:1em;overflow-x:auto}",
-        f"</style></head><body><h1>{html.escape(title)}</h1>",
-    ]
+def html_body(sections: list[tuple[str, list[Block]]], folder: Path) -> str:
+    out = []
     for heading, blocks in sections:
         out.append(f"<h2>{html.escape(heading)}</h2>")
         for block in blocks:
@@ -91,8 +88,24 @@ def render_html(title: str, sections: list[tuple[str, list[Block]]], folder: Pat
                 out.append(block.to_html(float_format="{:.4f}".format, border=0, index=_meaningful_index(block)))
             else:
                 out.append(f"<p>{html.escape(block)}</p>")
-    out.append("</body></html>")
     return "\n".join(out)
+
+
+def render_markdown(title: str, sections: list[tuple[str, list[Block]]]) -> str:
+    return f"# {title}\n\n{markdown_body(sections)}"
+
+
+def render_html(title: str, sections: list[tuple[str, list[Block]]], folder: Path) -> str:
+    return "\n".join([
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title><style>",
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}",
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}",
+        "img{max-width:100%}pre{background:#f4f4f4;padding:1em;overflow-x:auto}",
+        f"</style></head><body><h1>{html.escape(title)}</h1>",
+        html_body(sections, folder),
+        _HTML_END,
+    ])
 
 
 def _sections(raw: DatasetRef, data: PreparedRef, model: ModelRef, metrics: MetricsRef,
@@ -170,44 +183,64 @@ def build_report(artifacts_dir: str, raw: DatasetRef, data: PreparedRef, model: 
     )
 
 
-def run_sections(artifacts_dir: str, dataset: str, metrics: MetricsRef, stages: dict[str, dict]) -> str:
-    """What only this run knows: each stage's time and cache state, and the runs before it."""
+def run_sections(artifacts_dir: str, dataset: str, metrics: MetricsRef, stages: dict[str, dict],
+                 gate: GateResult) -> list[tuple[str, list[Block]]]:
+    """What only this run knows: the gate's verdict, each stage's time and cache state, earlier runs."""
+    verdict = "promoted to champion" if gate.passed else "not promoted"
     timing = pd.DataFrame(stages).T[["state", "seconds", "attempts"]]
     timing.index.name = "stage"
     earlier = runlog.read(artifacts_dir)
     earlier = earlier[earlier["dataset"] == dataset].tail(PREVIOUS_RUNS)
     if earlier.empty:
-        comparison = f"No earlier {dataset} run is logged in this store."
+        comparison: list[Block] = [f"No earlier {dataset} run is logged in this store."]
     else:
         columns = ["finished", "epochs", "batch_size", "learning_rate", "train_limit", "test_accuracy", "gate_passed"]
-        best = earlier["test_accuracy"].max()
-        comparison = (f"This run: test accuracy {metrics.test_accuracy:.4f}; the best of the "
-                      f"{len(earlier)} runs before it: {best:.4f}.\n\n"
-                      + earlier[columns].to_markdown(index=False, floatfmt=".4f"))
-    return f"{timing.to_markdown(floatfmt='.3f')}\n\n### Earlier runs\n\n{comparison}"
+        comparison = [f"This run: test accuracy {metrics.test_accuracy:.4f}; the best of the "
+                      f"{len(earlier)} runs before it: {earlier['test_accuracy'].max():.4f}.",
+                      earlier[columns].reset_index(drop=True)]
+    return [
+        ("Quality gate", [f"The model was {verdict}: {gate.reason}."]),
+        ("This run", ["Each stage's time, and whether it ran or came from the store.", timing]),
+        ("Earlier runs", comparison),
+    ]
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 @task(cache_policy=NO_CACHE)
 def publish_report(artifacts_dir: str, report: ReportRef, metrics: MetricsRef, dataset: str,
-                   gate: GateResult, stages: dict[str, dict]) -> None:
-    """Show the report, the gate's verdict and the per-class metrics as artifacts of this flow run."""
+                   gate: GateResult, stages: dict[str, dict], flow_run_id: str) -> str:
+    """This run's report (the stage's, plus what only the run knows), shown as artifacts too.
+
+    Returns the path of the run's report.html.
+    """
     from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
     entry = ArtifactStore(artifacts_dir).path(report)
     key = dataset.replace("_", "-")
-    verdict = "promoted to champion" if gate.passed else "not promoted"
+    extra = run_sections(artifacts_dir, dataset, metrics, stages, gate)
+    folder = Path(artifacts_dir) / RUNS_DIR / str(flow_run_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    page = (entry / REPORT_HTML).read_text().replace(_HTML_END, f"{html_body(extra, entry)}\n{_HTML_END}")
+    _write_atomically(folder / REPORT_HTML, page)
+    # Its images stay in the stage's entry, two folders up and across.
+    images_at = f"../../{report.stage}/{report.fingerprint}/"
+    markdown = (entry / REPORT_MD).read_text().replace("](", f"]({images_at}") + f"\n{markdown_body(extra)}"
+    _write_atomically(folder / REPORT_MD, markdown)
     # The UI cannot reach the entry's PNG files: images stay in report.html.
-    text = "\n".join(line for line in (entry / REPORT_MD).read_text().splitlines() if not line.startswith("!["))
     create_markdown_artifact(
         key=f"{key}-report",
-        markdown=f"{text}\n\n## Quality gate\n\nThe model was {verdict}: {gate.reason}.\n\n"
-                 f"## This run\n\n{run_sections(artifacts_dir, dataset, metrics, stages)}\n\n"
-                 f"Full report with images: `{(entry / REPORT_HTML).resolve()}`\n",
+        markdown="\n".join(line for line in markdown.splitlines() if not line.startswith("![")) +
+                 f"\n\nFull report with images: `{(folder / REPORT_HTML).resolve()}`\n",
         description="The pipeline's report (images in report.html).",
     )
     create_link_artifact(
-        key=f"{key}-report-html", link=(entry / REPORT_HTML).resolve().as_uri(),
-        link_text="report.html", description="The self-contained report, with its images.",
+        key=f"{key}-report-html", link=(folder / REPORT_HTML).resolve().as_uri(),
+        link_text="report.html", description="This run's self-contained report, with its images.",
     )
     per_class = evaluate.load_tables(ArtifactStore(artifacts_dir).path(metrics))["per_class"]
     create_table_artifact(
@@ -215,3 +248,4 @@ def publish_report(artifacts_dir: str, report: ReportRef, metrics: MetricsRef, d
         table=per_class.reset_index().round(4).to_dict(orient="records"),
         description=f"Per-class scores; test accuracy {metrics.test_accuracy:.4f}.",
     )
+    return str(folder / REPORT_HTML)

@@ -117,10 +117,12 @@ class StageRunner:
         return summary
 
     def finish(self, cfg: PipelineConfig, model: ModelRef, metrics: MetricsRef, report: ReportRef,
-               gate: GateResult) -> Union[dict[str, Any], State]:
+               gate: GateResult, run_report: str) -> Union[dict[str, Any], State]:
         """Log the run; return its summary, as a state named NotPromoted if the gate refused."""
         summary = self.summary(model=model, metrics=metrics, report=report)
         summary["gate"] = gate.model_dump()
+        # The stage's report with what only this run knows (stage times, earlier runs).
+        summary["run_report"] = run_report
         runlog.append(self.artifacts_dir, {
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "flow_run_id": summary["flow_run_id"],

@@ -1,6 +1,7 @@
 """The flow end to end through Prefect: caching, partial reruns, recovery."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -59,7 +60,7 @@ def test_corrupted_entry_is_recomputed_not_served(run, store):
 
 def test_summary_matches_the_contract(run, store):
     summary = run()
-    assert set(summary) == {"flow_run_id", "state", "stages", "train", "metrics", "report", "gate"}
+    assert set(summary) == {"flow_run_id", "state", "stages", "train", "metrics", "report", "gate", "run_report"}
     assert set(summary["gate"]) == {"passed", "champion_accuracy", "reason"}
     for stage in STAGES:
         record = summary["stages"][stage]
@@ -142,6 +143,10 @@ def test_flow_run_publishes_its_artifacts(run):
     assert by_key["mnist-metrics"].type == "table"
     markdown = by_key["mnist-report"].data
     assert "## Quality gate" in markdown and "## This run" in markdown
+    page = Path(summary["run_report"]).read_text()
+    for section in ("Dataset", "Metrics", "Quality gate", "This run", "Earlier runs"):
+        assert f"<h2>{section}</h2>" in page
+    assert page.count("data:image/png;base64,") == 5
     assert f"the best of the 1 runs before it: {earlier['metrics']['test_accuracy']:.4f}" in markdown
     assert by_key["mnist-report-html"].data.startswith("[report.html](file://")
 
