@@ -32,7 +32,7 @@ DEFAULT_DATASET: DatasetName = "mnist"
 DEFAULT_EPOCHS = 10
 # The tutorial's (Keras's default); larger batches lost accuracy on small subsets (BENCHMARKS.md).
 DEFAULT_BATCH_SIZE = 32
-# Twice Adam's default: better on a few thousand images, equal on the full set (BENCHMARKS.md).
+# Twice Adam's default: better on a few thousand images, within noise on the full set (BENCHMARKS.md).
 DEFAULT_LEARNING_RATE = 2e-3
 DEFAULT_SEED = 0
 # The quality gate's floor per dataset: below what a few thousand images reach in
