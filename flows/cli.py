@@ -111,7 +111,8 @@ def run(cfg: PipelineConfig, as_json: bool) -> int:
         _emit(outcome.summary, as_json)
         reason = str(outcome)
     else:
-        reason = f"flow {state.name.lower()}: {outcome}"
+        # Failed outside any stage (an unwritable store, say): its first line is the sentence.
+        reason = f"flow {state.name.lower()}: " + (str(outcome).strip().splitlines() or [type(outcome).__name__])[0]
     last_word.message = f"{PROG}: error: {reason}"
     return EXIT_FAILED
 

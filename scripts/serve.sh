@@ -25,7 +25,12 @@ if [ -n "${PREFECT_SERVER_API_AUTH_STRING:-}" ]; then
   export PREFECT_API_AUTH_STRING="$PREFECT_SERVER_API_AUTH_STRING"
 fi
 
-alive() { [ -f "$RUN_DIR/$1.pid" ] && kill -0 "$(cat "$RUN_DIR/$1.pid")" 2>/dev/null; }
+# Alive, and still ours: a PID the system reused for something else does not count.
+alive() {
+  local pid
+  pid=$(cat "$RUN_DIR/$1.pid" 2>/dev/null) || return 1
+  kill -0 "$pid" 2>/dev/null && grep -q prefect "/proc/$pid/cmdline" 2>/dev/null
+}
 
 # Start a command in its own process group, so `stop` can end it with its children.
 launch() {
@@ -50,9 +55,14 @@ PY
 start() {
   mkdir -p "$RUN_DIR"
   if alive server; then
+    if [ "$(cat "$RUN_DIR/server.port" 2>/dev/null)" != "$PORT" ]; then
+      echo "a server from an earlier 'make serve' runs on port $(cat "$RUN_DIR/server.port" 2>/dev/null); 'make stop' first" >&2
+      exit 1
+    fi
     echo "server already running (pid $(cat "$RUN_DIR/server.pid"))"
   else
     launch server "$BIN/prefect" server start --host 127.0.0.1 --port "$PORT"
+    echo "$PORT" >"$RUN_DIR/server.port"
   fi
   wait_healthy
   "$BIN/prefect" work-pool inspect "$POOL" >/dev/null 2>&1 \
@@ -71,14 +81,18 @@ start() {
 stop() {
   local name pid
   for name in worker server; do
-    alive "$name" || { rm -f "$RUN_DIR/$name.pid"; continue; }
-    pid=$(cat "$RUN_DIR/$name.pid")
-    kill -TERM -- "-$pid" 2>/dev/null || true
-    for _ in $(seq 1 30); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.5; done
-    kill -KILL -- "-$pid" 2>/dev/null || true
+    pid=$(cat "$RUN_DIR/$name.pid" 2>/dev/null) || continue
+    # The whole process group, flow runs the worker started included; also when
+    # its leader died and left children behind.
+    if alive "$name" || kill -0 -- "-$pid" 2>/dev/null; then
+      kill -TERM -- "-$pid" 2>/dev/null || true
+      for _ in $(seq 1 30); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.5; done
+      kill -KILL -- "-$pid" 2>/dev/null || true
+      echo "stopped $name (pid $pid)"
+    fi
     rm -f "$RUN_DIR/$name.pid"
-    echo "stopped $name (pid $pid)"
   done
+  rm -f "$RUN_DIR/server.port"
 }
 
 case "${1:-}" in

@@ -14,7 +14,9 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
+import uuid
 import logging
+import platform
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -29,7 +31,8 @@ from tasks.refs import EntryRef
 from tasks.store import REF, ArtifactStore
 
 # The libraries whose numerics or data a stage's output depends on.
-_LIBRARIES = ("tensorflow", "tensorflow-cpu", "keras", "tensorflow-datasets", "numpy")
+_LIBRARIES = ("tensorflow", "tensorflow-cpu", "keras", "tensorflow-datasets", "numpy", "h5py",
+              "pandas", "matplotlib", "pillow", "tabulate")
 # Task inputs that say where the store is, not what goes into it.
 _LOCATION_INPUTS = frozenset({"artifacts_dir"})
 RECORD = "result.json"
@@ -91,7 +94,7 @@ def source_digest(root: str, package: str = _PACKAGE) -> str:
 
 @lru_cache(maxsize=None)
 def library_versions() -> dict[str, str]:
-    versions = {}
+    versions = {"python": platform.python_version()}
     for name in _LIBRARIES:
         try:
             versions[name] = importlib.metadata.version(name)
@@ -100,9 +103,13 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def _canonical(value: Any) -> Any:
+def _canonical(value: Any, store: Optional[ArtifactStore]) -> Any:
     if isinstance(value, EntryRef):
-        return {"stage": value.stage, "fingerprint": value.fingerprint}
+        # What the upstream entry holds, not only what it was asked to compute: an
+        # upstream stage computed again (after eviction, on another device) may
+        # come out different, and then what follows it must be computed again too.
+        return {"stage": value.stage, "fingerprint": value.fingerprint,
+                "content": store.content_digest(value) if store else None}
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
     return value
@@ -120,12 +127,14 @@ class StageCache(CachePolicy):
     describe_inputs: Optional[Callable[[Mapping[str, Any]], Mapping[str, Any]]] = None
 
     def fingerprint(self, inputs: Mapping[str, Any]) -> str:
+        """The stage's key for `inputs`: the task's arguments, `artifacts_dir` included."""
+        store = ArtifactStore(inputs["artifacts_dir"]) if "artifacts_dir" in inputs else None
         relevant = {k: v for k, v in inputs.items() if k not in _LOCATION_INPUTS}
         if self.describe_inputs is not None:
             relevant.update(self.describe_inputs(relevant))
         material = {
             "stage": self.stage,
-            "inputs": {k: _canonical(v) for k, v in sorted(relevant.items())},
+            "inputs": {k: _canonical(v, store) for k, v in sorted(relevant.items())},
             "source": source_digest(self.module),
             "versions": library_versions(),
         }
@@ -135,8 +144,18 @@ class StageCache(CachePolicy):
     def compute_key(self, task_ctx, inputs, flow_parameters, **kwargs) -> Optional[str]:
         store = ArtifactStore(inputs["artifacts_dir"])
         fingerprint = self.fingerprint(inputs)
-        _discard_if_broken(store, self.stage, fingerprint)
-        return f"{self.stage}/{fingerprint}/{RECORD}"
+        key = f"{self.stage}/{fingerprint}/{RECORD}"
+        if store.exists(self.stage, fingerprint) and store.problem(self.stage, fingerprint):
+            # Judge again under the key's lock: a run holding it may be replacing the entry.
+            holder = f"evict-{uuid.uuid4().hex}"
+            if self.lock_manager is not None:
+                self.lock_manager.acquire_lock(key, holder)
+            try:
+                _discard_if_broken(store, self.stage, fingerprint)
+            finally:
+                if self.lock_manager is not None:
+                    self.lock_manager.release_lock(key, holder)
+        return key
 
     def produce(
         self,
@@ -151,7 +170,7 @@ class StageCache(CachePolicy):
         reference's fields besides stage and fingerprint.
         """
         store = ArtifactStore(artifacts_dir)
-        fingerprint = self.fingerprint(inputs)
+        fingerprint = self.fingerprint({"artifacts_dir": artifacts_dir, **inputs})
         if store.exists(self.stage, fingerprint) and not _discard_if_broken(
             store, self.stage, fingerprint
         ):

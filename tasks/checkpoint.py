@@ -22,6 +22,14 @@ STATE = "state.json"
 _PREFIX = "epoch-"
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def latest(folder: Path) -> Optional[Path]:
     """The newest complete checkpoint in `folder`, if any."""
     complete = sorted(p for p in folder.glob(f"{_PREFIX}*") if (p / STATE).is_file())
@@ -40,6 +48,8 @@ def save(folder: Path, model, history: list[dict[str, Any]]) -> Path:
     model.save(tmp / MODEL)
     # Written last: a checkpoint without its state file is incomplete and ignored.
     (tmp / STATE).write_text(json.dumps({"history": history}))
+    for path in (tmp / MODEL, tmp / STATE, tmp):
+        _fsync(path)
     if final.exists():
         shutil.rmtree(final)
     os.rename(tmp, final)

@@ -8,11 +8,13 @@ tolerance. The champion record lives in the artifact store,
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+from contextlib import contextmanager
 import uuid
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -67,13 +69,24 @@ def _write_champion(artifacts_dir: str, dataset: str, record: dict) -> None:
 def gate_model(artifacts_dir: str, dataset: str, model: ModelRef, metrics: MetricsRef,
                threshold: float, flow_run_id: str) -> GateResult:
     """Promote the model to its dataset's champion if it passes the gate."""
-    champion = read_champion(artifacts_dir, dataset)
-    result = judge(metrics.test_accuracy, threshold, champion and champion["test_accuracy"])
-    if result.passed and (champion is None or champion["model"] != model.fingerprint):
-        _write_champion(artifacts_dir, dataset, {
-            "model": model.fingerprint,
-            "model_path": str(Path(artifacts_dir).resolve() / model.stage / model.fingerprint),
-            "test_accuracy": metrics.test_accuracy,
-            "flow_run_id": flow_run_id,
-        })
+    # Read, judge and write as one step: two runs finishing together take turns.
+    with _champion_lock(artifacts_dir, dataset):
+        champion = read_champion(artifacts_dir, dataset)
+        result = judge(metrics.test_accuracy, threshold, champion and champion["test_accuracy"])
+        if result.passed and (champion is None or champion["model"] != model.fingerprint):
+            _write_champion(artifacts_dir, dataset, {
+                "model": model.fingerprint,
+                "model_path": str(Path(artifacts_dir).resolve() / model.stage / model.fingerprint),
+                "test_accuracy": metrics.test_accuracy,
+                "flow_run_id": flow_run_id,
+            })
     return result
+
+
+@contextmanager
+def _champion_lock(artifacts_dir: str, dataset: str) -> Iterator[None]:
+    path = champion_path(artifacts_dir, dataset).with_suffix(".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or its process dies
+        yield

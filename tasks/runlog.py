@@ -28,7 +28,11 @@ def append(artifacts_dir: str, record: dict[str, Any]) -> None:
 def read(artifacts_dir: str) -> pd.DataFrame:
     """Every logged run, oldest first."""
     path = Path(artifacts_dir) / RUNS
-    if not path.is_file() or path.stat().st_size == 0:
-        return pd.DataFrame(columns=COLUMNS)
-    runs = pd.read_json(path, lines=True, dtype=False)
+    records = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue  # a line cut short (a full disk, a crash): the others still count
+    runs = pd.DataFrame.from_records(records) if records else pd.DataFrame(columns=COLUMNS)
     return runs.reindex(columns=COLUMNS + [c for c in runs.columns if c not in COLUMNS])

@@ -83,9 +83,10 @@ class StageRunner:
             "artifact": None,
         }
         self.stages[stage] = record
-        if state.is_failed():
+        if not state.is_completed():  # Failed, or Crashed
             cause = state.result(raise_on_failure=False)
-            raise StageFailed(stage, cause, self.summary("Failed"))
+            raise StageFailed(stage, cause if isinstance(cause, BaseException) else RuntimeError(state.message),
+                              self.summary("Failed"))
         ref: EntryRef = state.result()
         record["artifact"] = str(self._entry(ref))
         return ref

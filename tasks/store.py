@@ -75,13 +75,23 @@ class ArtifactStore:
             return f"{entry / MANIFEST} is missing"
         except (OSError, ValueError) as err:
             return f"{entry / MANIFEST} is unreadable ({err})"
-        for name, expected in manifest["files"].items():
+        try:
+            files = dict(manifest["files"])
+            checks = [(name, int(info["bytes"]), str(info["sha256"])) for name, info in files.items()]
+        except (KeyError, TypeError, ValueError) as err:
+            return f"{entry / MANIFEST} is malformed ({err!r})"
+        for name, size, sha256 in checks:
             path = entry / name
             if not path.is_file():
                 return f"{path} is missing"
-            if path.stat().st_size != expected["bytes"] or sha256_file(path) != expected["sha256"]:
+            if path.stat().st_size != size or sha256_file(path) != sha256:
                 return f"{path} does not match its checksum"
         return None
+
+    def content_digest(self, ref: EntryRef) -> Optional[str]:
+        """SHA-256 of the entry's manifest, which names every file's checksum."""
+        manifest = self.path(ref) / MANIFEST
+        return sha256_file(manifest) if manifest.is_file() else None
 
     def exists(self, stage: str, fingerprint: str) -> bool:
         return self.entry(stage, fingerprint).exists()

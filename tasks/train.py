@@ -110,10 +110,16 @@ def fit(out: Path, data_entry: Path, params: TrainParams, say: Callable[[str], N
     x_test, y_test = preprocess.load_split(data_entry, "test")
 
     resume_from = checkpoint.latest(checkpoints)
-    history = checkpoint.load_history(resume_from) if resume_from else []
+    try:
+        history = checkpoint.load_history(resume_from) if resume_from else []
+        model = _compiled_model(params, resume_from)
+    except Exception as error:  # a checkpoint damaged on disk: start over rather than fail for ever
+        say(f"checkpoint {resume_from} is unreadable ({type(error).__name__}: {error}); training from epoch 0")
+        shutil.rmtree(resume_from, ignore_errors=True)
+        resume_from, history = None, []
+        model = _compiled_model(params, None)
     if resume_from:
         say(f"resuming after epoch {len(history)}/{params.epochs} from {resume_from}")
-    model = _compiled_model(params, resume_from)
     recorder = checkpoint.epoch_recorder(params.epochs, history, checkpoints, say, progress)
     train = tf.data.Dataset.from_tensor_slices((x_train, y_train))
     validation = make_dataset(x_test, y_test, _EVAL_BATCH)
@@ -157,9 +163,22 @@ def load_history(entry: Path) -> pd.DataFrame:
 
 
 def _batch_size(params: TrainParams, checkpoints: Path) -> int:
-    """The requested batch size, or the smaller one an out-of-memory failure left."""
+    """The requested batch size, or the smaller one an out-of-memory failure of this task run left.
+
+    A note left by another task run (one that gave up, or was killed) is ignored:
+    a new run tries the batch size it was asked for.
+    """
     note = checkpoints / OUT_OF_MEMORY
-    return json.loads(note.read_text())["batch_size"] if note.is_file() else params.batch_size
+    if not note.is_file():
+        return params.batch_size
+    smaller = json.loads(note.read_text())
+    return smaller["batch_size"] if smaller["task_run_id"] == _task_run_id() else params.batch_size
+
+
+def _task_run_id() -> Optional[str]:
+    from prefect.runtime import task_run
+
+    return task_run.id
 
 
 def _smaller_batch_next_time(batch_size: int, checkpoints: Path) -> Exception:
@@ -167,7 +186,7 @@ def _smaller_batch_next_time(batch_size: int, checkpoints: Path) -> Exception:
         return RuntimeError("GPU out of memory even at batch size 1")
     smaller = batch_size // 2
     checkpoints.mkdir(parents=True, exist_ok=True)
-    (checkpoints / OUT_OF_MEMORY).write_text(json.dumps({"batch_size": smaller}))
+    (checkpoints / OUT_OF_MEMORY).write_text(json.dumps({"batch_size": smaller, "task_run_id": _task_run_id()}))
     return TransientError(f"GPU out of memory at batch size {batch_size}; the next try uses {smaller}")
 
 
@@ -192,7 +211,8 @@ def checkpoint_folder(artifacts_dir: str, fingerprint: str) -> Path:
 def train_model(artifacts_dir: str, data: PreparedRef, params: TrainParams) -> ModelRef:
     """Fit the CNN with Adam on the training split, validating on the test split."""
     data_entry = ArtifactStore(artifacts_dir).path(data)
-    checkpoints = checkpoint_folder(artifacts_dir, CACHE.fingerprint({"data": data, "params": params}))
+    fingerprint = CACHE.fingerprint({"artifacts_dir": artifacts_dir, "data": data, "params": params})
+    checkpoints = checkpoint_folder(artifacts_dir, fingerprint)
     say = run_logger().info
     ref = CACHE.produce(
         ModelRef, lambda out: fit(out, data_entry, params, say, checkpoints, _progress_artifact()),

@@ -7,6 +7,7 @@ from tasks import caching
 from tasks.caching import StageCache, project_modules, source_digest
 from tasks.config import TrainParams
 from tasks.refs import PreparedRef
+from tasks.store import ArtifactStore
 
 DATA = PreparedRef(stage="preprocess", fingerprint="f00d", train_count=1, test_count=1)
 
@@ -94,3 +95,24 @@ def test_produce_serves_an_intact_entry_without_building(tmp_path):
 def _write(out):
     (out / "weights.bin").write_bytes(b"w" * 100)
     return {"train_count": 1, "test_count": 1}
+
+
+def test_downstream_key_follows_what_the_upstream_entry_holds(tmp_path):
+    upstream = StageCache(stage="preprocess", module="tasks.preprocess")
+    downstream = StageCache(stage="train", module="tasks.train")
+    store = str(tmp_path)
+
+    def build_with(content: bytes):
+        def build(out):
+            (out / "train_x.npy").write_bytes(content)
+            return {"train_count": 1, "test_count": 1}
+        return build
+
+    first = upstream.produce(PreparedRef, build_with(b"A"), store, raw="r")
+    before = downstream.fingerprint({"artifacts_dir": store, "data": first, "params": TrainParams()})
+    # The same upstream inputs computed again, but coming out different this time.
+    ArtifactStore(store).evict(first.stage, first.fingerprint)
+    again = upstream.produce(PreparedRef, build_with(b"B"), store, raw="r")
+    assert again.fingerprint == first.fingerprint
+    after = downstream.fingerprint({"artifacts_dir": store, "data": again, "params": TrainParams()})
+    assert after != before

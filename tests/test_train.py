@@ -102,3 +102,18 @@ def test_gpu_out_of_memory_retries_with_half_the_batch(mirror, tmp_path, monkeyp
     info = train.fit(tmp_path / "out", data, params, lambda line: None, tmp_path / "ckpt")
     assert info["batch_size"] == 8
     assert info["notes"] == ["batch size 16 ran out of GPU memory; trained with 8"]
+
+
+def test_unreadable_checkpoint_means_starting_over(mirror, tmp_path):
+    store = str(tmp_path / "artifacts")
+    data = ArtifactStore(store).path(run_stages(store, mirror, upto="preprocess")["data"])
+    params = PARAMS.model_copy(update={"epochs": 2})
+    damaged = tmp_path / "ckpt" / "epoch-0001"
+    damaged.mkdir(parents=True)
+    (damaged / "model.keras").write_bytes(b"cut short by a power loss")
+    (damaged / "state.json").write_text('{"history": [{"epoch": 1}]}')
+    (tmp_path / "out").mkdir()
+    lines = []
+    info = train.fit(tmp_path / "out", data, params, lines.append, tmp_path / "ckpt")
+    assert info["resumed_from_epoch"] is None and info["epochs_run"] == 2
+    assert "is unreadable" in lines[0]
