@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from prefect import Task
-from prefect.states import Completed, State
 from prefect.runtime import flow_run
+from prefect.states import Completed, State
 
 from tasks import runlog
 from tasks.config import PipelineConfig
@@ -19,7 +19,6 @@ from tasks.locking import FileLockManager
 from tasks.refs import EntryRef, MetricsRef, ModelRef, ReportRef
 from tasks.report import REPORT_HTML
 from tasks.store import ArtifactStore
-
 
 LOCKS_DIR = ".locks"
 # The flow run's state when its model did not pass the quality gate.
