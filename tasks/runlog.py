@@ -18,8 +18,11 @@ COLUMNS = ["finished", "dataset", "epochs", "batch_size", "learning_rate", "trai
 def append(artifacts_dir: str, record: dict[str, Any]) -> None:
     line = json.dumps(record, sort_keys=True) + "\n"
     # One write in append mode: concurrent runs never interleave inside a line.
-    fd = os.open(Path(artifacts_dir) / RUNS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(Path(artifacts_dir) / RUNS, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = "\n" + line  # the last line was cut short: start a fresh one
         os.write(fd, line.encode())
     finally:
         os.close(fd)

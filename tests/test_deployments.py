@@ -66,9 +66,21 @@ def served(tmp_path_factory):
         yield server
 
 
+class _PatientClient(httpx.Client):
+    """Retries 503s, as Prefect's own client does: SQLite answers so under concurrent writes."""
+
+    def request(self, *args, **kwargs) -> httpx.Response:
+        for _ in range(10):
+            response = super().request(*args, **kwargs)
+            if response.status_code != 503:
+                break
+            time.sleep(1)
+        return response
+
+
 @pytest.fixture(scope="module")
 def api(served):
-    with httpx.Client(base_url=f"{served['url']}/api", timeout=30) as client:
+    with _PatientClient(base_url=f"{served['url']}/api", timeout=30) as client:
         yield client
 
 
@@ -258,12 +270,13 @@ def _quick_run(page) -> str:
 
 
 def test_basic_auth_guards_the_server_and_serve_uses_it(tmp_path):
-    with _served(tmp_path / "home", PREFECT_SERVER_API_AUTH_STRING="admin:s3cret") as server:
+    with _served(tmp_path / "home", PREFECT_SERVER_API_AUTH_STRING="admin:s3cret") as server, \
+            _PatientClient() as client:
         url = f"{server['url']}/api/deployments/filter"
-        assert httpx.post(url, json={}).status_code == 401
-        deployments = httpx.post(url, json={}, auth=("admin", "s3cret")).json()
+        assert client.post(url, json={}).status_code == 401
+        deployments = client.post(url, json={}, auth=("admin", "s3cret")).json()
         assert sorted(d["name"] for d in deployments) == ["nightly", "on-demand"]
-        assert _eventually(lambda: httpx.post(
+        assert _eventually(lambda: client.post(
             f"{server['url']}/api/work_pools/local-process/workers/filter", json={}, auth=("admin", "s3cret"),
         ).json()), "the worker never reached the server"
 

@@ -47,3 +47,23 @@ def test_threshold_defaults_per_dataset(dataset, default):
 
     assert PipelineConfig(dataset=dataset).threshold == default
     assert PipelineConfig(dataset=dataset, accuracy_threshold=0.5).threshold == 0.5
+
+
+def test_promotion_waits_for_another_runs_judgement(tmp_path):
+    import fcntl
+    import threading
+    import time
+
+    store = str(tmp_path)
+    lock_path = gate.champion_path(store, "mnist").with_suffix(".lock")
+    lock_path.parent.mkdir(parents=True)
+    results = []
+    with open(lock_path, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another run is judging right now
+        judge = threading.Thread(
+            target=lambda: results.append(gate.gate_model.fn(store, "mnist", *_refs("aaa", 0.98), 0.97, "run-1")))
+        judge.start()
+        time.sleep(0.5)
+        assert results == [] and gate.read_champion(store, "mnist") is None
+    judge.join(timeout=10)
+    assert results[0].passed and gate.read_champion(store, "mnist")["model"] == "aaa"
