@@ -29,7 +29,8 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="The MNIST CNN tutorial as a cached Prefect pipeline.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    run = commands.add_parser("run", help="run the whole pipeline once")
+    run = commands.add_parser("run", help="run the whole pipeline once",
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     run.add_argument("--dataset", default=config.DEFAULT_DATASET, help="mnist or fashion_mnist")
     run.add_argument("--mirror", help="folder holding the four IDX files; no download")
     run.add_argument("--epochs", type=int, default=config.DEFAULT_EPOCHS)

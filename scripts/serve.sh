@@ -87,8 +87,11 @@ stop() {
     if alive "$name" || kill -0 -- "-$pid" 2>/dev/null; then
       kill -TERM -- "-$pid" 2>/dev/null || true
       for _ in $(seq 1 30); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.5; done
-      kill -KILL -- "-$pid" 2>/dev/null || true
-      echo "stopped $name (pid $pid)"
+      if kill -KILL -- "-$pid" 2>/dev/null; then
+        echo "killed $name (pid $pid): it did not stop within 15 s of SIGTERM"
+      else
+        echo "stopped $name (pid $pid)"
+      fi
     fi
     rm -f "$RUN_DIR/$name.pid"
   done

@@ -60,7 +60,8 @@ def champion_model(artifacts_dir: str, dataset: str) -> Path:
     champion = gate.read_champion(artifacts_dir, dataset)
     if champion is None:
         raise FileNotFoundError(
-            f"no {dataset} champion in {artifacts_dir}: run the pipeline first, or pass --model PATH"
+            f"no {dataset} champion in {artifacts_dir}: no run has passed the quality gate yet "
+            "(see `mnist-pipeline runs`); pass --model PATH, or run with a lower --accuracy-threshold"
         )
     return Path(champion["model_path"]) / train.MODEL
 
