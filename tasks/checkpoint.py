@@ -17,17 +17,11 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from tasks.store import fsync
+
 MODEL = "model.keras"
 STATE = "state.json"
 _PREFIX = "epoch-"
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def latest(folder: Path) -> Optional[Path]:
@@ -49,7 +43,7 @@ def save(folder: Path, model, history: list[dict[str, Any]]) -> Path:
     # Written last: a checkpoint without its state file is incomplete and ignored.
     (tmp / STATE).write_text(json.dumps({"history": history}))
     for path in (tmp / MODEL, tmp / STATE, tmp):
-        _fsync(path)
+        fsync(path)
     if final.exists():
         shutil.rmtree(final)
     os.rename(tmp, final)

@@ -36,7 +36,8 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync(path: Path) -> None:
+def fsync(path: Path) -> None:
+    """Flush a file or folder to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -132,15 +133,15 @@ class ArtifactStore:
     def _seal(self, tmp: Path, stage: str, fingerprint: str) -> None:
         files = {}
         for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
-            _fsync(path)
+            fsync(path)
             files[path.relative_to(tmp).as_posix()] = {
                 "sha256": sha256_file(path),
                 "bytes": path.stat().st_size,
             }
         manifest = {"stage": stage, "fingerprint": fingerprint, "files": files}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
-        _fsync(tmp / MANIFEST)
-        _fsync(tmp)
+        fsync(tmp / MANIFEST)
+        fsync(tmp)
 
     def _publish(self, tmp: Path, final: Path, stage: str, fingerprint: str) -> None:
         if final.exists():
@@ -148,4 +149,4 @@ class ArtifactStore:
                 return  # a concurrent run published the same entry first
             self.evict(stage, fingerprint)
         os.rename(tmp, final)
-        _fsync(final.parent)
+        fsync(final.parent)
