@@ -6,37 +6,21 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 
-
-def command(args: argparse.Namespace, store: str) -> list[str]:
-    return [sys.executable, "-m", "flows.cli", "run", "--dataset", args.dataset, "--mirror", args.mirror,
-            "--train-limit", str(args.train_limit), "--epochs", str(args.epochs),
-            "--artifacts-dir", store, "--json"]
-
-
-def summary(cmd: list[str]) -> dict:
-    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+from pipeline_cli import command, parser, run
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mirror", required=True)
-    parser.add_argument("--dataset", default="mnist")
-    parser.add_argument("--train-limit", type=int, default=5000)
-    parser.add_argument("--epochs", type=int, default=5)
-    args = parser.parse_args()
+    args = parser(__doc__.splitlines()[0], epochs=5).parse_args()
 
-    whole = summary(command(args, tempfile.mkdtemp(prefix="whole-")))
+    _, whole = run(command(args, tempfile.mkdtemp(prefix="whole-"), args.epochs))
     store = tempfile.mkdtemp(prefix="killed-")
-    doomed = subprocess.Popen(command(args, store), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    doomed = subprocess.Popen(command(args, store, args.epochs), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               text=True, start_new_session=True)
     for line in doomed.stderr:
         if "epoch 2/" in line:
@@ -48,7 +32,7 @@ def main() -> None:
                 os.killpg(doomed.pid, signal.SIGKILL)
             break
     doomed.wait()
-    resumed = summary(command(args, store))
+    _, resumed = run(command(args, store, args.epochs))
     print(json.dumps({
         "killed_exit": doomed.returncode,
         "resumed_states": {k: v["state"] for k, v in resumed["stages"].items()},

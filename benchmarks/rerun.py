@@ -9,39 +9,22 @@ fresh artifact store and the temporary Prefect server each command starts.
 
 from __future__ import annotations
 
-import argparse
-import json
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pandas as pd
 
-
-def run(args: list[str]) -> tuple[float, dict]:
-    start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "flows.cli", "run", *args, "--json"],
-                          capture_output=True, text=True, check=True)
-    return time.perf_counter() - start, json.loads(done.stdout.strip().splitlines()[-1])
+from pipeline_cli import command, parser, run
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mirror", required=True)
-    parser.add_argument("--dataset", default="mnist")
-    parser.add_argument("--train-limit", type=int, default=5000)
-    parser.add_argument("--epochs", type=int, default=3)
-    args = parser.parse_args()
+    args = parser(__doc__.splitlines()[0], epochs=3).parse_args()
 
     store = tempfile.mkdtemp(prefix="rerun-")
-    base = ["--dataset", args.dataset, "--mirror", args.mirror, "--train-limit", str(args.train_limit),
-            "--artifacts-dir", store]
     rows = []
     for label, epochs in (("first run", args.epochs), ("identical rerun", args.epochs),
                           ("one more epoch", args.epochs + 1)):
-        wall, summary = run([*base, "--epochs", str(epochs)])
+        wall, summary = run(command(args, store, epochs))
         stages = summary["stages"]
         rows.append({"run": label, "wall_s": wall,
                      "stage_s": sum(s["seconds"] for s in stages.values()),

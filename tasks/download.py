@@ -7,6 +7,7 @@ import importlib.util
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping, Optional
 from urllib.parse import urlsplit
@@ -17,6 +18,7 @@ from tasks import idx
 from tasks.caching import StageCache, stage_task
 from tasks.refs import DatasetRef
 from tasks.retries import TransientError
+from tasks.store import sha256_file
 
 ARRAYS = "data.npz"
 # TensorFlow Datasets keeps its downloads and prepared records here, inside the store.
@@ -35,11 +37,19 @@ def _mirror_checksums(inputs: Mapping[str, Any]) -> Mapping[str, Any]:
     if mirror is None:
         return {}
     paths = idx.check_mirror_headers(Path(mirror))
-    return {"mirror": {role: _sha256(path) for role, path in paths.items()}}
+    return {"mirror": {role: _file_digest(path) for role, path in paths.items()}}
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _file_digest(path: Path) -> str:
+    # The key is computed twice per run (Prefect's cache key, then the entry's
+    # name): hash each version of a file once. A file rewritten changes size or mtime.
+    stat = path.stat()
+    return _digest_of_version(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=64)
+def _digest_of_version(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_file(Path(path))
 
 
 CACHE = StageCache(

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 from contextlib import contextmanager
-import uuid
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -21,6 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from tasks.refs import MetricsRef, ModelRef
+from tasks.store import write_atomically
 
 CHAMPIONS = "champions"
 # How far below the champion's accuracy a new model may land and still replace it.
@@ -60,9 +59,7 @@ def read_champion(artifacts_dir: str, dataset: str) -> Optional[dict]:
 def _write_champion(artifacts_dir: str, dataset: str, record: dict) -> None:
     path = champion_path(artifacts_dir, dataset)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(record, indent=1))
 
 
 @task(cache_policy=NO_CACHE)

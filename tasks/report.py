@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import html
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from tasks.caching import StageCache, library_versions, stage_task
 from tasks.config import TrainParams
 from tasks.gate import GateResult
 from tasks.refs import DatasetRef, MetricsRef, ModelRef, PreparedRef, ReportRef
-from tasks.store import ArtifactStore
+from tasks.store import ArtifactStore, write_atomically
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
@@ -205,12 +204,6 @@ def run_sections(artifacts_dir: str, dataset: str, metrics: MetricsRef, stages: 
     ]
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 @task(cache_policy=NO_CACHE)
 def publish_report(artifacts_dir: str, report: ReportRef, metrics: MetricsRef, dataset: str,
                    gate: GateResult, stages: dict[str, dict], flow_run_id: str) -> str:
@@ -220,17 +213,18 @@ def publish_report(artifacts_dir: str, report: ReportRef, metrics: MetricsRef, d
     """
     from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
-    entry = ArtifactStore(artifacts_dir).path(report)
+    store = ArtifactStore(artifacts_dir)
+    entry = store.path(report)
     key = dataset.replace("_", "-")
     extra = run_sections(artifacts_dir, dataset, metrics, stages, gate)
     folder = Path(artifacts_dir) / RUNS_DIR / str(flow_run_id)
     folder.mkdir(parents=True, exist_ok=True)
     page = (entry / REPORT_HTML).read_text().replace(_HTML_END, f"{html_body(extra, entry)}\n{_HTML_END}")
-    _write_atomically(folder / REPORT_HTML, page)
+    write_atomically(folder / REPORT_HTML, page)
     # Its images stay in the stage's entry, two folders up and across.
     images_at = f"../../{report.stage}/{report.fingerprint}/"
     markdown = (entry / REPORT_MD).read_text().replace("](", f"]({images_at}") + f"\n{markdown_body(extra)}"
-    _write_atomically(folder / REPORT_MD, markdown)
+    write_atomically(folder / REPORT_MD, markdown)
     # The UI cannot reach the entry's PNG files: images stay in report.html.
     create_markdown_artifact(
         key=f"{key}-report",
@@ -242,7 +236,7 @@ def publish_report(artifacts_dir: str, report: ReportRef, metrics: MetricsRef, d
         key=f"{key}-report-html", link=(folder / REPORT_HTML).resolve().as_uri(),
         link_text="report.html", description="This run's self-contained report, with its images.",
     )
-    per_class = evaluate.load_tables(ArtifactStore(artifacts_dir).path(metrics))["per_class"]
+    per_class = evaluate.load_tables(store.path(metrics))["per_class"]
     create_table_artifact(
         key=f"{key}-metrics",
         table=per_class.reset_index().round(4).to_dict(orient="records"),

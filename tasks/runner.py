@@ -51,7 +51,7 @@ class StageRunner:
     def __init__(self, artifacts_dir: str):
         self.artifacts_dir = artifacts_dir
         # Before any stage: an unwritable store fails the run at once, in one sentence.
-        ArtifactStore(artifacts_dir).open()
+        self.store = ArtifactStore(artifacts_dir).open()
         self.locks = FileLockManager(Path(artifacts_dir) / LOCKS_DIR)
         self.stages: dict[str, dict[str, Any]] = {}
 
@@ -87,11 +87,8 @@ class StageRunner:
             raise StageFailed(stage, cause if isinstance(cause, BaseException) else RuntimeError(state.message),
                               self.summary("Failed"))
         ref: EntryRef = state.result()
-        record["artifact"] = str(self._entry(ref))
+        record["artifact"] = str(self.store.path(ref))
         return ref
-
-    def _entry(self, ref: EntryRef) -> Path:
-        return Path(self.artifacts_dir) / ref.stage / ref.fingerprint
 
     def summary(
         self,
@@ -113,7 +110,7 @@ class StageRunner:
         if metrics is not None:
             summary["metrics"] = metrics.model_dump(include={"test_accuracy", "test_loss"})
         if report is not None:
-            summary["report"] = str(self._entry(report) / REPORT_HTML)
+            summary["report"] = str(self.store.path(report) / REPORT_HTML)
         return summary
 
     def finish(self, cfg: PipelineConfig, model: ModelRef, metrics: MetricsRef, report: ReportRef,
