@@ -42,13 +42,15 @@ def _mirror_checksums(inputs: Mapping[str, Any]) -> Mapping[str, Any]:
 
 def _file_digest(path: Path) -> str:
     # The key is computed twice per run (Prefect's cache key, then the entry's
-    # name): hash each version of a file once. A file rewritten changes size or mtime.
+    # name): hash each version of a file once. A file rewritten or replaced
+    # changes its size, mtime, ctime or inode.
     stat = path.stat()
-    return _digest_of_version(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    version = (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    return _digest_of_version(str(path.resolve()), version)
 
 
 @lru_cache(maxsize=64)
-def _digest_of_version(path: str, size: int, mtime_ns: int) -> str:
+def _digest_of_version(path: str, version: tuple[int, int, int, int]) -> str:
     return sha256_file(Path(path))
 
 

@@ -127,5 +127,6 @@ def write(path: Path, array: np.ndarray, gzipped: bool = False) -> Path:
     array = np.ascontiguousarray(array, dtype=np.uint8)
     header = bytes([0, 0, _UBYTE, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
     payload = header + array.tobytes()
-    path.write_bytes(gzip.compress(payload) if gzipped else payload)
+    # mtime=0: the same arrays always give the same bytes, whenever they are written.
+    path.write_bytes(gzip.compress(payload, mtime=0) if gzipped else payload)
     return path
