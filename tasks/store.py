@@ -8,6 +8,7 @@ that looks complete. Every read verifies the manifest first.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -50,6 +51,20 @@ def fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _disk_full(err: OSError, where: Path) -> bool:
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    # Some writers report a short write without an errno (NumPy: "N requested and
+    # M written"); on a local disk that means it is full.
+    if err.errno is None:
+        try:
+            stats = os.statvfs(where)
+        except OSError:
+            return False
+        return stats.f_bavail * stats.f_frsize < _CHUNK
+    return False
 
 
 class ArtifactStore:
@@ -134,6 +149,11 @@ class ArtifactStore:
             yield tmp
             self._seal(tmp, stage, fingerprint)
             self._publish(tmp, final, stage, fingerprint)
+        except OSError as err:
+            if _disk_full(err, tmp):
+                raise StoreError(f"the artifact store {self.root} is full: no space left on device "
+                                 f"while writing the {stage} entry") from err
+            raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 

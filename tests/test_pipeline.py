@@ -88,6 +88,47 @@ def test_unwritable_store_fails_clearly_and_leaves_no_entry(mirror, tmp_path):
         mnist_pipeline(mirror=str(mirror), artifacts_dir=str(blocker / "artifacts"), **TINY)
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 1 MiB file system (tmpfs): room for the download entry, not for preprocess."""
+    import subprocess
+
+    disk = tmp_path / "small-disk"
+    disk.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
+                           capture_output=True, text=True)
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mount.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "--lazy", str(disk)], check=True)
+
+
+def test_full_disk_fails_clearly_leaves_no_entry_and_recovers(mirror, small_disk):
+    import subprocess
+
+    from tasks.runner import StageFailed
+
+    store = small_disk / "artifacts"
+    with pytest.raises(StageFailed, match=f"stage preprocess failed: the artifact store {store} is full: "
+                                          "no space left on device while writing the preprocess entry") as failure:
+        mnist_pipeline(mirror=str(mirror), artifacts_dir=str(store), **TINY)
+    stages = failure.value.summary["stages"]
+    assert stages["download"]["state"] == "Completed"
+    assert stages["preprocess"]["attempts"] == 1  # a full disk stays full: not retried
+    # Nothing of the failed stage is left: no entry, and no temporary folder.
+    assert [p.name for p in (store / "preprocess").iterdir()] == []
+    download = ArtifactStore(store).root / "download"
+    (entry,) = download.iterdir()
+    assert ArtifactStore(store).problem("download", entry.name) is None
+
+    subprocess.run(["mount", "-o", "remount,size=32m", str(small_disk)], check=True)
+    summary = mnist_pipeline(mirror=str(mirror), artifacts_dir=str(store), **TINY)
+    assert _states(summary)[:2] == ["Cached", "Completed"]
+    assert summary["state"] == "Completed"
+
+
 def test_deterministic_failure_is_not_retried(tmp_path, store):
     from tests.synthetic import write_mirror
     from tasks.runner import StageFailed

@@ -74,3 +74,27 @@ def test_half_written_entry_of_a_dead_writer_is_cleared(tmp_path):
     _publish(store)
     assert not stale.exists()
     assert store.problem("train", "abc") is None
+
+
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"), OSError("200704 requested and 186336 written")])
+def test_full_disk_is_named_and_leaves_nothing_behind(tmp_path, monkeypatch, error):
+    # A short write without an errno (NumPy's) counts as a full disk only when the disk is full.
+    import os
+
+    class Full:
+        f_bavail, f_frsize = 3, 4096
+
+    monkeypatch.setattr(os, "statvfs", lambda path: Full)
+    store = ArtifactStore(tmp_path)
+    with pytest.raises(StoreError, match=f"artifact store {tmp_path} is full: .* while writing the train entry"):
+        with store.writing("train", "abc") as folder:
+            (folder / "model.bin").write_bytes(b"half")
+            raise error
+    assert list((tmp_path / "train").iterdir()) == []
+
+
+def test_short_write_on_a_disk_with_room_is_not_called_full(tmp_path):
+    store = ArtifactStore(tmp_path)
+    with pytest.raises(OSError, match="requested and"):  # passed on as it was, not a StoreError
+        with store.writing("train", "abc"):
+            raise OSError("200704 requested and 186336 written")
