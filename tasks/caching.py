@@ -20,7 +20,7 @@ import platform
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, TypeVar
+from typing import Any, Callable, Mapping, Optional
 
 from prefect import task
 from prefect.cache_policies import CachePolicy
@@ -28,7 +28,7 @@ from pydantic import BaseModel
 
 from tasks import retries
 from tasks.refs import EntryRef
-from tasks.store import REF, ArtifactStore
+from tasks.store import REF, ArtifactStore, write_atomically
 
 # The libraries whose numerics or data a stage's output depends on.
 _LIBRARIES = ("tensorflow", "tensorflow-cpu", "keras", "tensorflow-datasets", "numpy", "h5py",
@@ -37,7 +37,6 @@ _LIBRARIES = ("tensorflow", "tensorflow-cpu", "keras", "tensorflow-datasets", "n
 _LOCATION_INPUTS = frozenset({"artifacts_dir"})
 RECORD = "result.json"
 
-R = TypeVar("R", bound=EntryRef)
 log = logging.getLogger(__name__)
 
 
@@ -120,6 +119,8 @@ class StageCache(CachePolicy):
     """Cache one stage's output in the artifact store under its fingerprint."""
 
     stage: str = ""
+    # What the stage returns: a reference to its entry.
+    ref_type: type[EntryRef] = EntryRef
     # The stage's module: its source, and that of the project modules it uses,
     # decide the stage's output.
     module: str = ""
@@ -145,25 +146,50 @@ class StageCache(CachePolicy):
         store = ArtifactStore(inputs["artifacts_dir"])
         fingerprint = self.fingerprint(inputs)
         key = f"{self.stage}/{fingerprint}/{RECORD}"
-        if store.exists(self.stage, fingerprint) and store.problem(self.stage, fingerprint):
-            # Judge again under the key's lock: a run holding it may be replacing the entry.
-            holder = f"evict-{uuid.uuid4().hex}"
+        if not store.exists(self.stage, fingerprint):
+            return key
+        # Judge under the key's lock: a run holding it may be replacing the entry.
+        holder = f"check-{uuid.uuid4().hex}"
+        if self.lock_manager is not None:
+            self.lock_manager.acquire_lock(key, holder)
+        try:
+            if not _discard_if_broken(store, self.stage, fingerprint):
+                self._restore_record(store, fingerprint)
+        finally:
             if self.lock_manager is not None:
-                self.lock_manager.acquire_lock(key, holder)
-            try:
-                _discard_if_broken(store, self.stage, fingerprint)
-            finally:
-                if self.lock_manager is not None:
-                    self.lock_manager.release_lock(key, holder)
+                self.lock_manager.release_lock(key, holder)
         return key
+
+    def _restore_record(self, store: ArtifactStore, fingerprint: str) -> None:
+        """Write Prefect's record of an intact entry that lacks a readable one.
+
+        The entry is published before Prefect writes its record; a run killed in
+        between leaves an entry without one. Prefect would run the stage again
+        (and report `Completed`) only to be handed the same entry.
+        """
+        from prefect.results import ResultRecord, ResultRecordMetadata
+        from prefect.serializers import JSONSerializer
+
+        record = store.entry(self.stage, fingerprint) / RECORD
+        try:
+            ResultRecord.deserialize(record.read_bytes())
+            return
+        except FileNotFoundError:
+            pass
+        except Exception as err:  # cut short or altered: Prefect would not read it either
+            run_logger().warning("Rewriting the unreadable cache record %s (%s)", record, err)
+
+        ref = self.ref_type.model_validate_json(store.read_ref(self.stage, fingerprint))
+        metadata = ResultRecordMetadata(storage_key=str(record), serializer=JSONSerializer())
+        write_atomically(record, ResultRecord(result=ref, metadata=metadata).serialize().decode())
+        run_logger().info("Restored the cache record of the %s entry %s", self.stage, fingerprint)
 
     def produce(
         self,
-        ref_type: type[R],
         build: Callable[[Path], Mapping[str, Any]],
         artifacts_dir: str,
         **inputs: Any,
-    ) -> R:
+    ) -> EntryRef:
         """The stage's entry: served from the store when intact, else built and published.
 
         `build(folder)` writes the stage's files into `folder` and returns the
@@ -174,9 +200,9 @@ class StageCache(CachePolicy):
         if store.exists(self.stage, fingerprint) and not _discard_if_broken(
             store, self.stage, fingerprint
         ):
-            return ref_type.model_validate_json(store.read_ref(self.stage, fingerprint))
+            return self.ref_type.model_validate_json(store.read_ref(self.stage, fingerprint))
         with store.writing(self.stage, fingerprint) as folder:
-            ref = ref_type(stage=self.stage, fingerprint=fingerprint, **build(folder))
+            ref = self.ref_type(stage=self.stage, fingerprint=fingerprint, **build(folder))
             (folder / REF).write_text(ref.model_dump_json(indent=1))
         return ref
 

@@ -56,6 +56,7 @@ def _digest_of_version(path: str, version: tuple[int, int, int, int]) -> str:
 
 CACHE = StageCache(
     stage="download",
+    ref_type=DatasetRef,
     module=__name__,
     describe_inputs=_mirror_checksums,
 )
@@ -162,7 +163,6 @@ def download_dataset(artifacts_dir: str, dataset: str, mirror: Optional[str] = N
     """Fetch the raw uint8 train and test splits into the artifact store."""
     tfds_dir = Path(artifacts_dir) / TFDS_DIR
     return CACHE.produce(
-        DatasetRef,
         lambda out: fetch(out, dataset, mirror, tfds_dir),
         artifacts_dir,
         dataset=dataset,

@@ -23,7 +23,7 @@ MISCLASSIFIED = "misclassified.csv"
 FIRST_PREDICTIONS = 10
 _PREDICT_BATCH = 1024
 
-CACHE = StageCache(stage="evaluate", module=__name__)
+CACHE = StageCache(stage="evaluate", ref_type=MetricsRef, module=__name__)
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -105,7 +105,6 @@ def evaluate_model(artifacts_dir: str, model: ModelRef, data: PreparedRef) -> Me
     store = ArtifactStore(artifacts_dir)
     model_entry, data_entry = store.path(model), store.path(data)
     return CACHE.produce(
-        MetricsRef,
         lambda out: assess(out, model_entry, data_entry),
         artifacts_dir,
         model=model,

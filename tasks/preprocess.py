@@ -16,7 +16,7 @@ SPLITS = ("train", "test")
 SAMPLES_PNG = "samples.png"
 SAMPLE_COUNT = 20
 
-CACHE = StageCache(stage="preprocess", module=__name__)
+CACHE = StageCache(stage="preprocess", ref_type=PreparedRef, module=__name__)
 
 
 def scale(images: np.ndarray) -> np.ndarray:
@@ -55,7 +55,6 @@ def preprocess_dataset(
     """Scale and reshape both splits and draw the 20-image sample grid."""
     raw_entry = ArtifactStore(artifacts_dir).path(raw)
     return CACHE.produce(
-        PreparedRef,
         lambda out: prepare(out, raw_entry, train_limit),
         artifacts_dir,
         raw=raw,

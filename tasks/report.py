@@ -34,7 +34,7 @@ RUNS_DIR = "runs"
 # How many earlier runs of the same dataset the published report compares against.
 PREVIOUS_RUNS = 5
 
-CACHE = StageCache(stage="report", module=__name__)
+CACHE = StageCache(stage="report", ref_type=ReportRef, module=__name__)
 
 
 @dataclass
@@ -177,7 +177,7 @@ def build_report(artifacts_dir: str, raw: DatasetRef, data: PreparedRef, model: 
     refs = {"raw": raw, "data": data, "model": model, "metrics": metrics}
     entries = {ref.stage: store.path(ref) for ref in refs.values()}
     return CACHE.produce(
-        ReportRef, lambda out: write_report(out, entries, refs, params), artifacts_dir,
+        lambda out: write_report(out, entries, refs, params), artifacts_dir,
         params=params, **refs,
     )
 

@@ -29,7 +29,7 @@ _EVAL_BATCH = 1024
 # Spaces the per-epoch shuffle seeds of different run seeds apart.
 _EPOCH_SEEDS = 100_003
 
-CACHE = StageCache(stage="train", module=__name__)
+CACHE = StageCache(stage="train", ref_type=ModelRef, module=__name__)
 
 
 def select_device() -> str:
@@ -215,7 +215,7 @@ def train_model(artifacts_dir: str, data: PreparedRef, params: TrainParams) -> M
     checkpoints = checkpoint_folder(artifacts_dir, fingerprint)
     say = run_logger().info
     ref = CACHE.produce(
-        ModelRef, lambda out: fit(out, data_entry, params, say, checkpoints, _progress_artifact()),
+        lambda out: fit(out, data_entry, params, say, checkpoints, _progress_artifact()),
         artifacts_dir, data=data, params=params,
     )
     # The entry is complete: its checkpoints have served their purpose.

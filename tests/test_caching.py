@@ -72,9 +72,9 @@ def test_cache_key_points_inside_the_entry(tmp_path):
 
 
 def test_broken_entry_is_evicted_when_the_key_is_computed(tmp_path):
-    cache = StageCache(stage="train", module="tasks.train")
+    cache = StageCache(stage="train", ref_type=PreparedRef, module="tasks.train")
     inputs = {"artifacts_dir": str(tmp_path), "data": DATA, "params": TrainParams()}
-    ref = cache.produce(PreparedRef, lambda out: _write(out), **inputs)
+    ref = cache.produce(lambda out: _write(out), **inputs)
     entry = tmp_path / "train" / ref.fingerprint
     (entry / "weights.bin").write_bytes(b"garbage")
     cache.compute_key(None, inputs, {})
@@ -82,14 +82,39 @@ def test_broken_entry_is_evicted_when_the_key_is_computed(tmp_path):
 
 
 def test_produce_serves_an_intact_entry_without_building(tmp_path):
-    cache = StageCache(stage="train", module="tasks.train")
+    cache = StageCache(stage="train", ref_type=PreparedRef, module="tasks.train")
     inputs = {"artifacts_dir": str(tmp_path), "data": DATA, "params": TrainParams()}
-    first = cache.produce(PreparedRef, _write, **inputs)
+    first = cache.produce(_write, **inputs)
 
     def must_not_build(out):
         raise AssertionError("built again")
 
-    assert cache.produce(PreparedRef, must_not_build, **inputs) == first
+    assert cache.produce(must_not_build, **inputs) == first
+
+
+@pytest.mark.parametrize("damage", ["missing", "cut short"])
+def test_intact_entry_gets_back_a_lost_cache_record(tmp_path, damage):
+    # Killed after publishing the entry, before Prefect wrote its record.
+    from prefect.results import ResultRecord
+
+    cache = StageCache(stage="train", ref_type=PreparedRef, module="tasks.train")
+    inputs = {"artifacts_dir": str(tmp_path), "data": DATA, "params": TrainParams()}
+    ref = cache.produce(_write, **inputs)
+    record = tmp_path / cache.compute_key(None, inputs, {})
+    assert ResultRecord.deserialize(record.read_bytes()).result == ref
+    if damage == "missing":
+        record.unlink()
+    else:
+        record.write_bytes(record.read_bytes()[:40])
+    cache.compute_key(None, inputs, {})
+    assert ResultRecord.deserialize(record.read_bytes()).result == ref
+
+
+def test_no_record_is_made_up_for_a_missing_entry(tmp_path):
+    cache = StageCache(stage="train", ref_type=PreparedRef, module="tasks.train")
+    inputs = {"artifacts_dir": str(tmp_path), "data": DATA, "params": TrainParams()}
+    cache.compute_key(None, inputs, {})
+    assert not (tmp_path / "train").exists()
 
 
 def _write(out):
@@ -98,7 +123,7 @@ def _write(out):
 
 
 def test_downstream_key_follows_what_the_upstream_entry_holds(tmp_path):
-    upstream = StageCache(stage="preprocess", module="tasks.preprocess")
+    upstream = StageCache(stage="preprocess", ref_type=PreparedRef, module="tasks.preprocess")
     downstream = StageCache(stage="train", module="tasks.train")
     store = str(tmp_path)
 
@@ -108,11 +133,11 @@ def test_downstream_key_follows_what_the_upstream_entry_holds(tmp_path):
             return {"train_count": 1, "test_count": 1}
         return build
 
-    first = upstream.produce(PreparedRef, build_with(b"A"), store, raw="r")
+    first = upstream.produce(build_with(b"A"), store, raw="r")
     before = downstream.fingerprint({"artifacts_dir": store, "data": first, "params": TrainParams()})
     # The same upstream inputs computed again, but coming out different this time.
     ArtifactStore(store).evict(first.stage, first.fingerprint)
-    again = upstream.produce(PreparedRef, build_with(b"B"), store, raw="r")
+    again = upstream.produce(build_with(b"B"), store, raw="r")
     assert again.fingerprint == first.fingerprint
     after = downstream.fingerprint({"artifacts_dir": store, "data": again, "params": TrainParams()})
     assert after != before

@@ -58,6 +58,17 @@ def test_corrupted_entry_is_recomputed_not_served(run, store):
     assert x.max() <= 1.0
 
 
+def test_entry_whose_cache_record_was_lost_is_still_cached(run, store):
+    # A run killed after a stage published its entry, before Prefect wrote the record.
+    first = run()
+    record = Path(first["stages"]["train"]["artifact"]) / "result.json"
+    record.unlink()
+    second = run()
+    assert _states(second) == ["Cached"] * 5
+    assert second["metrics"] == first["metrics"]
+    assert record.is_file()
+
+
 def test_summary_matches_the_contract(run, store):
     summary = run()
     assert set(summary) == {"flow_run_id", "state", "stages", "train", "metrics", "report", "gate", "run_report"}
