@@ -78,19 +78,62 @@ start() {
   echo "For the CLI: export PREFECT_API_URL=$PREFECT_API_URL"
 }
 
+# Process groups to end for the process $1: its own, and those of every process
+# descended from it. Prefect starts each flow run in a session of its own, so
+# the worker's group alone would leave a running flow run behind.
+process_groups() {
+  local root=$1 f stat pid cur
+  local -A parent=() group=() seen=()
+  for f in /proc/[0-9]*/stat; do
+    stat=$(<"$f") 2>/dev/null || continue
+    pid=${f#/proc/}; pid=${pid%/stat}
+    stat=${stat##*) }  # after the command name, which may hold spaces: state ppid pgrp ...
+    set -- $stat
+    parent[$pid]=$2; group[$pid]=$3
+  done
+  local -a todo=("$root")
+  seen[$root]=1
+  while ((${#todo[@]})); do
+    cur=${todo[0]}; todo=("${todo[@]:1}")
+    for pid in "${!parent[@]}"; do
+      if [ "${parent[$pid]}" = "$cur" ]; then todo+=("$pid"); seen[${group[$pid]}]=1; fi
+    done
+  done
+  echo "${!seen[@]}"
+}
+
+# Those of the process groups $@ that still have a member.
+living() {
+  local g
+  for g in "$@"; do kill -0 -- "-$g" 2>/dev/null && echo "$g"; done
+  return 0
+}
+
 stop() {
-  local name pid
+  local name pid i groups live
   for name in worker server; do
     pid=$(cat "$RUN_DIR/$name.pid" 2>/dev/null) || continue
-    # The whole process group, flow runs the worker started included; also when
-    # its leader died and left children behind.
+    # Also when its leader died and left children behind.
     if alive "$name" || kill -0 -- "-$pid" 2>/dev/null; then
-      kill -TERM -- "-$pid" 2>/dev/null || true
-      for _ in $(seq 1 30); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.5; done
-      if kill -KILL -- "-$pid" 2>/dev/null; then
-        echo "killed $name (pid $pid): it did not stop within 15 s of SIGTERM"
-      else
+      groups=$(process_groups "$pid")
+      for i in $groups; do kill -TERM -- "-$i" 2>/dev/null || true; done
+      for i in $(seq 1 30); do
+        live=$(living $groups)
+        [ -n "$live" ] || break
+        # Prefect's worker turns SIGTERM into a graceful shutdown that can hang
+        # when it is idle. Once its flow runs have ended, nothing is lost by not
+        # waiting for it.
+        if [ "$name" = worker ] && [ "$i" -ge 4 ] && [ "$live" = "$pid" ]; then break; fi
+        sleep 0.5
+      done
+      live=$(living $groups)
+      for i in $live; do kill -KILL -- "-$i" 2>/dev/null || true; done
+      if [ -z "$live" ]; then
         echo "stopped $name (pid $pid)"
+      elif [ "$live" = "$pid" ] && [ "$name" = worker ]; then
+        echo "stopped $name (pid $pid; idle, killed after SIGTERM)"
+      else
+        echo "killed $name (pid $pid) and what it started: still running 15 s after SIGTERM"
       fi
     fi
     rm -f "$RUN_DIR/$name.pid"

@@ -269,6 +269,41 @@ def _quick_run(page) -> str:
     return toast.inner_text()
 
 
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"  # a zombie has ended; only its exit status is left
+
+
+def test_stop_ends_a_flow_run_in_progress(tmp_path, mirror):
+    # Prefect starts each flow run in a session of its own, outside the worker's process group.
+    with _served(tmp_path / "prefect-home") as server, \
+            _PatientClient(base_url=f"{server['url']}/api", timeout=30) as api:
+        run = api.post(f"/deployments/{_deployment(api, 'on-demand')['id']}/create_flow_run",
+                       json={"parameters": _tiny(mirror, tmp_path / "artifacts", epochs=500)}).json()
+        assert _eventually(lambda: _stage_states(api, run["id"]).get("train_model") == "Running", timeout=120)
+        worker = int((server["home"] / "run" / "worker.pid").read_text())
+        flow_runs = _children(worker)
+        assert flow_runs and all(_running(pid) for pid in flow_runs)
+        stopped = _serve("stop", server["env"])
+        assert stopped.returncode == 0, stopped.stderr
+        assert not [pid for pid in flow_runs if _running(pid)]
+
+
 def test_basic_auth_guards_the_server_and_serve_uses_it(tmp_path):
     with _served(tmp_path / "home", PREFECT_SERVER_API_AUTH_STRING="admin:s3cret") as server, \
             _PatientClient() as client:
