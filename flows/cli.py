@@ -35,7 +35,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--mirror", help="folder holding the four IDX files; no download")
     run.add_argument("--epochs", type=int, default=config.DEFAULT_EPOCHS)
     run.add_argument("--batch-size", type=int, default=config.DEFAULT_BATCH_SIZE)
-    run.add_argument("--learning-rate", type=float, default=config.DEFAULT_LEARNING_RATE)
+    run.add_argument("--learning-rate", type=float, default=config.DEFAULT_LEARNING_RATE,
+                     help="Adam's learning rate; the peak of the cosine schedule")
+    run.add_argument("--lr-schedule", default=config.DEFAULT_LR_SCHEDULE,
+                     help="cosine (falls to 0 over the training) or constant (the tutorial's)")
     run.add_argument("--train-limit", type=int, help="use only the first N training examples")
     run.add_argument("--seed", type=int, default=config.DEFAULT_SEED)
     run.add_argument("--artifacts-dir", default=config.DEFAULT_ARTIFACTS_DIR)

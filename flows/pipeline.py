@@ -9,7 +9,7 @@ from prefect.runtime import flow_run
 
 from tasks import config
 from tasks.config import (
-    AccuracyThreshold, BatchSize, DatasetName, Epochs, LearningRate, PipelineConfig, Seed, TrainLimit,
+    AccuracyThreshold, BatchSize, DatasetName, Epochs, LearningRate, LrSchedule, PipelineConfig, Seed, TrainLimit,
 )
 from tasks.download import download_dataset
 from tasks.evaluate import evaluate_model
@@ -27,6 +27,7 @@ def mnist_pipeline(
     epochs: Epochs = config.DEFAULT_EPOCHS,
     batch_size: BatchSize = config.DEFAULT_BATCH_SIZE,
     learning_rate: LearningRate = config.DEFAULT_LEARNING_RATE,
+    lr_schedule: LrSchedule = config.DEFAULT_LR_SCHEDULE,
     train_limit: TrainLimit = None,
     seed: Seed = config.DEFAULT_SEED,
     artifacts_dir: str = config.DEFAULT_ARTIFACTS_DIR,
@@ -35,7 +36,7 @@ def mnist_pipeline(
     """Train and evaluate the tutorial's MNIST CNN; returns the run summary."""
     cfg = PipelineConfig(
         dataset=dataset, mirror=mirror, epochs=epochs, batch_size=batch_size,
-        learning_rate=learning_rate, train_limit=train_limit, seed=seed,
+        learning_rate=learning_rate, lr_schedule=lr_schedule, train_limit=train_limit, seed=seed,
         artifacts_dir=artifacts_dir, accuracy_threshold=accuracy_threshold,
     )
     run = StageRunner(cfg.artifacts_dir)

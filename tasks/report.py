@@ -193,7 +193,8 @@ def run_sections(artifacts_dir: str, dataset: str, metrics: MetricsRef, stages: 
     if earlier.empty:
         comparison: list[Block] = [f"No earlier {dataset} run is logged in this store."]
     else:
-        columns = ["finished", "epochs", "batch_size", "learning_rate", "train_limit", "test_accuracy", "gate_passed"]
+        columns = ["finished", "epochs", "batch_size", "learning_rate", "lr_schedule", "train_limit", "test_accuracy",
+                   "gate_passed"]
         comparison = [f"This run: test accuracy {metrics.test_accuracy:.4f}; the best of the "
                       f"{len(earlier)} runs before it: {earlier['test_accuracy'].max():.4f}.",
                       earlier[columns].reset_index(drop=True)]

@@ -11,7 +11,7 @@ import pandas as pd
 
 RUNS = "runs.jsonl"
 # The columns `mnist-pipeline runs` shows, in order.
-COLUMNS = ["finished", "dataset", "epochs", "batch_size", "learning_rate", "train_limit", "seed",
+COLUMNS = ["finished", "dataset", "epochs", "batch_size", "learning_rate", "lr_schedule", "train_limit", "seed",
            "test_accuracy", "gate_passed", "gate_reason", "flow_run_id"]
 
 

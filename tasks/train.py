@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -80,6 +81,33 @@ def epoch_order(train, size: int, seed: int, epoch: int, batch_size: int):
     return shuffled.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
+def learning_rate_at(params: TrainParams, done: float) -> float:
+    """The learning rate once the share `done` (0 to 1) of all training steps is behind."""
+    if params.lr_schedule == "constant":
+        return params.learning_rate
+    return params.learning_rate * 0.5 * (1.0 + math.cos(math.pi * done))
+
+
+def lr_schedule(params: TrainParams, steps_per_epoch: int):
+    """A Keras callback setting Adam's rate before every batch, from the epoch and batch numbers.
+
+    Unlike a schedule of optimizer steps (keras.optimizers.schedules.CosineDecay),
+    it stays right when training resumes from a checkpoint with a smaller batch
+    after running out of GPU memory.
+    """
+    import keras
+
+    class Schedule(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self._epoch = epoch
+
+        def on_train_batch_begin(self, batch, logs=None):
+            done = (self._epoch + batch / steps_per_epoch) / params.epochs
+            self.model.optimizer.learning_rate = learning_rate_at(params, done)
+
+    return Schedule()
+
+
 def _compiled_model(params: TrainParams, resume_from: Optional[Path]):
     import keras
 
@@ -125,13 +153,14 @@ def fit(out: Path, data_entry: Path, params: TrainParams, say: Callable[[str], N
     validation = make_dataset(x_test, y_test, _EVAL_BATCH)
     first = len(history)
     batch_size = _batch_size(params, checkpoints)
+    schedule = lr_schedule(params, math.ceil(len(x_train) / batch_size))
     try:
         # One fit call per epoch, so each epoch's order is chosen here, by its number.
         for epoch in range(first, params.epochs):
             model.fit(
                 epoch_order(train, len(x_train), params.seed, epoch, batch_size),
                 initial_epoch=epoch, epochs=epoch + 1,
-                validation_data=validation, callbacks=[recorder], verbose=0,
+                validation_data=validation, callbacks=[schedule, recorder], verbose=0,
                 # The order is epoch_order's; Keras must not (and cannot) shuffle a tf.data pipeline.
                 shuffle=False,
             )

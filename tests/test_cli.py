@@ -31,6 +31,7 @@ def _refused(capsys, *args: str) -> str:
         (["--dataset", "cifar10"], "--dataset cifar10: Input should be 'mnist' or 'fashion_mnist'"),
         (["--epochs", "three"], "argument --epochs: invalid int value: 'three'"),
         (["--train-limit", "0"], "--train-limit 0: Input should be greater than or equal to 1"),
+        (["--lr-schedule", "step"], "--lr-schedule step: Input should be 'cosine' or 'constant'"),
     ],
 )
 def test_bad_option_is_one_line_exit_2(capsys, args, message):

@@ -39,6 +39,26 @@ def test_stage_records_model_times_and_device(trained):
     assert "121,930" in (entry / train.SUMMARY).read_text()
 
 
+@pytest.mark.parametrize("schedule, done, share", [
+    ("cosine", 0.0, 1.0), ("cosine", 0.5, 0.5), ("cosine", 1.0, 0.0), ("constant", 0.7, 1.0),
+])
+def test_learning_rate_schedule(schedule, done, share):
+    params = PARAMS.model_copy(update={"learning_rate": 0.004, "lr_schedule": schedule})
+    assert train.learning_rate_at(params, done) == pytest.approx(0.004 * share)
+
+
+def test_training_follows_the_cosine_schedule_to_its_last_batch(trained, mirror):
+    import keras
+
+    store, ref = trained
+    model = keras.models.load_model(ArtifactStore(store).path(ref) / train.MODEL, safe_mode=True)
+    images = run_stages(store, mirror, upto="preprocess")["data"].train_count  # served from the store
+    steps = -(-images // PARAMS.batch_size)
+    last_batch = (PARAMS.epochs - 1 + (steps - 1) / steps) / PARAMS.epochs
+    assert PARAMS.lr_schedule == "cosine"
+    assert float(model.optimizer.learning_rate) == pytest.approx(train.learning_rate_at(PARAMS, last_batch), rel=1e-5)
+
+
 def test_progress_line_per_epoch(mirror, tmp_path):
     store = str(tmp_path / "artifacts")
     data = run_stages(store, mirror, upto="preprocess")["data"]
@@ -62,14 +82,22 @@ def test_resumed_training_matches_an_uninterrupted_run(mirror, tmp_path):
     data = ArtifactStore(store).path(run_stages(store, mirror, upto="preprocess")["data"])
     params = PARAMS.model_copy(update={"epochs": 3})
 
-    def fit(name, params, checkpoints):
+    def fit(name, checkpoints, say=lambda line: None):
         (tmp_path / name).mkdir()
-        return train.fit(tmp_path / name, data, params, lambda line: None, checkpoints)
+        return train.fit(tmp_path / name, data, params, say, checkpoints)
 
-    whole = fit("whole", params, tmp_path / "ckpt-whole")
-    # A run that stops after two epochs leaves its checkpoint; the next one picks it up.
-    fit("first-two", params.model_copy(update={"epochs": 2}), tmp_path / "ckpt")
-    resumed = fit("resumed", params, tmp_path / "ckpt")
+    class Crash(Exception):
+        pass
+
+    def crash_after_epoch_two(line):
+        if line.startswith("epoch 2/3"):  # said once epoch 2's checkpoint is safe
+            raise Crash
+
+    whole = fit("whole", tmp_path / "ckpt-whole")
+    # A run that dies after two epochs leaves its checkpoint; the next one picks it up.
+    with pytest.raises(Crash):
+        fit("crashed", tmp_path / "ckpt", say=crash_after_epoch_two)
+    resumed = fit("resumed", tmp_path / "ckpt")
 
     assert (resumed["resumed_from_epoch"], resumed["epochs_run"]) == (2, 1)
     assert (whole["resumed_from_epoch"], whole["epochs_run"]) == (None, 3)
