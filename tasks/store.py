@@ -23,6 +23,8 @@ from tasks.refs import EntryRef
 MANIFEST = "manifest.json"
 REF = "ref.json"
 _CHUNK = 1 << 20
+# Less free space than this, after a failed write, means the disk is full.
+_NEARLY_FULL = 1 << 20
 
 
 class StoreError(RuntimeError):
@@ -54,6 +56,7 @@ def fsync(path: Path) -> None:
 
 
 def _disk_full(err: OSError, where: Path) -> bool:
+    """Whether `err`, raised while writing under `where`, comes from a full disk."""
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
     # Some writers report a short write without an errno (NumPy: "N requested and
@@ -63,7 +66,7 @@ def _disk_full(err: OSError, where: Path) -> bool:
             stats = os.statvfs(where)
         except OSError:
             return False
-        return stats.f_bavail * stats.f_frsize < _CHUNK
+        return stats.f_bavail * stats.f_frsize < _NEARLY_FULL
     return False
 
 
