@@ -78,19 +78,27 @@ start() {
   echo "For the CLI: export PREFECT_API_URL=$PREFECT_API_URL"
 }
 
+# Every process as "pid ppid pgrp state", read from /proc (procps may be absent).
+# Always succeeds: a process that ends while it is read is left out.
+processes() {
+  local f line pid
+  for f in /proc/[0-9]*/stat; do
+    { read -r line <"$f"; } 2>/dev/null || continue
+    pid=${f#/proc/}; pid=${pid%/stat}
+    line=${line##*) }  # after the command name, which may hold spaces: state ppid pgrp ...
+    set -- $line
+    if (($# >= 3)); then echo "$pid $2 $3 $1"; fi
+  done
+  return 0
+}
+
 # Process groups to end for the process $1: its own, and those of every process
 # descended from it. Prefect starts each flow run in a session of its own, so
 # the worker's group alone would leave a running flow run behind.
 process_groups() {
-  local root=$1 f stat pid cur
+  local root=$1 pid ppid pgrp state cur
   local -A parent=() group=() seen=()
-  for f in /proc/[0-9]*/stat; do
-    stat=$(<"$f") 2>/dev/null || continue
-    pid=${f#/proc/}; pid=${pid%/stat}
-    stat=${stat##*) }  # after the command name, which may hold spaces: state ppid pgrp ...
-    set -- $stat
-    parent[$pid]=$2; group[$pid]=$3
-  done
+  while read -r pid ppid pgrp state; do parent[$pid]=$ppid; group[$pid]=$pgrp; done < <(processes)
   local -a todo=("$root")
   seen[$root]=1
   while ((${#todo[@]})); do
@@ -102,28 +110,40 @@ process_groups() {
   echo "${!seen[@]}"
 }
 
-# Those of the process groups $@ that still have a member.
+# Those of the process groups $@ that still have a member that has not ended
+# (a zombie only waits for its parent to read its exit status).
 living() {
-  local g
-  for g in "$@"; do kill -0 -- "-$g" 2>/dev/null && echo "$g"; done
-  return 0
+  local g pid ppid pgrp state
+  local -A wanted=() found=()
+  for g in "$@"; do wanted[$g]=1; done
+  while read -r pid ppid pgrp state; do
+    if [ -n "${wanted[$pgrp]:-}" ] && [ "$state" != Z ]; then found[$pgrp]=1; fi
+  done < <(processes)
+  echo "${!found[@]}"
 }
 
 stop() {
   local name pid i groups live
   for name in worker server; do
     pid=$(cat "$RUN_DIR/$name.pid" 2>/dev/null) || continue
-    # Also when its leader died and left children behind.
-    if alive "$name" || kill -0 -- "-$pid" 2>/dev/null; then
+    if alive "$name"; then
       groups=$(process_groups "$pid")
+    elif kill -0 -- "-$pid" 2>/dev/null; then
+      # Its leader died and left its group behind. (Flow runs it had started now
+      # belong to init, out of reach of this search.)
+      groups=$pid
+    else
+      groups=""
+    fi
+    if [ -n "$groups" ]; then
       for i in $groups; do kill -TERM -- "-$i" 2>/dev/null || true; done
       for i in $(seq 1 30); do
         live=$(living $groups)
         [ -n "$live" ] || break
         # Prefect's worker turns SIGTERM into a graceful shutdown that can hang
         # when it is idle. Once its flow runs have ended, nothing is lost by not
-        # waiting for it.
-        if [ "$name" = worker ] && [ "$i" -ge 4 ] && [ "$live" = "$pid" ]; then break; fi
+        # waiting for it longer than 2 s.
+        if [ "$name" = worker ] && [ "$i" -ge 5 ] && [ "$live" = "$pid" ]; then break; fi
         sleep 0.5
       done
       live=$(living $groups)

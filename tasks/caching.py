@@ -155,6 +155,9 @@ class StageCache(CachePolicy):
         try:
             if not _discard_if_broken(store, self.stage, fingerprint):
                 self._restore_record(store, fingerprint)
+        except Exception as err:  # only a shortcut: without it the stage runs and serves the entry
+            run_logger().warning("Could not restore the cache record of the %s entry %s: %s",
+                                 self.stage, fingerprint, err)
         finally:
             if self.lock_manager is not None:
                 self.lock_manager.release_lock(key, holder)
@@ -180,7 +183,7 @@ class StageCache(CachePolicy):
             run_logger().warning("Rewriting the unreadable cache record %s (%s)", record, err)
 
         ref = self.ref_type.model_validate_json(store.read_ref(self.stage, fingerprint))
-        metadata = ResultRecordMetadata(storage_key=str(record), serializer=JSONSerializer())
+        metadata = ResultRecordMetadata(storage_key=str(record.resolve()), serializer=JSONSerializer())
         write_atomically(record, ResultRecord(result=ref, metadata=metadata).serialize().decode())
         run_logger().info("Restored the cache record of the %s entry %s", self.stage, fingerprint)
 

@@ -38,4 +38,7 @@ def read(artifacts_dir: str) -> pd.DataFrame:
         except ValueError:
             continue  # a line cut short (a full disk, a crash): the others still count
     runs = pd.DataFrame.from_records(records) if records else pd.DataFrame(columns=COLUMNS)
-    return runs.reindex(columns=COLUMNS + [c for c in runs.columns if c not in COLUMNS])
+    runs = runs.reindex(columns=COLUMNS + [c for c in runs.columns if c not in COLUMNS])
+    # Runs logged before the schedule was a setting trained at a constant rate.
+    runs["lr_schedule"] = runs["lr_schedule"].astype(object).fillna("constant")
+    return runs

@@ -12,6 +12,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from contextlib import contextmanager
@@ -56,18 +57,18 @@ def fsync(path: Path) -> None:
 
 
 def _disk_full(err: OSError, where: Path) -> bool:
-    """Whether `err`, raised while writing under `where`, comes from a full disk."""
-    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+    """Whether `err`, raised while writing under `where`, comes from the store's disk being full."""
+    # NumPy reports a short write without an errno: "N requested and M written".
+    no_space = err.errno in (errno.ENOSPC, errno.EDQUOT) or (
+        err.errno is None and re.search(r"\d+ requested and \d+ written", str(err)) is not None)
+    if not no_space:
+        return False
+    try:
+        stats = os.statvfs(where)
+    except OSError:
         return True
-    # Some writers report a short write without an errno (NumPy: "N requested and
-    # M written"); on a local disk that means it is full.
-    if err.errno is None:
-        try:
-            stats = os.statvfs(where)
-        except OSError:
-            return False
-        return stats.f_bavail * stats.f_frsize < _NEARLY_FULL
-    return False
+    # A quota or another disk (a temporary folder elsewhere) can be what is full.
+    return stats.f_bavail * stats.f_frsize < _NEARLY_FULL or err.errno == errno.EDQUOT
 
 
 class ArtifactStore:

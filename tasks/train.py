@@ -153,14 +153,16 @@ def fit(out: Path, data_entry: Path, params: TrainParams, say: Callable[[str], N
     validation = make_dataset(x_test, y_test, _EVAL_BATCH)
     first = len(history)
     batch_size = _batch_size(params, checkpoints)
-    schedule = lr_schedule(params, math.ceil(len(x_train) / batch_size))
+    callbacks = [recorder]
+    if params.lr_schedule != "constant":
+        callbacks.insert(0, lr_schedule(params, math.ceil(len(x_train) / batch_size)))
     try:
         # One fit call per epoch, so each epoch's order is chosen here, by its number.
         for epoch in range(first, params.epochs):
             model.fit(
                 epoch_order(train, len(x_train), params.seed, epoch, batch_size),
                 initial_epoch=epoch, epochs=epoch + 1,
-                validation_data=validation, callbacks=[schedule, recorder], verbose=0,
+                validation_data=validation, callbacks=callbacks, verbose=0,
                 # The order is epoch_order's; Keras must not (and cannot) shuffle a tf.data pipeline.
                 shuffle=False,
             )

@@ -20,3 +20,9 @@ def test_a_line_cut_short_is_skipped(tmp_path):
 def test_no_log_yet_is_an_empty_table(tmp_path):
     table = runlog.read(str(tmp_path))
     assert table.empty and list(table.columns) == runlog.COLUMNS
+
+
+def test_runs_logged_before_the_schedule_setting_show_a_constant_rate(tmp_path):
+    runlog.append(str(tmp_path), {"flow_run_id": "old", "learning_rate": 0.002})
+    runlog.append(str(tmp_path), {"flow_run_id": "new", "learning_rate": 0.006, "lr_schedule": "cosine"})
+    assert list(runlog.read(str(tmp_path))["lr_schedule"]) == ["constant", "cosine"]

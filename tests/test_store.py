@@ -93,8 +93,21 @@ def test_full_disk_is_named_and_leaves_nothing_behind(tmp_path, monkeypatch, err
     assert list((tmp_path / "train").iterdir()) == []
 
 
-def test_short_write_on_a_disk_with_room_is_not_called_full(tmp_path):
-    store = ArtifactStore(tmp_path)
-    with pytest.raises(OSError, match="requested and"):  # passed on as it was, not a StoreError
+@pytest.mark.parametrize("error", [OSError("200704 requested and 186336 written"), OSError(28, "No space left")])
+def test_no_space_elsewhere_is_not_called_a_full_store(tmp_path, error):
+    store = ArtifactStore(tmp_path)  # pytest's temporary folder has room
+    with pytest.raises(OSError, match="requested and|No space"):  # passed on as it was, not a StoreError
         with store.writing("train", "abc"):
-            raise OSError("200704 requested and 186336 written")
+            raise error
+
+
+def test_other_errors_without_errno_are_not_called_a_full_disk(tmp_path, monkeypatch):
+    import os
+
+    class Full:
+        f_bavail, f_frsize = 3, 4096
+
+    monkeypatch.setattr(os, "statvfs", lambda path: Full)
+    with pytest.raises(TimeoutError):
+        with ArtifactStore(tmp_path).writing("train", "abc"):
+            raise TimeoutError("the download timed out")
