@@ -84,11 +84,23 @@ class StageRunner:
         self.stages[stage] = record
         if not state.is_completed():  # Failed, or Crashed
             cause = state.result(raise_on_failure=False)
+            self._drop_failure_record(state)
             raise StageFailed(stage, cause if isinstance(cause, BaseException) else RuntimeError(state.message),
                               self.summary("Failed"))
         ref: EntryRef = state.result()
         record["artifact"] = str(self.store.path(ref))
         return ref
+
+    def _drop_failure_record(self, state: State) -> None:
+        """Remove the record Prefect keeps of a stage's exception.
+
+        Prefect writes it, named by a random UUID, at the root of the result
+        storage, which is the store's root here. It is never read again: the
+        state's message and StageFailed say why the stage failed.
+        """
+        key = getattr(getattr(state.data, "metadata", None), "storage_key", None)
+        if key and Path(key).parent == self.store.root.resolve():
+            Path(key).unlink(missing_ok=True)
 
     def summary(
         self,

@@ -150,6 +150,8 @@ def test_deterministic_failure_is_not_retried(tmp_path, store):
     with pytest.raises(StageFailed, match="header promises 100") as failure:
         mnist_pipeline(mirror=str(mirror), artifacts_dir=store, **TINY)
     assert failure.value.summary["stages"]["download"]["attempts"] == 1
+    # Prefect's record of the exception is not left at the store's root.
+    assert sorted(p.name for p in Path(store).iterdir()) == [".locks", "download"]
 
 
 def test_gate_promotes_a_good_model_and_refuses_a_weak_one(run, store):
