@@ -2,9 +2,9 @@
 
 A stage's fingerprint hashes its own inputs (upstream entries by their
 fingerprints), the source of the project modules it runs (found by following its imports), and the versions of
-the libraries that compute it. Prefect keeps its result record inside the
-entry (`<stage>/<fingerprint>/result.json`), so removing a broken entry also
-removes the record, and Prefect computes the stage again.
+the libraries that compute it. Prefect's record of a stage's result is the
+entry itself: whenever Prefect reads it, it is rebuilt from the entry's
+verified `ref.json`, so nothing stored beside the entry is ever deserialized.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
-import uuid
 import logging
 import platform
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -24,11 +24,12 @@ from typing import Any, Callable, Mapping, Optional
 
 from prefect import task
 from prefect.cache_policies import CachePolicy
+from prefect.filesystems import LocalFileSystem
 from pydantic import BaseModel
 
 from tasks import retries
-from tasks.refs import EntryRef
-from tasks.store import REF, ArtifactStore, write_atomically
+from tasks.refs import REF_TYPES, EntryRef
+from tasks.store import REF, ArtifactStore
 
 # The libraries whose numerics or data a stage's output depends on.
 _LIBRARIES = ("tensorflow", "tensorflow-cpu", "keras", "tensorflow-datasets", "numpy", "h5py",
@@ -119,8 +120,6 @@ class StageCache(CachePolicy):
     """Cache one stage's output in the artifact store under its fingerprint."""
 
     stage: str = ""
-    # What the stage returns: a reference to its entry.
-    ref_type: type[EntryRef] = EntryRef
     # The stage's module: its source, and that of the project modules it uses,
     # decide the stage's output.
     module: str = ""
@@ -143,49 +142,8 @@ class StageCache(CachePolicy):
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def compute_key(self, task_ctx, inputs, flow_parameters, **kwargs) -> Optional[str]:
-        store = ArtifactStore(inputs["artifacts_dir"])
-        fingerprint = self.fingerprint(inputs)
-        key = f"{self.stage}/{fingerprint}/{RECORD}"
-        if not store.exists(self.stage, fingerprint):
-            return key
-        # Judge under the key's lock: a run holding it may be replacing the entry.
-        holder = f"check-{uuid.uuid4().hex}"
-        if self.lock_manager is not None:
-            self.lock_manager.acquire_lock(key, holder)
-        try:
-            if not _discard_if_broken(store, self.stage, fingerprint):
-                self._restore_record(store, fingerprint)
-        except Exception as err:  # only a shortcut: without it the stage runs and serves the entry
-            run_logger().warning("Could not restore the cache record of the %s entry %s: %s",
-                                 self.stage, fingerprint, err)
-        finally:
-            if self.lock_manager is not None:
-                self.lock_manager.release_lock(key, holder)
-        return key
-
-    def _restore_record(self, store: ArtifactStore, fingerprint: str) -> None:
-        """Write Prefect's record of an intact entry that lacks a readable one.
-
-        The entry is published before Prefect writes its record; a run killed in
-        between leaves an entry without one. Prefect would run the stage again
-        (and report `Completed`) only to be handed the same entry.
-        """
-        from prefect.results import ResultRecord, ResultRecordMetadata
-        from prefect.serializers import JSONSerializer
-
-        record = store.entry(self.stage, fingerprint) / RECORD
-        try:
-            ResultRecord.deserialize(record.read_bytes())
-            return
-        except FileNotFoundError:
-            pass
-        except Exception as err:  # cut short or altered: Prefect would not read it either
-            run_logger().warning("Rewriting the unreadable cache record %s (%s)", record, err)
-
-        ref = self.ref_type.model_validate_json(store.read_ref(self.stage, fingerprint))
-        metadata = ResultRecordMetadata(storage_key=str(record.resolve()), serializer=JSONSerializer())
-        write_atomically(record, ResultRecord(result=ref, metadata=metadata).serialize().decode())
-        run_logger().info("Restored the cache record of the %s entry %s", self.stage, fingerprint)
+        """Where Prefect looks for the stage's record: inside the entry (see EntryRecords)."""
+        return record_key(self.stage, self.fingerprint(inputs))
 
     def produce(
         self,
@@ -203,11 +161,59 @@ class StageCache(CachePolicy):
         if store.exists(self.stage, fingerprint) and not _discard_if_broken(
             store, self.stage, fingerprint
         ):
-            return self.ref_type.model_validate_json(store.read_ref(self.stage, fingerprint))
+            return store.load_ref(self.stage, fingerprint)
         with store.writing(self.stage, fingerprint) as folder:
-            ref = self.ref_type(stage=self.stage, fingerprint=fingerprint, **build(folder))
+            ref = REF_TYPES[self.stage](stage=self.stage, fingerprint=fingerprint, **build(folder))
             (folder / REF).write_text(ref.model_dump_json(indent=1))
         return ref
+
+
+def record_key(stage: str, fingerprint: str) -> str:
+    return f"{stage}/{fingerprint}/{RECORD}"
+
+
+_RECORD_KEY = re.compile(rf"^([a-z]+)/([0-9a-f]{{16}})/{re.escape(RECORD)}$")
+
+
+class EntryRecords(LocalFileSystem):
+    """Prefect's result storage for the stages: each record is made from its verified entry.
+
+    Prefect reads a cached result by deserializing the record at the stage's key
+    with whatever serializer the record names, so an altered record could name
+    pickle, or a class to import. Here no record is ever read from disk: reading
+    the key `<stage>/<fingerprint>/result.json` yields the entry's `ref.json`,
+    validated as that stage's reference type, and only while every file of the
+    entry matches its manifest. Anything else reads as absent, so Prefect runs
+    the stage, which replaces a broken entry. Prefect's writes are dropped: the
+    entry is the record, and a failure's record is never read back.
+    """
+
+    _block_type_name = "mnist-pipeline entry records"
+
+    def read_path(self, path: str, _sync: Optional[bool] = None) -> bytes:
+        from prefect.results import ResultRecord, ResultRecordMetadata
+        from prefect.serializers import JSONSerializer
+
+        match = _RECORD_KEY.match(path)
+        if match is None or match[1] not in REF_TYPES:
+            raise ValueError(f"{path} is not a stage's record")
+        store = ArtifactStore(self.basepath)
+        problem = store.problem(match[1], match[2]) if store.exists(match[1], match[2]) else "no entry"
+        if problem is not None:
+            raise ValueError(f"{path} is not served: {problem}")
+        ref = store.load_ref(match[1], match[2])
+        metadata = ResultRecordMetadata(storage_key=str(store.entry(ref.stage, ref.fingerprint) / RECORD),
+                                        serializer=JSONSerializer())
+        return ResultRecord(result=ref, metadata=metadata).serialize()
+
+    async def aread_path(self, path: str) -> bytes:
+        return self.read_path(path)
+
+    def write_path(self, path: str, content: bytes, _sync: Optional[bool] = None) -> str:
+        return str(Path(self.basepath) / path)
+
+    async def awrite_path(self, path: str, content: bytes) -> str:
+        return self.write_path(path, content)
 
 
 def stage_task(cache: StageCache):

@@ -7,7 +7,6 @@ import importlib.util
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping, Optional
 from urllib.parse import urlsplit
@@ -18,7 +17,7 @@ from tasks import idx
 from tasks.caching import StageCache, stage_task
 from tasks.refs import DatasetRef
 from tasks.retries import TransientError
-from tasks.store import sha256_file
+from tasks.store import file_digest
 
 ARRAYS = "data.npz"
 # TensorFlow Datasets keeps its downloads and prepared records here, inside the store.
@@ -37,26 +36,11 @@ def _mirror_checksums(inputs: Mapping[str, Any]) -> Mapping[str, Any]:
     if mirror is None:
         return {}
     paths = idx.check_mirror_headers(Path(mirror))
-    return {"mirror": {role: _file_digest(path) for role, path in paths.items()}}
-
-
-def _file_digest(path: Path) -> str:
-    # The key is computed twice per run (Prefect's cache key, then the entry's
-    # name): hash each version of a file once. A file rewritten or replaced
-    # changes its size, mtime, ctime or inode.
-    stat = path.stat()
-    version = (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
-    return _digest_of_version(str(path.resolve()), version)
-
-
-@lru_cache(maxsize=64)
-def _digest_of_version(path: str, version: tuple[int, int, int, int]) -> str:
-    return sha256_file(Path(path))
+    return {"mirror": {role: file_digest(path) for role, path in paths.items()}}
 
 
 CACHE = StageCache(
     stage="download",
-    ref_type=DatasetRef,
     module=__name__,
     describe_inputs=_mirror_checksums,
 )

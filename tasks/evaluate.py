@@ -23,7 +23,7 @@ MISCLASSIFIED = "misclassified.csv"
 FIRST_PREDICTIONS = 10
 _PREDICT_BATCH = 1024
 
-CACHE = StageCache(stage="evaluate", ref_type=MetricsRef, module=__name__)
+CACHE = StageCache(stage="evaluate", module=__name__)
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

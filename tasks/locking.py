@@ -9,12 +9,15 @@ releases the lock the moment its holder's process ends, however it ends.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import os
 import time
 from pathlib import Path
 from typing import Optional
+
+from tasks.store import StoreError
 
 _POLL_S = 0.1
 
@@ -26,6 +29,19 @@ class FileLockManager:
         self.directory = Path(directory)
         # key -> (holder, file descriptor that holds the lock)
         self._held: dict[str, tuple[str, int]] = {}
+
+    def open(self) -> "FileLockManager":
+        """Create the lock folder; a clear error if something else is in its place.
+
+        Locks that could not be taken would let two runs build one entry at once.
+        """
+        try:
+            if self.directory.exists() and not self.directory.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, "Not a directory")
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StoreError(f"cannot keep locks in {self.directory}: {err.strerror or err}") from err
+        return self
 
     def _path(self, key: str) -> Path:
         # Keys hold slashes (`train/<fingerprint>/result.json`): hash to a flat name.

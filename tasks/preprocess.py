@@ -16,7 +16,7 @@ SPLITS = ("train", "test")
 SAMPLES_PNG = "samples.png"
 SAMPLE_COUNT = 20
 
-CACHE = StageCache(stage="preprocess", ref_type=PreparedRef, module=__name__)
+CACHE = StageCache(stage="preprocess", module=__name__)
 
 
 def scale(images: np.ndarray) -> np.ndarray:

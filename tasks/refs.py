@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Annotated, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
+
+StageName = Literal["download", "preprocess", "train", "evaluate", "report"]
+# 16 hex digits: never a path separator nor `..`, so a reference cannot point outside its stage's folder.
+Fingerprint = Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]
 
 
 class EntryRef(BaseModel):
@@ -12,8 +16,8 @@ class EntryRef(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    stage: str
-    fingerprint: str
+    stage: StageName
+    fingerprint: Fingerprint
 
 
 class DatasetRef(EntryRef):
@@ -60,3 +64,13 @@ class ReportRef(EntryRef):
 
     markdown: str
     html: str
+
+
+# What each stage returns: the type its entry's ref.json is read back as.
+REF_TYPES: dict[str, type[EntryRef]] = {
+    "download": DatasetRef,
+    "preprocess": PreparedRef,
+    "train": ModelRef,
+    "evaluate": MetricsRef,
+    "report": ReportRef,
+}

@@ -34,7 +34,7 @@ RUNS_DIR = "runs"
 # How many earlier runs of the same dataset the published report compares against.
 PREVIOUS_RUNS = 5
 
-CACHE = StageCache(stage="report", ref_type=ReportRef, module=__name__)
+CACHE = StageCache(stage="report", module=__name__)
 
 
 @dataclass

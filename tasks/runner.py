@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Optional, Union
 
 from prefect import Task
@@ -13,6 +12,7 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, State
 
 from tasks import runlog
+from tasks.caching import EntryRecords
 from tasks.config import PipelineConfig
 from tasks.gate import GateResult
 from tasks.locking import FileLockManager
@@ -52,7 +52,8 @@ class StageRunner:
         self.artifacts_dir = artifacts_dir
         # Before any stage: an unwritable store fails the run at once, in one sentence.
         self.store = ArtifactStore(artifacts_dir).open()
-        self.locks = FileLockManager(Path(artifacts_dir) / LOCKS_DIR)
+        self.locks = FileLockManager(self.store.root / LOCKS_DIR).open()
+        self.records = EntryRecords(basepath=str(self.store.root))
         self.stages: dict[str, dict[str, Any]] = {}
 
     def __call__(self, stage_task: Task, *args: Any) -> Any:
@@ -64,8 +65,6 @@ class StageRunner:
             attempts["count"] = max(1, task_run.run_count)
 
         bound = stage_task.with_options(
-            # Prefect's record of the result lives in the stage's entry of this run's store.
-            result_storage=Path(self.artifacts_dir),
             # Runs with the same inputs at once compute each stage once; the others wait.
             cache_policy=stage_task.cache_policy.configure(
                 isolation_level="SERIALIZABLE", lock_manager=self.locks
@@ -73,6 +72,10 @@ class StageRunner:
             on_completion=[count_attempts],
             on_failure=[count_attempts],
         )
+        # Prefect's record of the result is the stage's entry in this run's store. Set
+        # after construction: Task() takes only saved blocks, which a remote worker
+        # could load; this storage serves this process only, as a `Path` would.
+        bound.result_storage = self.records
         start = time.perf_counter()
         state = bound(self.artifacts_dir, *args, return_state=True)
         record = {
@@ -84,23 +87,11 @@ class StageRunner:
         self.stages[stage] = record
         if not state.is_completed():  # Failed, or Crashed
             cause = state.result(raise_on_failure=False)
-            self._drop_failure_record(state)
             raise StageFailed(stage, cause if isinstance(cause, BaseException) else RuntimeError(state.message),
                               self.summary("Failed"))
         ref: EntryRef = state.result()
         record["artifact"] = str(self.store.path(ref))
         return ref
-
-    def _drop_failure_record(self, state: State) -> None:
-        """Remove the record Prefect keeps of a stage's exception.
-
-        Prefect writes it, named by a random UUID, at the root of the result
-        storage, which is the store's root here. It is never read again: the
-        state's message and StageFailed say why the stage failed.
-        """
-        key = getattr(getattr(state.data, "metadata", None), "storage_key", None)
-        if key and Path(key).parent == self.store.root.resolve():
-            Path(key).unlink(missing_ok=True)
 
     def summary(
         self,

@@ -16,10 +16,11 @@ import re
 import shutil
 import uuid
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterator, Optional
 
-from tasks.refs import EntryRef
+from tasks.refs import REF_TYPES, EntryRef
 
 MANIFEST = "manifest.json"
 REF = "ref.json"
@@ -40,11 +41,35 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file, hashed once per version of it in this process.
+
+    A file rewritten, replaced or altered in place changes its size, mtime,
+    ctime or inode; ctime cannot be set back by hand.
+    """
+    stat = path.stat()
+    return _digest_of_version(str(path.resolve()), (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns))
+
+
+@lru_cache(maxsize=256)
+def _digest_of_version(path: str, version: tuple[int, int, int, int]) -> str:
+    return sha256_file(Path(path))
+
+
 def write_atomically(path: Path, text: str) -> None:
-    """Replace `path` with `text` in one step: readers see the old file or the new one."""
+    """Replace `path` with `text` in one step: readers see the old file or the new one.
+
+    On failure the old file stays and no temporary file is left.
+    """
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        if _disk_full(err, path.parent):
+            raise StoreError(f"the artifact store is full: no space left on device while writing {path}") from err
+        raise
 
 
 def fsync(path: Path) -> None:
@@ -78,6 +103,8 @@ class ArtifactStore:
     def open(self) -> "ArtifactStore":
         """Create the store's folder if needed; a clear error if it cannot be written."""
         try:
+            if self.root.exists() and not self.root.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, "Not a directory")
             self.root.mkdir(parents=True, exist_ok=True)
             probe = self.root / f".probe-{uuid.uuid4().hex[:8]}"
             probe.write_bytes(b"")
@@ -96,6 +123,8 @@ class ArtifactStore:
     def problem(self, stage: str, fingerprint: str) -> Optional[str]:
         """Why the entry cannot be served, or None when it is complete and intact."""
         entry = self.entry(stage, fingerprint)
+        if entry.is_symlink():
+            return f"{entry} is a symbolic link"
         try:
             manifest = json.loads((entry / MANIFEST).read_text())
         except FileNotFoundError:
@@ -107,13 +136,28 @@ class ArtifactStore:
             checks = [(name, int(info["bytes"]), str(info["sha256"])) for name, info in files.items()]
         except (KeyError, TypeError, ValueError) as err:
             return f"{entry / MANIFEST} is malformed ({err!r})"
+        if REF not in files or any(Path(name).is_absolute() or ".." in Path(name).parts for name in files):
+            return f"{entry / MANIFEST} is malformed (no {REF}, or a file outside the entry)"
         for name, size, sha256 in checks:
             path = entry / name
             if not path.is_file():
                 return f"{path} is missing"
-            if path.stat().st_size != size or sha256_file(path) != sha256:
+            if path.is_symlink():
+                return f"{path} is a symbolic link"
+            if path.stat().st_size != size or file_digest(path) != sha256:
                 return f"{path} does not match its checksum"
+        try:
+            self.load_ref(stage, fingerprint)
+        except ValueError as err:
+            return f"{entry / REF} does not name this entry ({str(err).splitlines()[0]})"
         return None
+
+    def load_ref(self, stage: str, fingerprint: str) -> EntryRef:
+        """The reference an entry's `ref.json` holds, as its stage's type, naming that very entry."""
+        ref = REF_TYPES[stage].model_validate_json((self.entry(stage, fingerprint) / REF).read_text())
+        if (ref.stage, ref.fingerprint) != (stage, fingerprint):
+            raise ValueError(f"{self.entry(stage, fingerprint) / REF} names {ref.stage}/{ref.fingerprint}")
+        return ref
 
     def content_digest(self, ref: EntryRef) -> Optional[str]:
         """SHA-256 of the entry's manifest, which names every file's checksum."""
@@ -124,17 +168,21 @@ class ArtifactStore:
         return self.entry(stage, fingerprint).exists()
 
     def evict(self, stage: str, fingerprint: str) -> None:
-        """Remove an entry: first out of sight by rename, then from disk."""
+        """Remove an entry: first out of sight by rename, then from disk.
+
+        An entry that cannot be moved out of sight (immutable, a read-only
+        disk) fails the stage: it must never be served, nor built over.
+        """
         entry = self.entry(stage, fingerprint)
         doomed = entry.with_name(f".evicted-{fingerprint}-{uuid.uuid4().hex[:8]}")
         try:
             entry.rename(doomed)
         except FileNotFoundError:
             return
+        except OSError as err:
+            raise StoreError(f"the {stage} entry {entry} is damaged and cannot be removed "
+                             f"({err.strerror or err}); remove it by hand") from err
         shutil.rmtree(doomed, ignore_errors=True)
-
-    def read_ref(self, stage: str, fingerprint: str) -> str:
-        return (self.entry(stage, fingerprint) / REF).read_text()
 
     @contextmanager
     def writing(self, stage: str, fingerprint: str) -> Iterator[Path]:

@@ -30,7 +30,7 @@ _EVAL_BATCH = 1024
 # Spaces the per-epoch shuffle seeds of different run seeds apart.
 _EPOCH_SEEDS = 100_003
 
-CACHE = StageCache(stage="train", ref_type=ModelRef, module=__name__)
+CACHE = StageCache(stage="train", module=__name__)
 
 
 def select_device() -> str:

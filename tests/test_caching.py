@@ -9,7 +9,7 @@ from tasks.config import TrainParams
 from tasks.refs import PreparedRef
 from tasks.store import ArtifactStore
 
-DATA = PreparedRef(stage="preprocess", fingerprint="f00d", train_count=1, test_count=1)
+DATA = PreparedRef(stage="preprocess", fingerprint="00000000f00df00d", train_count=1, test_count=1)
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ def test_fingerprint_follows_parameters_and_upstream_not_location():
     base = cache.fingerprint({"artifacts_dir": "a", "data": DATA, "params": TrainParams()})
     assert base == cache.fingerprint({"artifacts_dir": "elsewhere", "data": DATA, "params": TrainParams()})
     assert base != cache.fingerprint({"artifacts_dir": "a", "data": DATA, "params": TrainParams(epochs=4)})
-    other = DATA.model_copy(update={"fingerprint": "beef"})
+    other = DATA.model_copy(update={"fingerprint": "00000000beefbeef"})
     assert base != cache.fingerprint({"artifacts_dir": "a", "data": other, "params": TrainParams()})
 
 
@@ -64,26 +64,9 @@ def test_library_versions_enter_the_fingerprint(monkeypatch):
     assert cache.fingerprint(inputs) != before
 
 
-def test_cache_key_points_inside_the_entry(tmp_path):
-    cache = StageCache(stage="train", module="tasks.train")
-    inputs = {"artifacts_dir": str(tmp_path), "data": DATA, "params": TrainParams()}
-    key = cache.compute_key(None, inputs, {})
-    assert key == f"train/{cache.fingerprint(inputs)}/result.json"
-
-
-def test_broken_entry_is_evicted_when_the_key_is_computed(tmp_path):
-    cache = StageCache(stage="train", ref_type=PreparedRef, module="tasks.train")
-    inputs = {"artifacts_dir": str(tmp_path), "data": DATA, "params": TrainParams()}
-    ref = cache.produce(lambda out: _write(out), **inputs)
-    entry = tmp_path / "train" / ref.fingerprint
-    (entry / "weights.bin").write_bytes(b"garbage")
-    cache.compute_key(None, inputs, {})
-    assert not entry.exists()
-
-
 def test_produce_serves_an_intact_entry_without_building(tmp_path):
-    cache = StageCache(stage="train", ref_type=PreparedRef, module="tasks.train")
-    inputs = {"artifacts_dir": str(tmp_path), "data": DATA, "params": TrainParams()}
+    cache = StageCache(stage="preprocess", module="tasks.preprocess")
+    inputs = {"artifacts_dir": str(tmp_path), "raw": "r"}
     first = cache.produce(_write, **inputs)
 
     def must_not_build(out):
@@ -92,38 +75,28 @@ def test_produce_serves_an_intact_entry_without_building(tmp_path):
     assert cache.produce(must_not_build, **inputs) == first
 
 
-@pytest.mark.parametrize("damage", ["missing", "cut short"])
-def test_intact_entry_gets_back_a_lost_cache_record(tmp_path, damage):
-    # Killed after publishing the entry, before Prefect wrote its record.
-    from prefect.results import ResultRecord
-
-    cache = StageCache(stage="train", ref_type=PreparedRef, module="tasks.train")
-    inputs = {"artifacts_dir": str(tmp_path), "data": DATA, "params": TrainParams()}
+def test_produce_rebuilds_a_broken_entry(tmp_path):
+    cache = StageCache(stage="preprocess", module="tasks.preprocess")
+    inputs = {"artifacts_dir": str(tmp_path), "raw": "r"}
     ref = cache.produce(_write, **inputs)
-    record = tmp_path / cache.compute_key(None, inputs, {})
-    assert ResultRecord.deserialize(record.read_bytes()).result == ref
-    if damage == "missing":
-        record.unlink()
-    else:
-        record.write_bytes(record.read_bytes()[:40])
-    cache.compute_key(None, inputs, {})
-    assert ResultRecord.deserialize(record.read_bytes()).result == ref
-
-
-def test_no_record_is_made_up_for_a_missing_entry(tmp_path):
-    cache = StageCache(stage="train", ref_type=PreparedRef, module="tasks.train")
-    inputs = {"artifacts_dir": str(tmp_path), "data": DATA, "params": TrainParams()}
-    cache.compute_key(None, inputs, {})
-    assert not (tmp_path / "train").exists()
-
-
+    weights = tmp_path / "preprocess" / ref.fingerprint / "weights.bin"
+    weights.write_bytes(b"garbage")
+    assert cache.produce(_write, **inputs) == ref
+    assert weights.read_bytes() == b"w" * 100
 def _write(out):
     (out / "weights.bin").write_bytes(b"w" * 100)
     return {"train_count": 1, "test_count": 1}
 
 
+def test_cache_key_names_the_entry(tmp_path):
+    cache = StageCache(stage="train", module="tasks.train")
+    inputs = {"artifacts_dir": str(tmp_path), "data": DATA, "params": TrainParams()}
+    key = cache.compute_key(None, inputs, {})
+    assert key == f"train/{cache.fingerprint(inputs)}/result.json"
+
+
 def test_downstream_key_follows_what_the_upstream_entry_holds(tmp_path):
-    upstream = StageCache(stage="preprocess", ref_type=PreparedRef, module="tasks.preprocess")
+    upstream = StageCache(stage="preprocess", module="tasks.preprocess")
     downstream = StageCache(stage="train", module="tasks.train")
     store = str(tmp_path)
 
@@ -141,3 +114,40 @@ def test_downstream_key_follows_what_the_upstream_entry_holds(tmp_path):
     assert again.fingerprint == first.fingerprint
     after = downstream.fingerprint({"artifacts_dir": store, "data": again, "params": TrainParams()})
     assert after != before
+
+
+@pytest.fixture
+def immutable():
+    """chattr +i on a folder, undone after the test; skipped where the file system or user can't."""
+    import shutil
+    import subprocess
+
+    marked = []
+
+    def mark(path):
+        if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(path)],
+                                                            capture_output=True).returncode != 0:
+            pytest.skip("chattr +i is not available here")
+        marked.append(path)
+
+    yield mark
+    for path in marked:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def test_a_broken_entry_that_cannot_be_removed_is_never_served(tmp_path, immutable):
+    from tasks.caching import EntryRecords, record_key
+    from tasks.store import StoreError
+
+    cache = StageCache(stage="preprocess", module="tasks.preprocess")
+    inputs = {"artifacts_dir": str(tmp_path), "raw": "r"}
+    ref = cache.produce(_write, **inputs)
+    folder = tmp_path / "preprocess" / ref.fingerprint
+    with open(folder / "weights.bin", "r+b") as f:
+        f.write(b"W")
+    immutable(folder)
+    with pytest.raises(ValueError, match="is not served: .*weights.bin does not match its checksum"):
+        EntryRecords(basepath=str(tmp_path)).read_path(record_key(ref.stage, ref.fingerprint))
+    with pytest.raises(StoreError, match=f"the preprocess entry {folder} is damaged and cannot be removed "
+                                         r"\(Operation not permitted\); remove it by hand"):
+        cache.produce(_write, **inputs)

@@ -1,10 +1,15 @@
 import pytest
 
-from tasks.store import MANIFEST, ArtifactStore, StoreError
+from tasks.refs import PreparedRef
+from tasks.store import MANIFEST, REF, ArtifactStore, StoreError
+
+FP = "0123456789abcdef"
 
 
 def _publish(store: ArtifactStore, content: bytes = b"weights") -> None:
-    with store.writing("train", "abc") as folder:
+    with store.writing("preprocess", FP) as folder:
+        (folder / REF).write_text(PreparedRef(stage="preprocess", fingerprint=FP, train_count=1, test_count=1)
+                                  .model_dump_json())
         (folder / "model.bin").write_bytes(content)
         (folder / "sub").mkdir()
         (folder / "sub" / "history.csv").write_text("epoch\n1\n")
@@ -13,50 +18,50 @@ def _publish(store: ArtifactStore, content: bytes = b"weights") -> None:
 def test_entry_appears_complete_with_manifest(tmp_path):
     store = ArtifactStore(tmp_path)
     _publish(store)
-    assert store.problem("train", "abc") is None
-    assert (store.entry("train", "abc") / MANIFEST).is_file()
-    assert [p.name for p in (tmp_path / "train").iterdir()] == ["abc"]
+    assert store.problem("preprocess", FP) is None
+    assert (store.entry("preprocess", FP) / MANIFEST).is_file()
+    assert [p.name for p in (tmp_path / "preprocess").iterdir()] == [FP]
 
 
 def test_failed_build_leaves_nothing_behind(tmp_path):
     store = ArtifactStore(tmp_path)
     with pytest.raises(RuntimeError, match="boom"):
-        with store.writing("train", "abc") as folder:
+        with store.writing("preprocess", FP) as folder:
             (folder / "model.bin").write_bytes(b"half")
             raise RuntimeError("boom")
-    assert not store.exists("train", "abc")
-    assert list((tmp_path / "train").iterdir()) == []
+    assert not store.exists("preprocess", FP)
+    assert list((tmp_path / "preprocess").iterdir()) == []
 
 
 def test_corrupted_file_is_named(tmp_path):
     store = ArtifactStore(tmp_path)
     _publish(store)
-    (store.entry("train", "abc") / "model.bin").write_bytes(b"weighty")
-    assert "model.bin does not match its checksum" in store.problem("train", "abc")
+    (store.entry("preprocess", FP) / "model.bin").write_bytes(b"weighty")
+    assert "model.bin does not match its checksum" in store.problem("preprocess", FP)
 
 
 def test_same_size_corruption_is_caught_by_checksum(tmp_path):
     store = ArtifactStore(tmp_path)
     _publish(store)
-    (store.entry("train", "abc") / "model.bin").write_bytes(b"WEIGHTS")
-    assert "does not match its checksum" in store.problem("train", "abc")
+    (store.entry("preprocess", FP) / "model.bin").write_bytes(b"WEIGHTS")
+    assert "does not match its checksum" in store.problem("preprocess", FP)
 
 
 def test_missing_file_and_manifest_are_problems(tmp_path):
     store = ArtifactStore(tmp_path)
     _publish(store)
-    (store.entry("train", "abc") / "sub" / "history.csv").unlink()
-    assert "history.csv is missing" in store.problem("train", "abc")
-    (store.entry("train", "abc") / MANIFEST).unlink()
-    assert "manifest.json is missing" in store.problem("train", "abc")
+    (store.entry("preprocess", FP) / "sub" / "history.csv").unlink()
+    assert "history.csv is missing" in store.problem("preprocess", FP)
+    (store.entry("preprocess", FP) / MANIFEST).unlink()
+    assert "manifest.json is missing" in store.problem("preprocess", FP)
 
 
 def test_evict_removes_the_entry(tmp_path):
     store = ArtifactStore(tmp_path)
     _publish(store)
-    store.evict("train", "abc")
-    assert not store.exists("train", "abc")
-    assert list((tmp_path / "train").iterdir()) == []
+    store.evict("preprocess", FP)
+    assert not store.exists("preprocess", FP)
+    assert list((tmp_path / "preprocess").iterdir()) == []
 
 
 def test_unwritable_store_gives_a_clear_error(tmp_path):
@@ -68,12 +73,12 @@ def test_unwritable_store_gives_a_clear_error(tmp_path):
 
 def test_half_written_entry_of_a_dead_writer_is_cleared(tmp_path):
     store = ArtifactStore(tmp_path)
-    stale = tmp_path / "train" / ".tmp-abc-deadbeef"
+    stale = tmp_path / "preprocess" / f".tmp-{FP}-deadbeef"
     stale.mkdir(parents=True)
     (stale / "model.bin").write_bytes(b"half")
     _publish(store)
     assert not stale.exists()
-    assert store.problem("train", "abc") is None
+    assert store.problem("preprocess", FP) is None
 
 
 @pytest.mark.parametrize("error", [OSError(28, "No space left on device"), OSError("200704 requested and 186336 written")])
@@ -86,18 +91,18 @@ def test_full_disk_is_named_and_leaves_nothing_behind(tmp_path, monkeypatch, err
 
     monkeypatch.setattr(os, "statvfs", lambda path: Full)
     store = ArtifactStore(tmp_path)
-    with pytest.raises(StoreError, match=f"artifact store {tmp_path} is full: .* while writing the train entry"):
-        with store.writing("train", "abc") as folder:
+    with pytest.raises(StoreError, match=f"artifact store {tmp_path} is full: .* while writing the preprocess entry"):
+        with store.writing("preprocess", FP) as folder:
             (folder / "model.bin").write_bytes(b"half")
             raise error
-    assert list((tmp_path / "train").iterdir()) == []
+    assert list((tmp_path / "preprocess").iterdir()) == []
 
 
 @pytest.mark.parametrize("error", [OSError("200704 requested and 186336 written"), OSError(28, "No space left")])
 def test_no_space_elsewhere_is_not_called_a_full_store(tmp_path, error):
     store = ArtifactStore(tmp_path)  # pytest's temporary folder has room
     with pytest.raises(OSError, match="requested and|No space"):  # passed on as it was, not a StoreError
-        with store.writing("train", "abc"):
+        with store.writing("preprocess", FP):
             raise error
 
 
@@ -109,5 +114,5 @@ def test_other_errors_without_errno_are_not_called_a_full_disk(tmp_path, monkeyp
 
     monkeypatch.setattr(os, "statvfs", lambda path: Full)
     with pytest.raises(TimeoutError):
-        with ArtifactStore(tmp_path).writing("train", "abc"):
+        with ArtifactStore(tmp_path).writing("preprocess", FP):
             raise TimeoutError("the download timed out")
