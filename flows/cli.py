@@ -65,7 +65,7 @@ def _describe(error: ValidationError) -> str:
     first = error.errors()[0]
     option = "--" + str(first["loc"][0]).replace("_", "-") if first["loc"] else "options"
     message = first["msg"].removeprefix("Value error, ")
-    return f"{option} {first['input']}: {message}"
+    return f"{option} {config.shown(first['input'])}: {message}"
 
 
 def validate(args: argparse.Namespace) -> PipelineConfig:

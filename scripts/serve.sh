@@ -69,6 +69,7 @@ start() {
     || "$BIN/prefect" work-pool create "$POOL" --type process >/dev/null
   "$BIN/prefect" --no-prompt deploy --all >"$RUN_DIR/deploy.log" 2>&1 \
     || { cat "$RUN_DIR/deploy.log" >&2; exit 1; }
+  "$BIN/python" -m flows.deployments
   if alive worker; then
     echo "worker already running (pid $(cat "$RUN_DIR/worker.pid"))"
   else

@@ -10,6 +10,7 @@ uninterrupted one would have.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -22,6 +23,10 @@ from tasks.store import fsync
 MODEL = "model.keras"
 STATE = "state.json"
 _PREFIX = "epoch-"
+
+
+class TrainingDiverged(ValueError):
+    """The loss is no longer a number: another try would diverge the same way."""
 
 
 def latest(folder: Path) -> Optional[Path]:
@@ -63,6 +68,10 @@ def epoch_recorder(epochs: int, history: list[dict[str, Any]], folder: Path, say
             self._start = time.perf_counter()
 
         def on_epoch_end(self, epoch, logs=None):
+            loss = float((logs or {}).get("loss", 0.0))
+            if not math.isfinite(loss):  # a model of NaN weights is neither kept nor resumed from
+                raise TrainingDiverged(f"training diverged: the loss is {loss} after epoch {epoch + 1}; "
+                                       "lower the learning rate")
             seconds = round(time.perf_counter() - self._start, 3)
             history.append({"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()},
                             "seconds": seconds})

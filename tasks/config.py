@@ -15,18 +15,25 @@ DatasetName = Literal["mnist", "fashion_mnist"]
 
 # Constrained types shared by the config and the flow's parameters, so Prefect
 # refuses a bad value when a run is created, before any work starts.
-Epochs = Annotated[int, Field(ge=1, description="Training epochs.")]
-BatchSize = Annotated[int, Field(ge=1, description="Examples per training step.")]
-LearningRate = Annotated[float, Field(gt=0, description="Adam's learning rate (its peak, with the cosine schedule).")]
+# Upper bounds too: a value TensorFlow or NumPy cannot take is refused here, not deep inside training.
+Epochs = Annotated[int, Field(ge=1, le=1000, description="Training epochs.")]
+BatchSize = Annotated[int, Field(ge=1, le=65536, description="Examples per training step.")]
+LearningRate = Annotated[
+    float,
+    Field(gt=0, le=1, allow_inf_nan=False, description="Adam's learning rate (its peak, with the cosine schedule)."),
+]
 LrSchedule = Annotated[
     Literal["cosine", "constant"],
     Field(description="cosine: the learning rate falls from its peak to 0 over the training, step by step; "
                       "constant: as in the tutorial."),
 ]
 TrainLimit = Annotated[
-    Optional[int], Field(ge=1, description="Use only the first N training examples.")
+    Optional[int], Field(ge=1, le=2**31 - 1, description="Use only the first N training examples.")
 ]
-Seed = Annotated[int, Field(ge=0, description="Seeds every random source.")]
+# NumPy's and Keras's seeds are 32-bit.
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1, description="Seeds every random source.")]
+# A folder: never empty (that would be the working directory itself).
+Folder = Annotated[str, Field(min_length=1)]
 AccuracyThreshold = Annotated[
     Optional[float],
     Field(ge=0, le=1, description="Least test accuracy to become the champion; empty: the dataset's default."),
@@ -79,14 +86,14 @@ class PipelineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     dataset: DatasetName = DEFAULT_DATASET
-    mirror: Optional[str] = None
+    mirror: Optional[Folder] = None
     epochs: Epochs = DEFAULT_EPOCHS
     batch_size: BatchSize = DEFAULT_BATCH_SIZE
     learning_rate: LearningRate = DEFAULT_LEARNING_RATE
     lr_schedule: LrSchedule = DEFAULT_LR_SCHEDULE
     train_limit: TrainLimit = None
     seed: Seed = DEFAULT_SEED
-    artifacts_dir: str = DEFAULT_ARTIFACTS_DIR
+    artifacts_dir: Folder = DEFAULT_ARTIFACTS_DIR
     accuracy_threshold: AccuracyThreshold = None
 
     @field_validator("mirror")
@@ -102,7 +109,9 @@ class PipelineConfig(BaseModel):
     @field_validator("artifacts_dir")
     @classmethod
     def _store_inside_allowed_roots(cls, artifacts_dir: str) -> str:
-        return confine(artifacts_dir, "artifacts_dir")
+        confine(artifacts_dir, "artifacts_dir")
+        confine_links(artifacts_dir, "artifacts_dir")
+        return artifacts_dir
 
     @property
     def threshold(self) -> float:
@@ -122,13 +131,39 @@ class PipelineConfig(BaseModel):
         )
 
 
+def shown(value: object) -> str:
+    """`value` as text that can be printed: bytes that are not UTF-8 as `\\xff`."""
+    return os.fsencode(value).decode("utf-8", "backslashreplace") if isinstance(value, str) else str(value)
+
+
+def _allowed_roots() -> list[Path]:
+    return [Path(os.path.realpath(root)) for root in os.environ.get(ALLOWED_ROOTS_ENV, "").split(os.pathsep) if root]
+
+
+def _inside(path: str, roots: list[Path]) -> bool:
+    real = Path(os.path.realpath(path))
+    return any(real == root or root in real.parents for root in roots)
+
+
 def confine(path: str, what: str) -> str:
     """Refuse `path` when it resolves outside the allowed roots (if any are set)."""
-    roots = [root for root in os.environ.get(ALLOWED_ROOTS_ENV, "").split(os.pathsep) if root]
+    roots = _allowed_roots()
+    if roots and not _inside(path, roots):
+        raise ValueError(f"{what} {path} is outside the folders this worker allows ({ALLOWED_ROOTS_ENV})")
+    return path
+
+
+def confine_links(folder: str, what: str) -> None:
+    """Refuse a folder holding a symbolic link that leads outside the allowed roots (if any are set).
+
+    Every path a run opens in the artifact store lies under it, so none leads out.
+    """
+    roots = _allowed_roots()
     if not roots:
-        return path
-    real = Path(os.path.realpath(path))
-    if any(real == Path(os.path.realpath(root)) or Path(os.path.realpath(root)) in real.parents
-           for root in roots):
-        return path
-    raise ValueError(f"{what} {path} is outside the folders this worker allows ({ALLOWED_ROOTS_ENV})")
+        return
+    for parent, dirs, files in os.walk(folder):  # links to folders are listed, not followed
+        for name in dirs + files:
+            path = os.path.join(parent, name)
+            if os.path.islink(path) and not _inside(path, roots):
+                raise ValueError(f"{what} {folder} holds {path}, a link to {os.path.realpath(path)}, which is "
+                                 f"outside the folders this worker allows ({ALLOWED_ROOTS_ENV})")

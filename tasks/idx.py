@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import gzip
-import hashlib
+import math
 import struct
+import zlib
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+
+from tasks.store import file_digest
 
 # The four files of an MNIST-family mirror, by split and role.
 FILES = {
@@ -21,6 +24,9 @@ IMAGE_SHAPE = (28, 28)
 NUM_CLASSES = 10
 _UBYTE = 0x08
 _GZIP_MAGIC = b"\x1f\x8b"
+_CHUNK = 1 << 20
+# More examples than any dataset of the MNIST family holds (EMNIST's largest split: 698k).
+MAX_COUNT = 1_000_000
 
 
 class IdxError(ValueError):
@@ -64,11 +70,15 @@ def read_header(path: Path) -> Header:
     try:
         with _open(path) as f:
             return parse_header(f.read(16), path)
-    except (OSError, EOFError) as err:
+    except EOFError as err:
+        raise IdxTruncated(f"{path} ends before its gzip stream does: {err}") from err
+    except (OSError, zlib.error) as err:
         raise IdxError(f"{path} cannot be read: {err}") from err
 
 
 def _check_role(role: str, dims: tuple[int, ...], path: Path) -> None:
+    if dims[0] > MAX_COUNT:
+        raise IdxError(f"{path} holds {dims[0]} examples, more than the {MAX_COUNT} this pipeline takes")
     if role.endswith("images") and (len(dims) != 3 or dims[1:] != IMAGE_SHAPE):
         raise IdxError(f"{path} holds shape {dims}, expected (N, 28, 28) images")
     if role.endswith("labels") and len(dims) != 1:
@@ -86,6 +96,8 @@ def check_mirror_headers(mirror: Path) -> dict[str, Path]:
         _check_role(role, dims, path)
         counts[role] = dims[0]
     for split in ("train", "test"):
+        if counts[f"{split}_labels"] == 0:
+            raise IdxError(f"mirror {mirror} holds no {split} images")
         if counts[f"{split}_images"] != counts[f"{split}_labels"]:
             raise IdxError(
                 f"mirror {mirror}: {counts[f'{split}_images']} {split} images "
@@ -94,32 +106,38 @@ def check_mirror_headers(mirror: Path) -> dict[str, Path]:
     return paths
 
 
+def _payload(path: Path, promised: int) -> bytes:
+    """The IDX bytes of `path`, at most `promised` + 1 of them: a gzip bomb is never inflated."""
+    with _open(path) as stream:
+        chunks, size = [], 0
+        while size <= promised and (chunk := stream.read(min(_CHUNK, promised + 1 - size))):
+            chunks.append(chunk)
+            size += len(chunk)
+    return b"".join(chunks)
+
+
 def read(path: Path, role: str) -> tuple[np.ndarray, str]:
     """The array stored in `path`, and the SHA-256 of the file as read."""
-    raw = path.read_bytes()
-    sha256 = hashlib.sha256(raw).hexdigest()
+    header = read_header(path)
+    _check_role(role, header.dims, path)
+    expected = math.prod(header.dims)
     try:
-        data = gzip.decompress(raw) if raw[:2] == _GZIP_MAGIC else raw
+        data = _payload(path, header.offset + expected)
     except EOFError as err:
         raise IdxTruncated(f"{path} ends before its gzip stream does: {err}") from err
-    except OSError as err:
+    except (OSError, zlib.error) as err:
         raise IdxError(f"{path} is not a readable gzip file: {err}") from err
-    header = parse_header(data[:16], path)
-    _check_role(role, header.dims, path)
-    expected = int(np.prod(header.dims))
     body = np.frombuffer(data, dtype=np.uint8, offset=header.offset)
     if body.size < expected:
         raise IdxTruncated(
             f"{path} holds {body.size} bytes of data, its header promises {expected}"
         )
     if body.size != expected:
-        raise IdxError(
-            f"{path} holds {body.size} bytes of data, its header promises {expected}"
-        )
+        raise IdxError(f"{path} holds more than the {expected} bytes of data its header promises")
     array = body.reshape(header.dims)
     if role.endswith("labels") and array.size and array.max() >= NUM_CLASSES:
         raise IdxError(f"{path} holds label {array.max()}, expected 0-{NUM_CLASSES - 1}")
-    return array, sha256
+    return array, file_digest(path)
 
 
 def write(path: Path, array: np.ndarray, gzipped: bool = False) -> Path:

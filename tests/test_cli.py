@@ -32,6 +32,14 @@ def _refused(capsys, *args: str) -> str:
         (["--epochs", "three"], "argument --epochs: invalid int value: 'three'"),
         (["--train-limit", "0"], "--train-limit 0: Input should be greater than or equal to 1"),
         (["--lr-schedule", "step"], "--lr-schedule step: Input should be 'cosine' or 'constant'"),
+        (["--seed", "4294967296"], "--seed 4294967296: Input should be less than or equal to 4294967295"),
+        (["--batch-size", "9223372036854775808"],
+         "--batch-size 9223372036854775808: Input should be less than or equal to 65536"),
+        (["--learning-rate", "inf"], "--learning-rate inf: Input should be a finite number"),
+        (["--learning-rate", "nan"], "--learning-rate nan: Input should be a finite number"),
+        (["--artifacts-dir", ""], "--artifacts-dir : String should have at least 1 character"),
+        (["--mirror", ""], "--mirror : String should have at least 1 character"),
+        (["--artifacts-dir", "store-\udcff"], "--artifacts-dir store-\\xff: Input should be a valid string, unable to parse raw data"),
     ],
 )
 def test_bad_option_is_one_line_exit_2(capsys, args, message):
@@ -166,6 +174,29 @@ def test_paths_outside_allowed_roots_are_refused(capsys, tmp_path, monkeypatch):
     (allowed / "link").symlink_to("/etc")
     assert "outside the folders" in _refused(
         capsys, "--mirror", str(mirror), "--artifacts-dir", str(allowed / "link" / "store"))
+
+
+@pytest.mark.parametrize("inside", ["runs", "champions", "download", "train/.checkpoints", "runs.jsonl"])
+def test_a_link_inside_the_store_that_leads_outside_is_refused(capsys, tmp_path, monkeypatch, inside):
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    mirror = write_mirror(allowed / "mirror")
+    (allowed / "store" / inside).parent.mkdir(parents=True, exist_ok=True)
+    outside.mkdir()
+    (allowed / "store" / inside).symlink_to(outside)
+    monkeypatch.setenv("MNIST_PIPELINE_ALLOWED_ROOTS", str(allowed))
+    assert (f"--artifacts-dir {allowed / 'store'}: artifacts_dir {allowed / 'store'} holds "
+            f"{allowed / 'store' / inside}, a link to {outside}, which is outside the folders this worker allows"
+            in _refused(capsys, "--mirror", str(mirror), "--artifacts-dir", str(allowed / "store")))
+    # A link that stays inside the allowed folders is the user's own business.
+    (allowed / "store" / inside).unlink()
+    (allowed / "store" / inside).symlink_to(allowed / "mirror")
+    assert cli.validate(cli._parser().parse_args(["run", "--mirror", str(mirror), "--artifacts-dir",
+                                                  str(allowed / "store")])).artifacts_dir == str(allowed / "store")
+
+
+def test_an_empty_split_is_refused(capsys, tmp_path):
+    mirror = write_mirror(tmp_path / "mirror", test=0)
+    assert f"mirror {mirror} holds no test images" in _refused(capsys, "--mirror", str(mirror))
 
 
 @pytest.mark.e2e

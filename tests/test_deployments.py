@@ -144,6 +144,9 @@ def test_on_demand_run_completes_with_its_parameters(api, mirror, tmp_path):
     ({"epochs": 0}, "0 is less than the minimum of 1"),
     ({"dataset": "cifar10"}, "'cifar10' is not one of"),
     ({"learning_rate": -0.1}, "less than or equal to the minimum of 0"),
+    ({"epoch": 3}, "Additional properties are not allowed ('epoch' was unexpected)"),
+    ({"seed": 2 ** 32}, "4294967296 is greater than the maximum of 4294967295"),
+    ({"artifacts_dir": ""}, "'' should be non-empty"),
 ])
 def test_bad_parameters_are_refused_when_the_run_is_created(api, bad, message):
     answer = api.post(f"/deployments/{_deployment(api, 'on-demand')['id']}/create_flow_run",

@@ -77,3 +77,37 @@ def test_labels_must_be_digits(tmp_path):
     path = idx.write(tmp_path / "labels", np.array([1, 2, 10], dtype=np.uint8))
     with pytest.raises(idx.IdxError, match="label 10"):
         idx.read(path, "test_labels")
+
+
+def test_a_gzip_bomb_is_never_inflated(tmp_path):
+    # 5 labels promised, 200 MB of zeros behind them; only 5 + 1 bytes may be inflated.
+    import tracemalloc
+
+    path = tmp_path / "labels.gz"
+    with gzip.open(path, "wb") as f:
+        f.write(b"\0\0\x08\x01\0\0\0\x05")
+        for _ in range(200):
+            f.write(bytes(1 << 20))
+    assert path.stat().st_size < 1 << 20
+    tracemalloc.start()
+    try:
+        with pytest.raises(idx.IdxError, match="holds more than the 5 bytes of data its header promises"):
+            idx.read(path, "train_labels")
+        assert tracemalloc.get_traced_memory()[1] < 8 << 20
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_header_promising_more_examples_than_any_dataset_is_refused(tmp_path):
+    path = tmp_path / "labels"
+    path.write_bytes(b"\0\0\x08\x01" + (idx.MAX_COUNT + 1).to_bytes(4, "big"))
+    with pytest.raises(idx.IdxError, match="more than the 1000000 this pipeline takes"):
+        idx.read(path, "train_labels")
+
+
+def test_a_corrupt_gzip_stream_names_its_file(tmp_path):
+    path = tmp_path / "labels.gz"
+    good = gzip.compress(b"\0\0\x08\x01\0\0\0\x05" + bytes(5))
+    path.write_bytes(good[:10] + b"\xff" * 20)  # a deflate block of the reserved type
+    with pytest.raises(idx.IdxError, match=f"{path} (is not a readable gzip file|cannot be read)"):
+        idx.read(path, "train_labels")

@@ -71,6 +71,28 @@ def test_progress_line_per_epoch(mirror, tmp_path):
     assert "val_accuracy" in lines[0]
 
 
+def test_a_diverging_training_fails_and_keeps_no_checkpoint(mirror, tmp_path):
+    import numpy as np
+
+    from tasks import checkpoint
+
+    store = str(tmp_path / "artifacts")
+    data = ArtifactStore(store).path(run_stages(store, mirror, upto="preprocess")["data"])
+    poisoned = tmp_path / "poisoned"
+    poisoned.mkdir()
+    for name in ("train_y.npy", "test_x.npy", "test_y.npy"):
+        (poisoned / name).write_bytes((data / name).read_bytes())
+    x = np.load(data / "train_x.npy")
+    x[:] = np.nan  # what an infinite learning rate makes of the weights
+    np.save(poisoned / "train_x.npy", x)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(checkpoint.TrainingDiverged, match="training diverged: the loss is nan after epoch 1"):
+        train.fit(out, poisoned, PARAMS, print, tmp_path / "checkpoints")
+    assert checkpoint.latest(tmp_path / "checkpoints") is None
+    assert not (out / train.MODEL).exists()
+
+
 def test_history_is_a_csv_pandas_reads(trained):
     store, ref = trained
     table = pd.read_csv(ArtifactStore(store).path(ref) / train.HISTORY)
