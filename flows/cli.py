@@ -133,18 +133,20 @@ def _emit(summary: dict[str, Any], as_json: bool) -> None:
 def predict(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from tasks import gate
     from tasks import predict as prediction
 
+    invert = {"auto": None, "yes": True, "no": False}[args.invert]
     try:
-        invert = {"auto": None, "yes": True, "no": False}[args.invert]
-        images = np.stack([prediction.to_mnist(prediction.load_gray(p), invert) for p in args.images])
-        model = args.model or prediction.champion_model(args.artifacts_dir, args.dataset)
-    except (prediction.NotAnImage, FileNotFoundError) as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
+        images = [prediction.prepare(path, invert) for path in args.images]
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        model = prediction.load_model(args.model or gate.champion_model(args.artifacts_dir, args.dataset))
+    except (prediction.NotAnImage, prediction.ModelUnreadable, gate.ChampionDamaged, FileNotFoundError) as error:
+        print(f"{PROG}: error: {config.shown(str(error))}", file=sys.stderr)
         return EXIT_INVALID
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    probabilities = prediction.classify(model, images)
-    results = [{"image": str(path), "class": int(p.argmax()), "probabilities": [round(float(x), 6) for x in p]}
+    probabilities = prediction.classify(model, np.stack(images))
+    results = [{"image": config.shown(str(path)), "class": int(p.argmax()),
+                "probabilities": [round(float(x), 6) for x in p]}
                for path, p in zip(args.images, probabilities)]
     if args.json:
         print(json.dumps(results))

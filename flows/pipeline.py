@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from prefect import flow
-from prefect.runtime import flow_run
 
 from tasks import config
 from tasks.config import (
@@ -13,9 +12,8 @@ from tasks.config import (
 )
 from tasks.download import download_dataset
 from tasks.evaluate import evaluate_model
-from tasks.gate import gate_model
 from tasks.preprocess import preprocess_dataset
-from tasks.report import build_report, publish_report
+from tasks.report import build_report
 from tasks.runner import StageRunner
 from tasks.train import train_model
 
@@ -50,9 +48,6 @@ def mnist_pipeline(
     metrics = run(evaluate_model, model, data)
     # report.md and report.html.
     report = run(build_report, raw, data, model, metrics, cfg.train)
-    # The quality gate: the model becomes the dataset's champion only if good enough.
-    gate = gate_model(cfg.artifacts_dir, cfg.dataset, model, metrics, cfg.threshold, str(flow_run.id))
-    # This run's report (the gate's verdict, stage times, earlier runs added), also as artifacts.
-    run_report = publish_report(cfg.artifacts_dir, report, metrics, cfg.dataset, gate, run.stages,
-                                str(flow_run.id))
-    return run.finish(cfg, model, metrics, report, gate, run_report)
+    # The quality gate, this run's report and its line in the run log: the model
+    # becomes the dataset's champion only if good enough.
+    return run.finish(cfg, model, metrics, report)

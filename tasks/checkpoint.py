@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from tasks.store import fsync
+from tasks.store import StoreError, disk_full, fsync
 
 MODEL = "model.keras"
 STATE = "state.json"
@@ -44,14 +44,21 @@ def save(folder: Path, model, history: list[dict[str, Any]]) -> Path:
     final = folder / f"{_PREFIX}{len(history):04d}"
     tmp = folder / f".tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
-    model.save(tmp / MODEL)
-    # Written last: a checkpoint without its state file is incomplete and ignored.
-    (tmp / STATE).write_text(json.dumps({"history": history}))
-    for path in (tmp / MODEL, tmp / STATE, tmp):
-        fsync(path)
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(tmp, final)
+    try:
+        model.save(tmp / MODEL)
+        # Written last: a checkpoint without its state file is incomplete and ignored.
+        (tmp / STATE).write_text(json.dumps({"history": history}))
+        for path in (tmp / MODEL, tmp / STATE, tmp):
+            fsync(path)
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if disk_full(err, folder):
+            raise StoreError(f"the artifact store is full: no space left on device while writing "
+                             f"the checkpoint of epoch {len(history)} in {folder}") from err
+        raise
     for old in folder.glob(f"{_PREFIX}*"):
         if old != final:
             shutil.rmtree(old, ignore_errors=True)

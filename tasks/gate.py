@@ -9,27 +9,47 @@ tolerance. The champion record lives in the artifact store,
 from __future__ import annotations
 
 import fcntl
-import json
+import logging
+import os
+import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Annotated, Iterator, Optional
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tasks.refs import MetricsRef, ModelRef
-from tasks.store import write_atomically
+from tasks.refs import Fingerprint, MetricsRef, ModelRef
+from tasks.store import ArtifactStore, write_atomically
 
 CHAMPIONS = "champions"
 # How far below the champion's accuracy a new model may land and still replace it.
 TOLERANCE = 0.005
+
+log = logging.getLogger(__name__)
 
 
 class GateResult(BaseModel):
     passed: bool
     champion_accuracy: Optional[float]
     reason: str
+
+
+class Champion(BaseModel):
+    """A dataset's champion: which train entry holds its model, and how well it scored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: Fingerprint
+    test_accuracy: Annotated[float, Field(ge=0, le=1, strict=True)]
+    flow_run_id: str
+    # The model's entry relative to the store, so a moved store still finds it.
+    model_path: str = ""
+
+
+class ChampionDamaged(ValueError):
+    """A champion record that cannot be read: reported, kept as evidence, never trusted."""
 
 
 def judge(accuracy: float, threshold: float, champion_accuracy: Optional[float]) -> GateResult:
@@ -51,37 +71,65 @@ def champion_path(artifacts_dir: str, dataset: str) -> Path:
     return Path(artifacts_dir) / CHAMPIONS / f"{dataset}.json"
 
 
-def read_champion(artifacts_dir: str, dataset: str) -> Optional[dict]:
+def read_champion(artifacts_dir: str, dataset: str) -> Optional[Champion]:
+    """The dataset's champion, None if there is none; ChampionDamaged if its record is unreadable."""
     path = champion_path(artifacts_dir, dataset)
-    return json.loads(path.read_text()) if path.is_file() else None
+    try:
+        return Champion.model_validate_json(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValidationError) as err:
+        reason = str(err).splitlines()[0] if isinstance(err, OSError) else err.errors()[0]["msg"]
+        raise ChampionDamaged(f"the {dataset} champion record {path} is damaged ({reason})") from err
 
 
-def _write_champion(artifacts_dir: str, dataset: str, record: dict) -> None:
-    path = champion_path(artifacts_dir, dataset)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, json.dumps(record, indent=1))
+def champion_model(artifacts_dir: str, dataset: str) -> Path:
+    """The champion's model file, once its train entry has been verified."""
+    from tasks import train
+
+    champion = read_champion(artifacts_dir, dataset)
+    if champion is None:
+        raise FileNotFoundError(
+            f"no {dataset} champion in {artifacts_dir}: no run has passed the quality gate yet "
+            "(see `mnist-pipeline runs`); pass --model PATH, or run with a lower --accuracy-threshold"
+        )
+    store = ArtifactStore(artifacts_dir)
+    problem = store.problem(train.CACHE.stage, champion.model)
+    if problem is not None:
+        raise ChampionDamaged(f"the {dataset} champion's model cannot be trusted: {problem}")
+    return store.entry(train.CACHE.stage, champion.model) / train.MODEL
 
 
 @task(cache_policy=NO_CACHE)
-def gate_model(artifacts_dir: str, dataset: str, model: ModelRef, metrics: MetricsRef,
-               threshold: float, flow_run_id: str) -> GateResult:
-    """Promote the model to its dataset's champion if it passes the gate."""
-    # Read, judge and write as one step: two runs finishing together take turns.
-    with _champion_lock(artifacts_dir, dataset):
+def gate_model(artifacts_dir: str, dataset: str, metrics: MetricsRef, threshold: float) -> GateResult:
+    """Judge the model against the threshold and the dataset's champion (hold `champion_lock`)."""
+    try:
         champion = read_champion(artifacts_dir, dataset)
-        result = judge(metrics.test_accuracy, threshold, champion and champion["test_accuracy"])
-        if result.passed and (champion is None or champion["model"] != model.fingerprint):
-            _write_champion(artifacts_dir, dataset, {
-                "model": model.fingerprint,
-                "model_path": str(Path(artifacts_dir).resolve() / model.stage / model.fingerprint),
-                "test_accuracy": metrics.test_accuracy,
-                "flow_run_id": flow_run_id,
-            })
-    return result
+    except ChampionDamaged as damaged:
+        log.warning("%s; judging as if there were no champion", damaged)
+        champion = None
+    return judge(metrics.test_accuracy, threshold, champion and champion.test_accuracy)
+
+
+def promote(artifacts_dir: str, dataset: str, model: ModelRef, metrics: MetricsRef, flow_run_id: str) -> None:
+    """Make the model the dataset's champion (hold `champion_lock`).
+
+    A damaged record is moved aside first, kept as evidence beside the new one.
+    """
+    path = champion_path(artifacts_dir, dataset)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        read_champion(artifacts_dir, dataset)
+    except ChampionDamaged:
+        os.replace(path, path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}"))
+    record = Champion(model=model.fingerprint, test_accuracy=metrics.test_accuracy, flow_run_id=flow_run_id,
+                      model_path=f"{model.stage}/{model.fingerprint}")
+    write_atomically(path, record.model_dump_json(indent=1))
 
 
 @contextmanager
-def _champion_lock(artifacts_dir: str, dataset: str) -> Iterator[None]:
+def champion_lock(artifacts_dir: str, dataset: str) -> Iterator[None]:
+    """Held from judging to promotion: two runs finishing together take turns."""
     path = champion_path(artifacts_dir, dataset).with_suffix(".lock")
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as lock:

@@ -7,32 +7,70 @@ centred by its centre of mass in 28x28, as the MNIST images were made.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
-
-from tasks import gate, train
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 _BOX = 20
 _SIZE = 28
+# More than a 50-megapixel photo is refused before it is decoded.
+MAX_PIXELS = 50_000_000
+# Decoded images are brought down to this before anything else: the digit ends up 20 pixels high.
+_WORKING_SIZE = 1024
+# Less difference than this between the darkest and the lightest pixel (of 255) is a blank image.
+_LEAST_CONTRAST = 24
 
 
 class NotAnImage(ValueError):
-    """A file that is not a readable PNG or JPEG image."""
+    """A file that is not a readable PNG or JPEG image, or one with nothing to classify."""
+
+
+class ModelUnreadable(ValueError):
+    """A model file that is missing, or that Keras will not load safely."""
 
 
 def load_gray(path: Path) -> np.ndarray:
+    """The image as grayscale in 0..255: EXIF orientation applied, transparency flattened, 16 bits scaled."""
     try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("L"), dtype=np.float32)
-    except (UnidentifiedImageError, OSError) as err:
+        with warnings.catch_warnings():
+            # Pillow warns of large images; they are refused just below instead.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+        with opened as image:
+            if image.width * image.height > MAX_PIXELS:
+                raise NotAnImage(f"{path} has {image.width}x{image.height} pixels, more than the "
+                                 f"{MAX_PIXELS:,} this command takes")
+            image = ImageOps.exif_transpose(image)
+            if image.mode in ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr"):
+                image.thumbnail((_WORKING_SIZE, _WORKING_SIZE))
+            return _gray(image)
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
         raise NotAnImage(f"{path} is not an image PNG or JPEG can be read from: {err}") from err
+
+
+def _gray(image: Image.Image) -> np.ndarray:
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        values = np.asarray(image, dtype=np.float32)
+        # 16-bit grey spans 0..65535.
+        return values / 257.0 if image.mode.startswith("I;16") or values.max() > 255 else values
+    if "A" not in image.mode and "transparency" not in image.info:
+        return np.asarray(image.convert("L"), dtype=np.float32)
+    gray, alpha = (np.asarray(band, dtype=np.float32) for band in image.convert("LA").split())
+    alpha /= 255.0
+    # Strokes on a transparent background: lay them on paper of the opposite shade.
+    opaque = alpha > 0.5
+    strokes_are_dark = opaque.any() and float(gray[opaque].mean()) < 128
+    paper = 255.0 if strokes_are_dark else 0.0
+    return gray * alpha + paper * (1.0 - alpha)
 
 
 def to_mnist(gray: np.ndarray, invert: Optional[bool] = None) -> np.ndarray:
     """A (28, 28, 1) float32 image in [0, 1], white ink on black, centred as MNIST's."""
+    if float(gray.max() - gray.min()) < _LEAST_CONTRAST:
+        raise NotAnImage("is blank: one shade throughout, nothing to classify")
     if invert is None:
         # The background is what the border shows; MNIST's is black.
         border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
@@ -40,7 +78,7 @@ def to_mnist(gray: np.ndarray, invert: Optional[bool] = None) -> np.ndarray:
     ink = (255.0 - gray if invert else gray) / 255.0
     rows, cols = np.nonzero(ink > 0.2)
     if rows.size == 0:
-        return np.zeros((_SIZE, _SIZE, 1), dtype=np.float32)
+        raise NotAnImage("is blank: no ink on its background (try --invert)")
     ink = ink[rows.min(): rows.max() + 1, cols.min(): cols.max() + 1]
     scale = _BOX / max(ink.shape)
     size = (max(1, round(ink.shape[1] * scale)), max(1, round(ink.shape[0] * scale)))
@@ -56,21 +94,30 @@ def to_mnist(gray: np.ndarray, invert: Optional[bool] = None) -> np.ndarray:
     return canvas[..., np.newaxis]
 
 
-def champion_model(artifacts_dir: str, dataset: str) -> Path:
-    champion = gate.read_champion(artifacts_dir, dataset)
-    if champion is None:
-        raise FileNotFoundError(
-            f"no {dataset} champion in {artifacts_dir}: no run has passed the quality gate yet "
-            "(see `mnist-pipeline runs`); pass --model PATH, or run with a lower --accuracy-threshold"
-        )
-    return Path(champion["model_path"]) / train.MODEL
+def prepare(path: Path, invert: Optional[bool] = None) -> np.ndarray:
+    """The image file as the model takes it: (28, 28, 1), white ink on black."""
+    gray = load_gray(path)
+    try:
+        return to_mnist(gray, invert)
+    except NotAnImage as blank:
+        raise NotAnImage(f"{path} {blank}") from None
 
 
-def classify(model_path: Path, images: np.ndarray) -> np.ndarray:
-    """Class probabilities (N, 10) for (N, 28, 28, 1) images."""
+def load_model(model_path: Path):
+    """The Keras model at `model_path`; safe_mode refuses one that would run code of its own."""
     import keras
 
-    model = keras.models.load_model(model_path, safe_mode=True)
+    if not model_path.is_file():
+        raise ModelUnreadable(f"no model file at {model_path}")
+    try:
+        return keras.models.load_model(model_path, safe_mode=True)
+    except Exception as err:  # Keras raises ValueError, OSError, zipfile errors ... for files it will not load
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ModelUnreadable(f"cannot load the model {model_path}: {reason}") from err
+
+
+def classify(model, images: np.ndarray) -> np.ndarray:
+    """Class probabilities (N, 10) for (N, 28, 28, 1) images."""
     logits = model.predict(images, verbose=0)
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
     return shifted / shifted.sum(axis=1, keepdims=True)

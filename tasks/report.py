@@ -205,18 +205,10 @@ def run_sections(artifacts_dir: str, dataset: str, metrics: MetricsRef, stages: 
     ]
 
 
-@task(cache_policy=NO_CACHE)
-def publish_report(artifacts_dir: str, report: ReportRef, metrics: MetricsRef, dataset: str,
-                   gate: GateResult, stages: dict[str, dict], flow_run_id: str) -> str:
-    """This run's report (the stage's, plus what only the run knows), shown as artifacts too.
-
-    Returns the path of the run's report.html.
-    """
-    from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
-
-    store = ArtifactStore(artifacts_dir)
-    entry = store.path(report)
-    key = dataset.replace("_", "-")
+def write_run_report(artifacts_dir: str, report: ReportRef, metrics: MetricsRef, dataset: str,
+                     gate: GateResult, stages: dict[str, dict], flow_run_id: str) -> Path:
+    """This run's report: the stage's, plus what only the run knows. Returns its folder."""
+    entry = ArtifactStore(artifacts_dir).path(report)
     extra = run_sections(artifacts_dir, dataset, metrics, stages, gate)
     folder = Path(artifacts_dir) / RUNS_DIR / str(flow_run_id)
     folder.mkdir(parents=True, exist_ok=True)
@@ -226,10 +218,20 @@ def publish_report(artifacts_dir: str, report: ReportRef, metrics: MetricsRef, d
     images_at = f"../../{report.stage}/{report.fingerprint}/"
     markdown = (entry / REPORT_MD).read_text().replace("](", f"]({images_at}") + f"\n{markdown_body(extra)}"
     write_atomically(folder / REPORT_MD, markdown)
+    return folder
+
+
+@task(cache_policy=NO_CACHE)
+def publish_report(artifacts_dir: str, folder: Path, metrics: MetricsRef, dataset: str) -> None:
+    """Show this run's report, its per-class scores and a link to its report.html in the Prefect UI."""
+    from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+
+    key = dataset.replace("_", "-")
     # The UI cannot reach the entry's PNG files: images stay in report.html.
     create_markdown_artifact(
         key=f"{key}-report",
-        markdown="\n".join(line for line in markdown.splitlines() if not line.startswith("![")) +
+        markdown="\n".join(line for line in (folder / REPORT_MD).read_text().splitlines()
+                           if not line.startswith("![")) +
                  f"\n\nFull report with images: `{(folder / REPORT_HTML).resolve()}`\n",
         description="The pipeline's report (images in report.html).",
     )
@@ -237,10 +239,9 @@ def publish_report(artifacts_dir: str, report: ReportRef, metrics: MetricsRef, d
         key=f"{key}-report-html", link=(folder / REPORT_HTML).resolve().as_uri(),
         link_text="report.html", description="This run's self-contained report, with its images.",
     )
-    per_class = evaluate.load_tables(store.path(metrics))["per_class"]
+    per_class = evaluate.load_tables(ArtifactStore(artifacts_dir).path(metrics))["per_class"]
     create_table_artifact(
         key=f"{key}-metrics",
         table=per_class.reset_index().round(4).to_dict(orient="records"),
         description=f"Per-class scores; test accuracy {metrics.test_accuracy:.4f}.",
     )
-    return str(folder / REPORT_HTML)

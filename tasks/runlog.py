@@ -3,40 +3,68 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Callable
 
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tasks.store import StoreError, disk_full
 
 RUNS = "runs.jsonl"
 # The columns `mnist-pipeline runs` shows, in order.
 COLUMNS = ["finished", "dataset", "epochs", "batch_size", "learning_rate", "lr_schedule", "train_limit", "seed",
            "test_accuracy", "gate_passed", "gate_reason", "flow_run_id"]
 
+log = logging.getLogger(__name__)
 
-def append(artifacts_dir: str, record: dict[str, Any]) -> None:
-    line = json.dumps(record, sort_keys=True) + "\n"
+
+class _Line(BaseModel):
+    """What a line must hold to count as a run; other fields pass through as they are."""
+
+    model_config = ConfigDict(extra="allow")
+
+    flow_run_id: str
+    dataset: str = ""
+    test_accuracy: Annotated[float, Field(ge=0, le=1, strict=True)] | None = None
+
+
+def append(artifacts_dir: str, record: dict[str, Any]) -> Callable[[], None]:
+    """Add one run's line; returns what takes it back out (a truncation, which needs no space)."""
+    path = Path(artifacts_dir) / RUNS
+    line = json.dumps(record, sort_keys=True, allow_nan=False) + "\n"
     # One write in append mode: concurrent runs never interleave inside a line.
-    fd = os.open(Path(artifacts_dir) / RUNS, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         size = os.fstat(fd).st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":
             line = "\n" + line  # the last line was cut short: start a fresh one
-        os.write(fd, line.encode())
+        data = line.encode()
+        try:
+            if os.write(fd, data) != len(data):
+                raise OSError("a short write to the run log")
+        except OSError as err:
+            os.ftruncate(fd, size)
+            if disk_full(err, path.parent):
+                raise StoreError(f"the artifact store is full: no space left on device while writing {path}") from err
+            raise
     finally:
         os.close(fd)
+    return lambda: os.truncate(path, size)
 
 
 def read(artifacts_dir: str) -> pd.DataFrame:
-    """Every logged run, oldest first."""
+    """Every logged run, oldest first; a line that is not a run is skipped with a warning."""
     path = Path(artifacts_dir) / RUNS
     records = []
-    for line in path.read_text().splitlines() if path.is_file() else []:
+    for number, line in enumerate(path.read_text(errors="replace").splitlines() if path.is_file() else [], 1):
         try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue  # a line cut short (a full disk, a crash): the others still count
+            records.append(_Line.model_validate_json(line).model_dump())
+        except ValidationError as err:
+            # A line cut short (a full disk, a crash) or altered: the others still count.
+            log.warning("%s line %d is not a run record (%s); skipped", path, number, err.errors()[0]["msg"])
     runs = pd.DataFrame.from_records(records) if records else pd.DataFrame(columns=COLUMNS)
     runs = runs.reindex(columns=COLUMNS + [c for c in runs.columns if c not in COLUMNS])
     # Runs logged before the schedule was a setting trained at a constant rate.

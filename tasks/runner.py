@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from datetime import datetime, timezone
 from typing import Any, Optional, Union
@@ -11,13 +12,12 @@ from prefect import Task
 from prefect.runtime import flow_run
 from prefect.states import Completed, State
 
-from tasks import runlog
+from tasks import gate, runlog
 from tasks.caching import EntryRecords
 from tasks.config import PipelineConfig
-from tasks.gate import GateResult
 from tasks.locking import FileLockManager
 from tasks.refs import EntryRef, MetricsRef, ModelRef, ReportRef
-from tasks.report import REPORT_HTML
+from tasks.report import REPORT_HTML, publish_report, write_run_report
 from tasks.store import ArtifactStore
 
 LOCKS_DIR = ".locks"
@@ -116,23 +116,44 @@ class StageRunner:
             summary["report"] = str(self.store.path(report) / REPORT_HTML)
         return summary
 
-    def finish(self, cfg: PipelineConfig, model: ModelRef, metrics: MetricsRef, report: ReportRef,
-               gate: GateResult, run_report: str) -> Union[dict[str, Any], State]:
-        """Log the run; return its summary, as a state named NotPromoted if the gate refused."""
-        summary = self.summary(model=model, metrics=metrics, report=report)
-        summary["gate"] = gate.model_dump()
-        # The stage's report with what only this run knows (stage times, earlier runs).
-        summary["run_report"] = run_report
-        runlog.append(self.artifacts_dir, {
-            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "flow_run_id": summary["flow_run_id"],
-            **cfg.model_dump(exclude={"artifacts_dir"}),
-            "test_accuracy": metrics.test_accuracy, "test_loss": metrics.test_loss,
-            "gate_passed": gate.passed, "gate_reason": gate.reason,
-            "stages": {stage: record["state"] for stage, record in self.stages.items()},
-        })
-        if gate.passed:
+    def finish(self, cfg: PipelineConfig, model: ModelRef, metrics: MetricsRef,
+               report: ReportRef) -> Union[dict[str, Any], State]:
+        """The quality gate, this run's report and its line in the run log, then the promotion.
+
+        All under the champion's lock, so two runs finishing together take turns,
+        and all or nothing: each step is undone, by removing or truncating (which
+        needs no disk space), when a later one fails, so the champion, the run log
+        and the runs folder are left as they were. Returns the run summary, as a
+        state named NotPromoted if the gate refused the model.
+        """
+        run_id = str(flow_run.id)
+        with gate.champion_lock(self.artifacts_dir, cfg.dataset):
+            verdict = gate.gate_model(self.artifacts_dir, cfg.dataset, metrics, cfg.threshold)
+            summary = self.summary(model=model, metrics=metrics, report=report)
+            summary["gate"] = verdict.model_dump()
+            folder = write_run_report(self.artifacts_dir, report, metrics, cfg.dataset, verdict, self.stages, run_id)
+            try:
+                # The stage's report with what only this run knows (stage times, earlier runs).
+                summary["run_report"] = str(folder / REPORT_HTML)
+                unlog = runlog.append(self.artifacts_dir, {
+                    "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "flow_run_id": run_id,
+                    **cfg.model_dump(exclude={"artifacts_dir"}),
+                    "test_accuracy": metrics.test_accuracy, "test_loss": metrics.test_loss,
+                    "gate_passed": verdict.passed, "gate_reason": verdict.reason,
+                    "stages": {stage: record["state"] for stage, record in self.stages.items()},
+                })
+                try:
+                    if verdict.passed:
+                        gate.promote(self.artifacts_dir, cfg.dataset, model, metrics, run_id)
+                except BaseException:
+                    unlog()
+                    raise
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+        publish_report(self.artifacts_dir, folder, metrics, cfg.dataset)
+        if verdict.passed:
             return summary
         # Completed, so nothing is retried; named, so the UI tells it from a promotion.
-        return Completed(name=NOT_PROMOTED, message=f"not promoted: {gate.reason}", data=summary)
-
+        return Completed(name=NOT_PROMOTED, message=f"not promoted: {verdict.reason}", data=summary)

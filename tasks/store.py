@@ -67,7 +67,7 @@ def write_atomically(path: Path, text: str) -> None:
         os.replace(tmp, path)
     except OSError as err:
         tmp.unlink(missing_ok=True)
-        if _disk_full(err, path.parent):
+        if disk_full(err, path.parent):
             raise StoreError(f"the artifact store is full: no space left on device while writing {path}") from err
         raise
 
@@ -81,7 +81,7 @@ def fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _disk_full(err: OSError, where: Path) -> bool:
+def disk_full(err: OSError, where: Path) -> bool:
     """Whether `err`, raised while writing under `where`, comes from the store's disk being full."""
     # NumPy reports a short write without an errno: "N requested and M written".
     no_space = err.errno in (errno.ENOSPC, errno.EDQUOT) or (
@@ -202,7 +202,7 @@ class ArtifactStore:
             self._seal(tmp, stage, fingerprint)
             self._publish(tmp, final, stage, fingerprint)
         except OSError as err:
-            if _disk_full(err, tmp):
+            if disk_full(err, tmp):
                 raise StoreError(f"the artifact store {self.root} is full: no space left on device "
                                  f"while writing the {stage} entry") from err
             raise

@@ -26,19 +26,46 @@ def test_within_tolerance_of_the_champion_is_promoted():
 def _refs(fingerprint: str, accuracy: float):
     model = ModelRef(stage="train", fingerprint=fingerprint, epochs_run=1, epoch_seconds=[1.0],
                      device="CPU", batch_size=32)
-    return model, MetricsRef(stage="evaluate", fingerprint="e" + fingerprint, test_accuracy=accuracy, test_loss=0.1)
+    return model, MetricsRef(stage="evaluate", fingerprint="e" * 16, test_accuracy=accuracy, test_loss=0.1)
+
+
+def _decide(store: str, fingerprint: str, accuracy: float, run_id: str) -> gate.GateResult:
+    """The gate's steps as a run takes them: judge, then promote if passed, under the champion's lock."""
+    model, metrics = _refs(fingerprint, accuracy)
+    with gate.champion_lock(store, "mnist"):
+        verdict = gate.gate_model.fn(store, "mnist", metrics, 0.97)
+        if verdict.passed:
+            gate.promote(store, "mnist", model, metrics, run_id)
+    return verdict
 
 
 def test_champion_record_follows_the_gate(tmp_path):
     store = str(tmp_path)
-    assert gate.gate_model.fn(store, "mnist", *_refs("aaa", 0.98), 0.97, "run-1").passed
-    assert gate.read_champion(store, "mnist")["model"] == "aaa"
-    assert not gate.gate_model.fn(store, "mnist", *_refs("bbb", 0.96), 0.97, "run-2").passed
-    assert gate.read_champion(store, "mnist")["model"] == "aaa"
-    assert gate.gate_model.fn(store, "mnist", *_refs("ccc", 0.99), 0.97, "run-3").passed
+    assert _decide(store, "a" * 16, 0.98, "run-1").passed
+    assert gate.read_champion(store, "mnist").model == "a" * 16
+    assert not _decide(store, "b" * 16, 0.96, "run-2").passed
+    assert gate.read_champion(store, "mnist").model == "a" * 16
+    assert _decide(store, "c" * 16, 0.99, "run-3").passed
     champion = gate.read_champion(store, "mnist")
-    assert (champion["model"], champion["flow_run_id"]) == ("ccc", "run-3")
+    assert (champion.model, champion.flow_run_id, champion.model_path) == ("c" * 16, "run-3", "train/" + "c" * 16)
     assert gate.read_champion(store, "fashion_mnist") is None
+
+
+@pytest.mark.parametrize("record", ['{"model": "aaaa', "42", "null", '{"model": "../../x", "test_accuracy": 0.99}',
+                                    '{"model": "aaaaaaaaaaaaaaaa", "test_accuracy": "0.99", "flow_run_id": "r"}'])
+def test_a_damaged_champion_record_is_judged_as_none_and_kept_as_evidence(tmp_path, caplog, record):
+    store = str(tmp_path)
+    path = gate.champion_path(store, "mnist")
+    path.parent.mkdir(parents=True)
+    path.write_text(record)
+    with pytest.raises(gate.ChampionDamaged, match=f"the mnist champion record {path} is damaged"):
+        gate.read_champion(store, "mnist")
+    verdict = _decide(store, "d" * 16, 0.98, "run-4")
+    assert verdict.passed and verdict.champion_accuracy is None
+    assert f"the mnist champion record {path} is damaged" in caplog.text
+    assert gate.read_champion(store, "mnist").model == "d" * 16
+    [evidence] = path.parent.glob("mnist.json.damaged-*")
+    assert evidence.read_text() == record
 
 
 @pytest.mark.parametrize("dataset, default", [("mnist", 0.95), ("fashion_mnist", 0.80)])
@@ -60,10 +87,9 @@ def test_promotion_waits_for_another_runs_judgement(tmp_path):
     results = []
     with open(lock_path, "a") as held:
         fcntl.flock(held, fcntl.LOCK_EX)  # another run is judging right now
-        judge = threading.Thread(
-            target=lambda: results.append(gate.gate_model.fn(store, "mnist", *_refs("aaa", 0.98), 0.97, "run-1")))
+        judge = threading.Thread(target=lambda: results.append(_decide(store, "a" * 16, 0.98, "run-1")))
         judge.start()
         time.sleep(0.5)
         assert results == [] and gate.read_champion(store, "mnist") is None
     judge.join(timeout=10)
-    assert results[0].passed and gate.read_champion(store, "mnist")["model"] == "aaa"
+    assert results[0].passed and gate.read_champion(store, "mnist").model == "a" * 16

@@ -158,7 +158,7 @@ def test_deterministic_failure_is_not_retried(tmp_path, store):
     with pytest.raises(StageFailed, match="header promises 100") as failure:
         mnist_pipeline(mirror=str(mirror), artifacts_dir=store, **TINY)
     assert failure.value.summary["stages"]["download"]["attempts"] == 1
-    # Prefect's record of the exception is not left at the store's root.
+    # No record of the exception is left at the store's root.
     assert sorted(p.name for p in Path(store).iterdir()) == [".locks", "download"]
 
 
@@ -168,7 +168,7 @@ def test_gate_promotes_a_good_model_and_refuses_a_weak_one(run, store):
     promoted = run(accuracy_threshold=0.5)
     assert promoted["gate"]["passed"] is True
     champion = read_champion(store, "mnist")
-    assert champion["test_accuracy"] == promoted["metrics"]["test_accuracy"]
+    assert champion.test_accuracy == promoted["metrics"]["test_accuracy"]
 
     state = run(accuracy_threshold=0.999, seed=1, return_state=True)
     assert state.is_completed() and state.name == "NotPromoted"
@@ -222,3 +222,48 @@ def test_runs_command_lists_what_ran(run, store, capsys):
     assert [r["flow_run_id"] for r in listed] == [summary["flow_run_id"]]
     assert cli.main(["runs", "--artifacts-dir", store]) == 0
     assert summary["flow_run_id"] in capsys.readouterr().out
+
+
+def test_bad_lines_in_the_run_log_and_a_damaged_champion_block_nothing(run, store, capsys):
+    from flows import cli
+
+    run(accuracy_threshold=0.5)
+    champion = Path(store) / "champions" / "mnist.json"
+    champion.write_text(champion.read_text()[:20])  # cut short
+    with open(Path(store) / "runs.jsonl", "a") as log:
+        log.write('42\nnull\n{"flow_run_id": "x", "test_accuracy": "high"}\n')
+    summary = run(accuracy_threshold=0.5, seed=1)
+    assert summary["gate"]["passed"] and summary["gate"]["champion_accuracy"] is None
+    assert len(list(champion.parent.glob("mnist.json.damaged-*"))) == 1  # the evidence, kept
+    assert cli.main(["runs", "--artifacts-dir", store, "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out.strip().splitlines()[-1])) == 2
+
+
+def test_a_full_disk_after_the_gate_leaves_the_previous_state(run, store, monkeypatch):
+    import os
+
+    from tasks import store as store_module
+    from tasks.store import StoreError
+
+    first = run(accuracy_threshold=0.5)
+    before = {name: (Path(store) / name).read_bytes() for name in ("champions/mnist.json", "runs.jsonl")}
+    runs_before = sorted(p.name for p in (Path(store) / "runs").iterdir())
+    real_replace = os.replace
+
+    def full_at_the_champion(src, dst):
+        if str(dst).endswith("champions/mnist.json"):
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    class Full:
+        f_bavail, f_frsize = 3, 4096
+
+    monkeypatch.setattr(store_module.os, "replace", full_at_the_champion)
+    monkeypatch.setattr(store_module.os, "statvfs", lambda path: Full)
+    with pytest.raises(StoreError, match="the artifact store is full: no space left on device while writing .*mnist.json"):
+        run(accuracy_threshold=0.5, seed=1)  # a new model that passes the gate
+    monkeypatch.undo()
+    assert {name: (Path(store) / name).read_bytes() for name in before} == before
+    assert sorted(p.name for p in (Path(store) / "runs").iterdir()) == runs_before
+    assert not [p for p in Path(store).rglob(".*") if p.is_file() and p.parent.name != ".locks"]
+    assert first["gate"]["passed"]

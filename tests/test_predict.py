@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -57,8 +58,121 @@ def test_non_image_is_refused_in_one_line(model_path, tmp_path, capsys):
     assert err.count("\n") == 1 and "notes.png is not an image" in err
 
 
+def _digit(tmp_path, digit: int = 3, size: int = 64) -> Path:
+    path = tmp_path / f"digit-{digit}.png"
+    Image.fromarray(glyph(digit, size, np.random.default_rng(digit))).save(path)
+    return path
+
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    return err
+
+
 def test_without_a_champion_the_message_says_what_to_do(tmp_path, capsys):
-    image = tmp_path / "digit.png"
-    Image.fromarray(np.zeros((28, 28), dtype=np.uint8)).save(image)
-    assert cli.main(["predict", str(image), "--artifacts-dir", str(tmp_path)]) == cli.EXIT_INVALID
-    assert "no mnist champion" in capsys.readouterr().err
+    assert cli.main(["predict", str(_digit(tmp_path)), "--artifacts-dir", str(tmp_path)]) == cli.EXIT_INVALID
+    assert "no mnist champion" in _one_line(capsys)
+
+
+@pytest.fixture
+def champion(model_path, tmp_path):
+    """A store whose mnist champion is the glyph model, moved away from where it was trained."""
+    import shutil
+
+    from tasks import gate
+    from tasks.refs import MetricsRef, ModelRef
+
+    store = tmp_path / "moved-store"
+    shutil.copytree(model_path.parent.parent.parent, store)
+    fingerprint = model_path.parent.name
+    model = ModelRef(stage="train", fingerprint=fingerprint, epochs_run=4, epoch_seconds=[1.0], device="CPU",
+                     batch_size=16)
+    metrics = MetricsRef(stage="evaluate", fingerprint="0" * 16, test_accuracy=0.99, test_loss=0.1)
+    gate.promote(str(store), "mnist", model, metrics, "run-1")
+    return store
+
+
+def test_predict_finds_the_champion_in_a_moved_store(champion, tmp_path, capsys):
+    assert cli.main(["predict", str(_digit(tmp_path)), "--artifacts-dir", str(champion), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["class"] == 3
+
+
+def test_a_swapped_champion_model_is_refused(champion, model_path, tmp_path, capsys):
+    entry = champion / "train" / model_path.parent.name
+    (entry / train.MODEL).write_bytes((entry / train.MODEL).read_bytes() + b"\0")
+    assert cli.main(["predict", str(_digit(tmp_path)), "--artifacts-dir", str(champion)]) == cli.EXIT_INVALID
+    assert "the mnist champion's model cannot be trusted: " in _one_line(capsys)
+
+
+@pytest.mark.parametrize("record", ["{\"model\": \"0123", "42", '{"model": "../../x", "test_accuracy": 1, "flow_run_id": "r"}'])
+def test_a_damaged_champion_record_is_one_line(champion, tmp_path, capsys, record):
+    (champion / "champions" / "mnist.json").write_text(record)
+    assert cli.main(["predict", str(_digit(tmp_path)), "--artifacts-dir", str(champion)]) == cli.EXIT_INVALID
+    assert f"the mnist champion record {champion / 'champions' / 'mnist.json'} is damaged" in _one_line(capsys)
+
+
+@pytest.mark.parametrize("model", ["missing.keras", "notes.keras"])
+def test_a_model_keras_will_not_load_is_one_line(tmp_path, capsys, model):
+    (tmp_path / "notes.keras").write_text("not a model")
+    assert cli.main(["predict", str(_digit(tmp_path)), "--model", str(tmp_path / model)]) == cli.EXIT_INVALID
+    assert ("no model file at" if model == "missing.keras" else "cannot load the model") in _one_line(capsys)
+
+
+def _prepared(path: Path) -> np.ndarray:
+    return predict.prepare(path)
+
+
+def test_dark_strokes_on_a_transparent_background(tmp_path):
+    gray = glyph(8, 64, np.random.default_rng(1), ink_on_paper=True)
+    Image.fromarray(gray).save(tmp_path / "plain.png")
+    rgba = np.zeros((64, 64, 4), dtype=np.uint8)
+    rgba[..., 3] = 255 - gray  # black ink, opaque where drawn, transparent elsewhere
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "alpha.png")
+    assert np.abs(_prepared(tmp_path / "alpha.png") - _prepared(tmp_path / "plain.png")).max() < 0.02
+
+
+def test_sixteen_bit_grey(tmp_path):
+    gray = glyph(8, 64, np.random.default_rng(2))
+    Image.fromarray(gray).save(tmp_path / "plain.png")
+    Image.fromarray(gray.astype(np.uint16) * 257).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    assert np.abs(_prepared(tmp_path / "deep.png") - _prepared(tmp_path / "plain.png")).max() < 0.02
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    upright = Image.fromarray(glyph(7, 64, np.random.default_rng(3)))
+    upright.save(tmp_path / "plain.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "phone.png", exif=exif)
+    assert np.abs(_prepared(tmp_path / "phone.png") - _prepared(tmp_path / "plain.png")).max() < 0.02
+
+
+@pytest.mark.parametrize("shade", [0, 255, 128])
+def test_a_blank_image_is_refused(model_path, tmp_path, capsys, shade):
+    blank = tmp_path / "blank.png"
+    Image.fromarray(np.full((64, 64), shade, dtype=np.uint8)).save(blank)
+    assert cli.main(["predict", str(blank), "--model", str(model_path)]) == cli.EXIT_INVALID
+    assert f"{blank} is blank" in _one_line(capsys)
+
+
+def _png_claiming(path: Path, width: int, height: int) -> Path:
+    """A small PNG whose header claims `width` x `height` pixels: what a decoder sees before decoding."""
+    import struct
+    import zlib
+
+    Image.fromarray(np.zeros((4, 4), dtype=np.uint8)).save(path)
+    data = bytearray(path.read_bytes())
+    ihdr = bytes(data[12:16]) + struct.pack(">II", width, height) + bytes(data[24:29])
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(ihdr))
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("side", [12000, 30000])
+def test_too_many_pixels_is_refused_before_decoding(model_path, tmp_path, capsys, side):
+    huge = _png_claiming(tmp_path / "huge.png", side, side)
+    assert cli.main(["predict", str(huge), "--model", str(model_path)]) == cli.EXIT_INVALID
+    assert str(huge) in _one_line(capsys)

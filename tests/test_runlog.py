@@ -26,3 +26,48 @@ def test_runs_logged_before_the_schedule_setting_show_a_constant_rate(tmp_path):
     runlog.append(str(tmp_path), {"flow_run_id": "old", "learning_rate": 0.002})
     runlog.append(str(tmp_path), {"flow_run_id": "new", "learning_rate": 0.006, "lr_schedule": "cosine"})
     assert list(runlog.read(str(tmp_path))["lr_schedule"]) == ["constant", "cosine"]
+
+
+def test_lines_that_are_not_runs_are_skipped_with_a_warning(tmp_path, caplog):
+    runlog.append(str(tmp_path), {"flow_run_id": "run-0", "dataset": "mnist", "test_accuracy": 0.9})
+    with open(tmp_path / runlog.RUNS, "a") as log:
+        log.write('42\nnull\n"text"\n{"flow_run_id": "run-x", "test_accuracy": "0.99"}\n[1, 2]\n')
+    runlog.append(str(tmp_path), {"flow_run_id": "run-1", "dataset": "mnist", "test_accuracy": 0.95})
+    table = runlog.read(str(tmp_path))
+    assert list(table["flow_run_id"]) == ["run-0", "run-1"]
+    assert list(table["test_accuracy"]) == [0.9, 0.95]
+    assert caplog.text.count("is not a run record") == 5
+
+
+def test_an_appended_line_can_be_taken_back(tmp_path):
+    runlog.append(str(tmp_path), {"flow_run_id": "run-0"})
+    before = (tmp_path / runlog.RUNS).read_bytes()
+    undo = runlog.append(str(tmp_path), {"flow_run_id": "run-1"})
+    undo()
+    assert (tmp_path / runlog.RUNS).read_bytes() == before
+
+
+def test_a_full_disk_leaves_the_log_as_it_was(tmp_path, monkeypatch):
+    import os
+
+    import pytest
+
+    from tasks.store import StoreError
+
+    runlog.append(str(tmp_path), {"flow_run_id": "run-0"})
+    before = (tmp_path / runlog.RUNS).read_bytes()
+    real_write = os.write
+
+    def half_then_full(fd, data):
+        real_write(fd, data[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    class Full:
+        f_bavail, f_frsize = 3, 4096
+
+    monkeypatch.setattr(os, "write", half_then_full)
+    monkeypatch.setattr(os, "statvfs", lambda path: Full)
+    with pytest.raises(StoreError, match="the artifact store is full: no space left on device while writing"):
+        runlog.append(str(tmp_path), {"flow_run_id": "run-1"})
+    monkeypatch.undo()
+    assert (tmp_path / runlog.RUNS).read_bytes() == before
