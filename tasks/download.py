@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from tasks import idx
-from tasks.caching import StageCache, stage_task
+from tasks.caching import StageCache, run_logger, stage_task
 from tasks.refs import DatasetRef
 from tasks.retries import TransientError
 from tasks.store import file_digest
@@ -54,12 +54,43 @@ def arrays_sha256(arrays: Mapping[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-def read_mirror(mirror: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """The four IDX files of `mirror`, fully checked, and their SHA-256."""
-    arrays, checksums = {}, {}
+# The datasets whose registered files a mirror may hold: the IDX files of the MNIST family.
+FAMILY = ("mnist", "fashion_mnist", "kmnist")
+# SHA-256 of the gunzipped IDX files, for mirrors gzipped anew (TFDS registers the
+# checksums of the original .gz files only). Measured on Debian's
+# dataset-fashion-mnist 0.0~git20200523.55506a9-1, which holds the original data.
+CONTENT_SHA256 = {
+    "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b": "fashion_mnist",
+    "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34": "fashion_mnist",
+    "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888": "fashion_mnist",
+    "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9": "fashion_mnist",
+}
+
+
+def known_checksums() -> dict[str, str]:
+    """Which dataset a file of this SHA-256 belongs to, as TFDS registers them, or as measured here."""
+    return {**CONTENT_SHA256, **{sha: name for name in FAMILY for sha in registered_urls(name).values()}}
+
+
+def read_mirror(mirror: Path, dataset: str) -> tuple[dict[str, np.ndarray], dict[str, str], list[str]]:
+    """The four IDX files of `mirror`, fully checked: arrays, SHA-256 of each file, and warnings.
+
+    A file that belongs to another dataset of the family is refused; a file no
+    registry knows gets a warning.
+    """
+    known = known_checksums()
+    arrays, checksums, unknown = {}, {}, []
     for role, path in idx.check_mirror_headers(mirror).items():
-        arrays[role], checksums[path.name] = idx.read(path, role)
-    return arrays, checksums
+        arrays[role], checksums[path.name], content = idx.read(path, role)
+        owner = known.get(checksums[path.name]) or known.get(content)
+        if owner is None:
+            unknown.append(path.name)
+        elif owner != dataset:
+            raise idx.IdxError(f"mirror {mirror} holds {owner}, not {dataset}: {path.name} has the checksum "
+                               f"of {owner}'s; pass --dataset {owner}, or a mirror of {dataset}")
+    warnings = [f"the checksums of {', '.join(unknown)} are not registered for {dataset}: "
+                f"the data may not be {dataset}"] if unknown else []
+    return arrays, checksums, warnings
 
 
 def registered_urls(dataset: str) -> dict[str, str]:
@@ -120,12 +151,15 @@ def load_tfds(dataset: str, data_dir: Path) -> tuple[dict[str, np.ndarray], dict
 
 def fetch(out: Path, dataset: str, mirror: Optional[str], tfds_dir: Path) -> dict[str, Any]:
     """Write the raw splits to `out` and return what the reference records."""
+    warnings: list[str] = []
     if mirror is not None:
-        arrays, checksums = read_mirror(Path(mirror))
+        arrays, checksums, warnings = read_mirror(Path(mirror), dataset)
         source = f"mirror:{Path(mirror).resolve()}"
     else:
         arrays, checksums = load_tfds(dataset, tfds_dir)
         source = "tfds"
+    for warning in warnings:
+        run_logger().warning("mirror %s: %s", mirror, warning)
     np.savez(out / ARRAYS, **arrays)
     return {
         "dataset": dataset,
@@ -134,6 +168,7 @@ def fetch(out: Path, dataset: str, mirror: Optional[str], tfds_dir: Path) -> dic
         "test_count": len(arrays["test_labels"]),
         "files_sha256": checksums,
         "arrays_sha256": arrays_sha256(arrays),
+        "warnings": warnings,
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import math
 import struct
 import zlib
@@ -116,8 +117,15 @@ def _payload(path: Path, promised: int) -> bytes:
     return b"".join(chunks)
 
 
-def read(path: Path, role: str) -> tuple[np.ndarray, str]:
-    """The array stored in `path`, and the SHA-256 of the file as read."""
+class IdxFile(NamedTuple):
+    array: np.ndarray
+    # SHA-256 of the file as stored (gzipped or raw), and of its IDX bytes (as gunzipped).
+    sha256: str
+    content_sha256: str
+
+
+def read(path: Path, role: str) -> IdxFile:
+    """The array stored in `path`, with the checksums of the file."""
     header = read_header(path)
     _check_role(role, header.dims, path)
     expected = math.prod(header.dims)
@@ -137,7 +145,7 @@ def read(path: Path, role: str) -> tuple[np.ndarray, str]:
     array = body.reshape(header.dims)
     if role.endswith("labels") and array.size and array.max() >= NUM_CLASSES:
         raise IdxError(f"{path} holds label {array.max()}, expected 0-{NUM_CLASSES - 1}")
-    return array, file_digest(path)
+    return IdxFile(array, file_digest(path), hashlib.sha256(data).hexdigest())
 
 
 def write(path: Path, array: np.ndarray, gzipped: bool = False) -> Path:

@@ -31,6 +31,8 @@ class DatasetRef(EntryRef):
     files_sha256: dict[str, str]
     # SHA-256 of the decoded arrays: equal for equal data, however it was stored.
     arrays_sha256: str
+    # Doubts about the data, shown in the report: files whose checksums no registry knows.
+    warnings: list[str] = []
 
 
 class PreparedRef(EntryRef):

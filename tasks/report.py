@@ -118,6 +118,7 @@ def _sections(raw: DatasetRef, data: PreparedRef, model: ModelRef, metrics: Metr
             f"(of {raw.train_count}) and {data.test_count} test images.",
             files,
             f"SHA-256 of the decoded arrays: {raw.arrays_sha256}",
+            *[f"Warning: {warning}." for warning in raw.warnings],
             Image(preprocess.SAMPLES_PNG, "the first 20 training images and their labels"),
         ]),
         ("Model", [Code(summary)]),

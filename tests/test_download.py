@@ -71,3 +71,33 @@ def test_registered_urls_come_from_tfds():
     urls = download.registered_urls("fashion_mnist")
     assert len(urls) == 4
     assert all(url.endswith(".gz") for url in urls)
+
+
+def test_the_family_checksums_come_from_tfds_and_the_measured_table():
+    known = download.known_checksums()
+    assert known["440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"] == "mnist"
+    assert known["3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84"] == "fashion_mnist"
+    assert {known[sha] for sha in download.CONTENT_SHA256} == {"fashion_mnist"}
+
+
+@pytest.mark.parametrize("gzipped", [True, False])
+def test_another_datasets_files_are_refused_naming_it(tmp_path, store, monkeypatch, gzipped):
+    # The synthetic files play Fashion-MNIST's: their checksums are made the registered ones.
+    from tasks import idx
+
+    mirror = write_mirror(tmp_path / "mirror", gzipped=gzipped)
+    images = mirror / ("train-images-idx3-ubyte" + (".gz" if gzipped else ""))
+    content = idx.read(images, "train_images").content_sha256
+    monkeypatch.setitem(download.CONTENT_SHA256, content, "fashion_mnist")
+    with pytest.raises(idx.IdxError, match=f"mirror {mirror} holds fashion_mnist, not mnist: {images.name} has "
+                                           "the checksum of fashion_mnist's; pass --dataset fashion_mnist"):
+        download_dataset.fn(store, "mnist", str(mirror))
+    # As fashion_mnist it passes; its three other files are unknown, and said so.
+    assert "are not registered for fashion_mnist" in download_dataset.fn(store, "fashion_mnist", str(mirror)).warnings[0]
+
+
+def test_unknown_checksums_are_a_warning_in_the_reference(mirror, store):
+    ref = download_dataset.fn(store, "mnist", str(mirror))
+    assert len(ref.warnings) == 1
+    assert "are not registered for mnist: the data may not be mnist" in ref.warnings[0]
+    assert "train-images-idx3-ubyte.gz" in ref.warnings[0]

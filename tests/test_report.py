@@ -41,3 +41,8 @@ def test_report_shows_the_metrics_and_model(entry):
     text = (entry / report.REPORT_MD).read_text()
     assert "Test accuracy" in text and "121,930" in text and "sha256" in text
     assert "tensorflow-datasets" in text and "keras" in text  # library versions
+
+
+def test_the_datasets_warnings_are_in_the_report(entry):
+    report = (entry / "report.md").read_text()
+    assert "Warning: the checksums of " in report and "are not registered for mnist" in report
