@@ -103,10 +103,26 @@ class _LastWord:
 def run(cfg: PipelineConfig, as_json: bool) -> int:
     _prefect_defaults()
     last_word = _LastWord()
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.server import ServerError, TemporaryServer
+
+    # Without a Prefect server to report to, a temporary one of this run's own,
+    # started while the flow's modules import.
+    server = None if PREFECT_API_URL.value() else TemporaryServer()
     from flows.pipeline import mnist_pipeline
     from tasks.runner import StageFailed
 
-    state = mnist_pipeline(**cfg.model_dump(), return_state=True)
+    if server is None:
+        state = mnist_pipeline(**cfg.model_dump(), return_state=True)
+    else:
+        try:
+            server.wait_until_healthy()
+        except ServerError as error:
+            last_word.message = f"{PROG}: error: {error}"
+            return EXIT_FAILED
+        with temporary_settings({PREFECT_API_URL: server.api_url}):
+            state = mnist_pipeline(**cfg.model_dump(), return_state=True)
     outcome: Any = state.result(raise_on_failure=False)
     if state.is_completed():
         _emit(outcome, as_json)

@@ -3,6 +3,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -197,6 +198,37 @@ def test_a_link_inside_the_store_that_leads_outside_is_refused(capsys, tmp_path,
 def test_an_empty_split_is_refused(capsys, tmp_path):
     mirror = write_mirror(tmp_path / "mirror", test=0)
     assert f"mirror {mirror} holds no test images" in _refused(capsys, "--mirror", str(mirror))
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for t in os.listdir(f"/proc/{pid}/task")
+                for c in open(f"/proc/{pid}/task/{t}/children").read().split()]
+    except OSError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
+def test_the_temporary_server_ends_with_the_run(tmp_path, mirror, sig):
+    process = _start_cli(tmp_path, "--mirror", str(mirror), "--epochs", "1000", "--batch-size", "16")
+    for line in process.stderr:  # training has started: the server is up and in use
+        if "epoch 1/1000" in line:
+            break
+    [server] = [c for c in _children(process.pid) if "uvicorn" in open(f"/proc/{c}/cmdline").read()]
+    process.send_signal(sig)
+    process.communicate(timeout=60)
+    deadline = time.monotonic() + 10
+    while _alive(server) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(server), f"the temporary server (pid {server}) outlived the run's {sig.name}"
 
 
 @pytest.mark.e2e

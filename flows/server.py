@@ -1,0 +1,83 @@
+"""Prefect's temporary API server for one command-line run, ending with it however it ends.
+
+Prefect starts such a server itself when no `PREFECT_API_URL` is set, but a
+run killed with SIGKILL or SIGTERM leaves that server running. This one is
+the same uvicorn application, started with the kernel's parent-death signal:
+when the run's process ends, by any signal or none, its server is killed too.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+_PR_SET_PDEATHSIG = 1
+# A first start creates and migrates the database: about 26 s here, more on a slow disk.
+STARTUP_TIMEOUT_S = 180
+
+
+class ServerError(RuntimeError):
+    """The temporary server did not come up."""
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _dying_with(parent: int):
+    def preexec() -> None:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent ended before the signal was armed
+            os._exit(1)
+
+    return preexec
+
+
+class TemporaryServer:
+    """Prefect's API (no UI) on a free loopback port, as a child that dies with this process."""
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self.api_url = f"http://127.0.0.1:{self.port}/api"
+        # The settings Prefect gives its own temporary server.
+        env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
+               "PREFECT__SERVER_FINAL": "1"}
+        env.pop("PREFECT_API_URL", None)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
+             "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "error", "--lifespan", "on"],
+            env=env, stdin=subprocess.DEVNULL, preexec_fn=_dying_with(os.getpid()),
+        )
+        atexit.register(self.stop)
+
+    def wait_until_healthy(self, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServerError(f"Prefect's temporary server exited with status {self.process.returncode}")
+            try:
+                with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise ServerError(f"Prefect's temporary server did not answer within {timeout_s:.0f} s")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
