@@ -14,7 +14,7 @@ PORT ?= 4200
 # Debian packages the test suite needs: the browser the UI test drives.
 APT_PACKAGES := chromium
 
-.PHONY: install system-deps run test serve stop clean
+.PHONY: install system-deps run test test-fast serve stop clean
 
 install: $(VENV)/.installed
 
@@ -41,6 +41,10 @@ run: install
 
 test: install system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The everyday lane: no Prefect server, no browser, no flow run end to end.
+test-fast: install
+	$(BIN)/python -m pytest -m "not e2e" $(PYTEST_ARGS)
 
 # A local Prefect server (SQLite in .prefect/), the work pool, the deployments
 # of prefect.yaml and one worker, on 127.0.0.1:$(PORT). Safe to run twice.

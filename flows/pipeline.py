@@ -8,7 +8,8 @@ from prefect import flow
 
 from tasks import config
 from tasks.config import (
-    AccuracyThreshold, BatchSize, DatasetName, Epochs, LearningRate, LrSchedule, PipelineConfig, Seed, TrainLimit,
+    AccuracyThreshold, BatchSize, DatasetName, Epochs, Folder, LearningRate, LrSchedule, PipelineConfig, Seed,
+    TrainLimit,
 )
 from tasks.download import download_dataset
 from tasks.evaluate import evaluate_model
@@ -21,14 +22,14 @@ from tasks.train import train_model
 @flow(name="mnist-pipeline", retries=config.FLOW_RETRIES, retry_delay_seconds=config.FLOW_RETRY_DELAY_S)
 def mnist_pipeline(
     dataset: DatasetName = config.DEFAULT_DATASET,
-    mirror: Optional[str] = None,
+    mirror: Optional[Folder] = None,
     epochs: Epochs = config.DEFAULT_EPOCHS,
     batch_size: BatchSize = config.DEFAULT_BATCH_SIZE,
     learning_rate: LearningRate = config.DEFAULT_LEARNING_RATE,
     lr_schedule: LrSchedule = config.DEFAULT_LR_SCHEDULE,
     train_limit: TrainLimit = None,
     seed: Seed = config.DEFAULT_SEED,
-    artifacts_dir: str = config.DEFAULT_ARTIFACTS_DIR,
+    artifacts_dir: Folder = config.DEFAULT_ARTIFACTS_DIR,
     accuracy_threshold: AccuracyThreshold = None,
 ) -> dict[str, Any]:
     """Train and evaluate the tutorial's MNIST CNN; returns the run summary."""

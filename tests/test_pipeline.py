@@ -155,7 +155,7 @@ def test_deterministic_failure_is_not_retried(tmp_path, store):
     mirror = write_mirror(tmp_path / "mirror", gzipped=False)
     labels = mirror / "t10k-labels-idx1-ubyte"
     labels.write_bytes(labels.read_bytes() + b"\0")  # longer than its header says: malformed, not in transit
-    with pytest.raises(StageFailed, match="header promises 100") as failure:
+    with pytest.raises(StageFailed, match="more than the 100 bytes of data its header promises") as failure:
         mnist_pipeline(mirror=str(mirror), artifacts_dir=store, **TINY)
     assert failure.value.summary["stages"]["download"]["attempts"] == 1
     # No record of the exception is left at the store's root.

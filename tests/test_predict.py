@@ -112,11 +112,19 @@ def test_a_damaged_champion_record_is_one_line(champion, tmp_path, capsys, recor
     assert f"the mnist champion record {champion / 'champions' / 'mnist.json'} is damaged" in _one_line(capsys)
 
 
-@pytest.mark.parametrize("model", ["missing.keras", "notes.keras"])
+@pytest.mark.parametrize("model", ["missing.keras", "notes.keras", "lambda.keras"])
 def test_a_model_keras_will_not_load_is_one_line(tmp_path, capsys, model):
+    import keras
+
     (tmp_path / "notes.keras").write_text("not a model")
+    # A Lambda layer holds code of its own: safe_mode refuses to load it.
+    keras.Sequential([keras.Input(shape=(28, 28, 1)), keras.layers.Lambda(lambda x: x * 2)]).save(
+        tmp_path / "lambda.keras")
     assert cli.main(["predict", str(_digit(tmp_path)), "--model", str(tmp_path / model)]) == cli.EXIT_INVALID
-    assert ("no model file at" if model == "missing.keras" else "cannot load the model") in _one_line(capsys)
+    err = _one_line(capsys)
+    assert ("no model file at" if model == "missing.keras" else "cannot load the model") in err
+    if model == "lambda.keras":
+        assert "safe_mode" in err
 
 
 def _prepared(path: Path) -> np.ndarray:

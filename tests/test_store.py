@@ -116,3 +116,40 @@ def test_other_errors_without_errno_are_not_called_a_full_disk(tmp_path, monkeyp
     with pytest.raises(TimeoutError):
         with ArtifactStore(tmp_path).writing("preprocess", FP):
             raise TimeoutError("the download timed out")
+
+
+def test_a_store_path_that_is_a_file_is_not_a_directory(tmp_path):
+    blocker = tmp_path / "artifacts"
+    blocker.write_text("not a folder")
+    with pytest.raises(StoreError, match=f"cannot write to the artifact store {blocker}: Not a directory"):
+        ArtifactStore(blocker).open()
+
+
+def test_a_locks_folder_that_is_a_file_is_refused_not_ignored(tmp_path):
+    from tasks.locking import FileLockManager
+
+    (tmp_path / ".locks").write_text("")
+    with pytest.raises(StoreError, match=f"cannot keep locks in {tmp_path / '.locks'}: Not a directory"):
+        FileLockManager(tmp_path / ".locks").open()
+
+
+def test_a_failed_atomic_write_leaves_the_old_file_and_no_temporary_one(tmp_path, monkeypatch):
+    import os
+
+    from tasks.store import write_atomically
+
+    target = tmp_path / "champion.json"
+    target.write_text("old")
+
+    class Full:
+        f_bavail, f_frsize = 3, 4096
+
+    def no_room(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", no_room)
+    monkeypatch.setattr(os, "statvfs", lambda path: Full)
+    with pytest.raises(StoreError, match=f"no space left on device while writing {target}"):
+        write_atomically(target, "new")
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["champion.json"] and target.read_text() == "old"

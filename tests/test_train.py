@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -167,3 +169,23 @@ def test_unreadable_checkpoint_means_starting_over(mirror, tmp_path):
     info = train.fit(tmp_path / "out", data, params, lines.append, tmp_path / "ckpt")
     assert info["resumed_from_epoch"] is None and info["epochs_run"] == 2
     assert "is unreadable" in lines[0]
+
+
+def test_a_checkpoint_that_fills_the_disk_leaves_no_temporary_folder(tmp_path, monkeypatch):
+    import os
+
+    from tasks import checkpoint
+    from tasks.store import StoreError
+
+    class Model:
+        def save(self, path):
+            Path(path).write_bytes(b"half a model")
+            raise OSError(28, "No space left on device")
+
+    class Full:
+        f_bavail, f_frsize = 3, 4096
+
+    monkeypatch.setattr(os, "statvfs", lambda path: Full)
+    with pytest.raises(StoreError, match="no space left on device while writing the checkpoint of epoch 1"):
+        checkpoint.save(tmp_path / "checkpoints", Model(), [{"epoch": 1}])
+    assert list((tmp_path / "checkpoints").iterdir()) == []
