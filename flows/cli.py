@@ -61,19 +61,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _describe(error: ValidationError) -> str:
-    first = error.errors()[0]
-    option = "--" + str(first["loc"][0]).replace("_", "-") if first["loc"] else "options"
-    message = first["msg"].removeprefix("Value error, ")
-    return f"{option} {config.shown(first['input'])}: {message}"
-
-
 def validate(args: argparse.Namespace) -> PipelineConfig:
     fields = {k: v for k, v in vars(args).items() if k in PipelineConfig.model_fields}
     try:
         return PipelineConfig(**fields)
     except ValidationError as error:
-        print(f"{PROG}: error: {_describe(error)}", file=sys.stderr)
+        print(f"{PROG}: error: {config.describe(error, as_option=True)}", file=sys.stderr)
         raise SystemExit(EXIT_INVALID) from None
 
 
@@ -105,30 +98,30 @@ def run(cfg: PipelineConfig, as_json: bool) -> int:
     last_word = _LastWord()
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.server import ServerError, TemporaryServer
+    from flows import server as servers
 
-    # Without a Prefect server to report to, a temporary one of this run's own,
-    # started while the flow's modules import.
-    server = None if PREFECT_API_URL.value() else TemporaryServer()
+    # The server the run reports to: the one configured, else the one `make serve`
+    # started, else a temporary one of the run's own, started while the flow's modules import.
+    api_url = PREFECT_API_URL.value() or servers.served_api_url()
+    temporary = None if api_url else servers.TemporaryServer()
     from flows.pipeline import mnist_pipeline
     from tasks.runner import StageFailed
 
-    if server is None:
-        state = mnist_pipeline(**cfg.model_dump(), return_state=True)
-    else:
+    if temporary is not None:
         try:
-            server.wait_until_healthy()
-        except ServerError as error:
+            temporary.wait_until_healthy()
+        except servers.ServerError as error:
             last_word.message = f"{PROG}: error: {error}"
             return EXIT_FAILED
-        with temporary_settings({PREFECT_API_URL: server.api_url}):
-            state = mnist_pipeline(**cfg.model_dump(), return_state=True)
+    server = {"api_url": api_url or temporary.api_url, "temporary": temporary is not None}
+    with temporary_settings({PREFECT_API_URL: server["api_url"]}):
+        state = mnist_pipeline(**cfg.model_dump(), return_state=True)
     outcome: Any = state.result(raise_on_failure=False)
     if state.is_completed():
-        _emit(outcome, as_json)
+        _emit({**outcome, "server": server}, as_json)
         return 0
     if isinstance(outcome, StageFailed):
-        _emit(outcome.summary, as_json)
+        _emit({**outcome.summary, "server": server}, as_json)
         reason = str(outcome)
     else:
         # Failed outside any stage (an unwritable store, say): its first line is the sentence.

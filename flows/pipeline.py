@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from prefect import flow
+from prefect.states import Failed
+from pydantic import ValidationError
 
 from tasks import config
 from tasks.config import (
@@ -32,12 +34,29 @@ def mnist_pipeline(
     artifacts_dir: Folder = config.DEFAULT_ARTIFACTS_DIR,
     accuracy_threshold: AccuracyThreshold = None,
 ) -> dict[str, Any]:
-    """Train and evaluate the tutorial's MNIST CNN; returns the run summary."""
-    cfg = PipelineConfig(
-        dataset=dataset, mirror=mirror, epochs=epochs, batch_size=batch_size,
-        learning_rate=learning_rate, lr_schedule=lr_schedule, train_limit=train_limit, seed=seed,
-        artifacts_dir=artifacts_dir, accuracy_threshold=accuracy_threshold,
-    )
+    """Train and evaluate the tutorial's MNIST CNN; returns the run summary.
+
+    Args:
+        dataset: mnist or fashion_mnist, as TensorFlow Datasets names them.
+        mirror: A folder holding the dataset's four IDX files, read instead of downloading; empty: download.
+        epochs: Training epochs, 1 to 1000.
+        batch_size: Examples per training step, 1 to 65536.
+        learning_rate: Adam's learning rate, above 0 and at most 1; with the cosine schedule, its value at the start.
+        lr_schedule: cosine falls from the learning rate to 0 over the training; constant keeps it, as the tutorial does.
+        train_limit: Train on the first N training images only; empty: all of them.
+        seed: Seeds every random source, 0 to 4294967295.
+        artifacts_dir: The artifact store, on the worker; a relative path starts in the project.
+        accuracy_threshold: Least test accuracy to become the dataset's champion; empty: 0.95 (mnist), 0.80 (fashion_mnist).
+    """
+    try:
+        cfg = PipelineConfig(
+            dataset=dataset, mirror=mirror, epochs=epochs, batch_size=batch_size,
+            learning_rate=learning_rate, lr_schedule=lr_schedule, train_limit=train_limit, seed=seed,
+            artifacts_dir=artifacts_dir, accuracy_threshold=accuracy_threshold,
+        )
+    except ValidationError as error:
+        # What the form's fields cannot check (paths, files): one line in the run's state message.
+        return Failed(message=config.describe(error))
     run = StageRunner(cfg.artifacts_dir)
     # The raw uint8 splits: downloaded through TFDS, or read from a mirror.
     raw = run(download_dataset, cfg.dataset, cfg.mirror)

@@ -1,9 +1,11 @@
-"""Prefect's temporary API server for one command-line run, ending with it however it ends.
+"""The Prefect server a command-line run reports to: `make serve`'s, or a temporary one.
 
-Prefect starts such a server itself when no `PREFECT_API_URL` is set, but a
-run killed with SIGKILL or SIGTERM leaves that server running. This one is
-the same uvicorn application, started with the kernel's parent-death signal:
-when the run's process ends, by any signal or none, its server is killed too.
+A run made while `make serve` is up reports to that server, so it shows in the
+UI and pays no start-up. Otherwise Prefect would start a temporary server
+itself, but a run killed with SIGKILL or SIGTERM leaves that one running. The
+temporary server here is the same uvicorn application, started with the
+kernel's parent-death signal: when the run's process ends, by any signal or
+none, its server is killed too.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
+from typing import Optional
 
 _PR_SET_PDEATHSIG = 1
 # A first start creates and migrates the database: about 26 s here, more on a slow disk.
@@ -40,6 +44,17 @@ def _dying_with(parent: int):
             os._exit(1)
 
     return preexec
+
+
+def served_api_url() -> Optional[str]:
+    """The API of the server that `make serve` started for this Prefect home, if it answers."""
+    port_file = Path(os.environ.get("PREFECT_HOME", ".prefect")) / "run" / "server.port"
+    try:
+        url = f"http://127.0.0.1:{int(port_file.read_text())}/api"
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
+            return url if answer.status == 200 else None
+    except (OSError, ValueError):
+        return None
 
 
 class TemporaryServer:

@@ -18,8 +18,10 @@ export PREFECT_SERVER_API_PORT="$PORT"
 export PREFECT_API_URL="http://127.0.0.1:$PORT/api"
 # The deployments' pull step moves flow runs into this checkout.
 export PROJECT_DIR="$PWD"
-# Runs created from the UI or the API read and write only here (see README).
-export MNIST_PIPELINE_ALLOWED_ROOTS="${MNIST_PIPELINE_ALLOWED_ROOTS:-$PWD:/usr/share/datasets}"
+# Runs created from the UI or the API read and write only here (see README): the
+# project (its artifact store and data/), Debian's datasets, and the folders the
+# user adds in MNIST_PIPELINE_ALLOWED_ROOTS.
+export MNIST_PIPELINE_ALLOWED_ROOTS="$PWD:/usr/share/datasets${MNIST_PIPELINE_ALLOWED_ROOTS:+:$MNIST_PIPELINE_ALLOWED_ROOTS}"
 if [ -n "${PREFECT_SERVER_API_AUTH_STRING:-}" ]; then
   # The server requires basic auth; the CLI and the worker present the same.
   export PREFECT_API_AUTH_STRING="$PREFECT_SERVER_API_AUTH_STRING"
@@ -76,6 +78,8 @@ start() {
     launch worker "$BIN/prefect" worker start --pool "$POOL" --limit 1
   fi
   echo "Prefect UI: http://127.0.0.1:$PORT"
+  echo "Runs from the UI read mirrors and keep artifact stores only under: ${MNIST_PIPELINE_ALLOWED_ROOTS//:/, }"
+  echo "  (add folders with MNIST_PIPELINE_ALLOWED_ROOTS=/one:/two make serve, after make stop)"
   echo "For the CLI: export PREFECT_API_URL=$PREFECT_API_URL"
 }
 

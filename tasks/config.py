@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tasks import idx
 
@@ -145,11 +145,16 @@ def _inside(path: str, roots: list[Path]) -> bool:
     return any(real == root or root in real.parents for root in roots)
 
 
+def _outside(roots: list[Path]) -> str:
+    return (f"outside the folders this worker allows ({', '.join(map(str, roots))}); to allow it, "
+            f"add its folder to {ALLOWED_ROOTS_ENV} (folders separated by ':') before `make serve`")
+
+
 def confine(path: str, what: str) -> str:
     """Refuse `path` when it resolves outside the allowed roots (if any are set)."""
     roots = _allowed_roots()
     if roots and not _inside(path, roots):
-        raise ValueError(f"{what} {path} is outside the folders this worker allows ({ALLOWED_ROOTS_ENV})")
+        raise ValueError(f"{path} is {_outside(roots)}")
     return path
 
 
@@ -165,5 +170,18 @@ def confine_links(folder: str, what: str) -> None:
         for name in dirs + files:
             path = os.path.join(parent, name)
             if os.path.islink(path) and not _inside(path, roots):
-                raise ValueError(f"{what} {folder} holds {path}, a link to {os.path.realpath(path)}, which is "
-                                 f"outside the folders this worker allows ({ALLOWED_ROOTS_ENV})")
+                raise ValueError(f"{folder} holds {path}, a link to {os.path.realpath(path)}, which is "
+                                 + _outside(roots))
+
+
+def describe(error: ValidationError, as_option: bool = False) -> str:
+    """The first problem of `error` in one line, naming the parameter as the UI does (or as a CLI option)."""
+    first = error.errors()[0]
+    name = str(first["loc"][0]) if first["loc"] else "parameters"
+    if as_option and first["loc"]:
+        name = "--" + name.replace("_", "-")
+    message = first["msg"].removeprefix("Value error, ")
+    value = shown(first["input"])
+    if message.startswith(f"{value} "):  # the message names the value itself
+        return f"{name} {message}"
+    return f"{name} {value}: {message}"

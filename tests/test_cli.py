@@ -185,14 +185,28 @@ def test_a_link_inside_the_store_that_leads_outside_is_refused(capsys, tmp_path,
     outside.mkdir()
     (allowed / "store" / inside).symlink_to(outside)
     monkeypatch.setenv("MNIST_PIPELINE_ALLOWED_ROOTS", str(allowed))
-    assert (f"--artifacts-dir {allowed / 'store'}: artifacts_dir {allowed / 'store'} holds "
-            f"{allowed / 'store' / inside}, a link to {outside}, which is outside the folders this worker allows"
-            in _refused(capsys, "--mirror", str(mirror), "--artifacts-dir", str(allowed / "store")))
+    assert _refused(capsys, "--mirror", str(mirror), "--artifacts-dir", str(allowed / "store")) == (
+        f"mnist-pipeline: error: --artifacts-dir {allowed / 'store'} holds {allowed / 'store' / inside}, a link to "
+        f"{outside}, which is outside the folders this worker allows ({allowed}); to allow it, add its folder to "
+        "MNIST_PIPELINE_ALLOWED_ROOTS (folders separated by ':') before `make serve`\n")
     # A link that stays inside the allowed folders is the user's own business.
     (allowed / "store" / inside).unlink()
     (allowed / "store" / inside).symlink_to(allowed / "mirror")
     assert cli.validate(cli._parser().parse_args(["run", "--mirror", str(mirror), "--artifacts-dir",
                                                   str(allowed / "store")])).artifacts_dir == str(allowed / "store")
+
+
+def test_a_run_from_the_ui_is_refused_in_one_line_naming_the_parameter(tmp_path, monkeypatch):
+    from flows.pipeline import mnist_pipeline
+
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    monkeypatch.setenv("MNIST_PIPELINE_ALLOWED_ROOTS", f"{allowed}:/usr/share/datasets")
+    state = mnist_pipeline.fn(mirror="/tmp/elsewhere", artifacts_dir=str(allowed / "store"))
+    assert state.is_failed()
+    assert state.message == (
+        f"mirror /tmp/elsewhere is outside the folders this worker allows ({allowed}, /usr/share/datasets); to allow "
+        "it, add its folder to MNIST_PIPELINE_ALLOWED_ROOTS (folders separated by ':') before `make serve`")
 
 
 def test_an_empty_split_is_refused(capsys, tmp_path):
@@ -246,3 +260,16 @@ def test_mirror_file_still_being_copied_is_retried(tmp_path):
     assert process.returncode == 0, stderr[-2000:]
     download = _summary(stdout)["stages"]["download"]
     assert download["state"] == "Completed" and download["attempts"] == 2
+
+
+def test_the_readme_lists_every_flow_parameter_with_its_description():
+    import re
+    from pathlib import Path
+
+    from flows.pipeline import mnist_pipeline
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = dict(re.findall(r"^\| `(\w+)` \| (.+?) \|$", readme.split("| field | description |")[1].split("\n\n")[0],
+                            re.MULTILINE))
+    schema = mnist_pipeline.parameters.model_dump()["properties"]
+    assert table == {name: field["description"] for name, field in schema.items()}

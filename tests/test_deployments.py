@@ -160,7 +160,10 @@ def test_paths_outside_the_allowed_roots_are_refused(api, mirror):
                    json={"parameters": _tiny(mirror, Path("/etc/mnist-artifacts"))}).json()
     failed = _wait(api, run["id"])
     assert failed["state"]["type"] == "FAILED"
-    assert "artifacts_dir /etc/mnist-artifacts is outside the folders this worker allows" in failed["state"]["message"]
+    assert failed["state"]["message"].startswith(
+        "artifacts_dir /etc/mnist-artifacts is outside the folders this worker allows (")
+    assert failed["state"]["message"].endswith(
+        "; to allow it, add its folder to MNIST_PIPELINE_ALLOWED_ROOTS (folders separated by ':') before `make serve`")
     assert not Path("/etc/mnist-artifacts").exists()
 
 
@@ -297,6 +300,21 @@ def _running(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z"  # a zombie has ended; only its exit status is left
+
+
+def test_a_command_line_run_reports_to_the_served_server(served, api, mirror, tmp_path):
+    import json
+
+    env = {**served["env"]}
+    env.pop("PREFECT_API_URL")  # as in a new shell: found through `make serve`'s record of its port
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--mirror", str(mirror), "--artifacts-dir",
+                           str(tmp_path / "artifacts"), "--epochs", "1", "--batch-size", "16", "--json"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["server"] == {"api_url": f"{served['url']}/api", "temporary": False}
+    listed = api.get(f"/flow_runs/{summary['flow_run_id']}").json()
+    assert listed["state"]["type"] == "COMPLETED"
 
 
 def test_stop_ends_a_flow_run_in_progress(tmp_path, mirror):
