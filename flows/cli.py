@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -45,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--accuracy-threshold", type=float,
                      help="least test accuracy for the model to become the champion")
     run.add_argument("--json", action="store_true", help="print the run summary as JSON last")
+    run.add_argument("--verbose", action="store_true",
+                     help="print the tracebacks of expected failures too (the Prefect UI always has them)")
 
     predict = commands.add_parser("predict", help="classify PNG or JPEG images")
     predict.add_argument("images", nargs="+", type=Path)
@@ -93,7 +96,39 @@ class _LastWord:
             print(self.message, file=sys.stderr, flush=True)
 
 
-def run(cfg: PipelineConfig, as_json: bool) -> int:
+class _WithoutExpectedTracebacks(logging.Formatter):
+    """The terminal's log format, less the tracebacks of the project's own errors.
+
+    Their message says all. The logs sent to Prefect's API (the UI) keep them.
+    """
+
+    def __init__(self, inner: logging.Formatter):
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        from tasks.retries import is_expected
+
+        if not (record.exc_info and record.exc_info[1] and is_expected(record.exc_info[1])):
+            return self.inner.format(record)
+        saved = record.exc_info, record.exc_text
+        record.exc_info, record.exc_text = None, None
+        try:
+            return self.inner.format(record)
+        finally:
+            record.exc_info, record.exc_text = saved
+
+
+def _quiet_terminal() -> None:
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    loggers = [logging.getLogger(), *(logging.getLogger(name) for name in list(logging.root.manager.loggerDict))]
+    for handler in {h for logger in loggers for h in getattr(logger, "handlers", [])}:
+        if isinstance(handler, PrefectConsoleHandler) and handler.formatter is not None:
+            handler.setFormatter(_WithoutExpectedTracebacks(handler.formatter))
+
+
+def run(cfg: PipelineConfig, as_json: bool, verbose: bool = False) -> int:
     _prefect_defaults()
     last_word = _LastWord()
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -107,6 +142,8 @@ def run(cfg: PipelineConfig, as_json: bool) -> int:
     from flows.pipeline import mnist_pipeline
     from tasks.runner import StageFailed
 
+    if not verbose:
+        _quiet_terminal()
     if temporary is not None:
         try:
             temporary.wait_until_healthy()
@@ -186,7 +223,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return predict(args)
         if args.command == "runs":
             return runs(args)
-        return run(validate(args), args.json)
+        return run(validate(args), args.json, args.verbose)
     finally:
         sys.stdout.flush()
 

@@ -74,6 +74,7 @@ def score(logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
 
 
 def assess(out: Path, model_entry: Path, data_entry: Path) -> dict[str, Any]:
+    train.tensorflow()
     import keras
 
     # safe_mode refuses a model file that would run code of its own when loaded.

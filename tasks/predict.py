@@ -105,6 +105,9 @@ def prepare(path: Path, invert: Optional[bool] = None) -> np.ndarray:
 
 def load_model(model_path: Path):
     """The Keras model at `model_path`; safe_mode refuses one that would run code of its own."""
+    from tasks.train import tensorflow
+
+    tensorflow()
     import keras
 
     if not model_path.is_file():

@@ -42,6 +42,7 @@ class StageFailed(RuntimeError):
         reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
         super().__init__(f"stage {stage} failed: {reason}")
         self.stage = stage
+        self.cause = cause
         self.summary = summary
 
 

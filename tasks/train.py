@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
 import shutil
+import sys
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import pandas as pd
 
@@ -33,10 +38,42 @@ _EPOCH_SEEDS = 100_003
 CACHE = StageCache(stage="train", module=__name__)
 
 
+# What TensorFlow's C++ start-up writes straight to the terminal when a machine has no CUDA driver.
+_NO_DRIVER_NOISE = re.compile(rb"Could not find cuda drivers|failed call to cuInit|"
+                              rb"All log messages before absl::InitializeLog\(\) is called")
+
+
+@contextmanager
+def _without_no_driver_noise() -> Iterator[None]:
+    """Hold back what is written to stderr's file descriptor; pass on all but the no-driver lines."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            for line in caught:
+                if not _NO_DRIVER_NOISE.search(line):
+                    os.write(2, line)
+
+
+def tensorflow():
+    """TensorFlow, imported and its GPUs listed, without its no-driver lines on a machine without CUDA."""
+    with _without_no_driver_noise():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices("GPU")
+    return tf
+
+
 def select_device() -> str:
     """The tutorial's GPU set-up: the first GPU only, its memory grown as needed."""
-    import tensorflow as tf
-
+    tf = tensorflow()
     gpus = tf.config.list_physical_devices("GPU")
     if not gpus:
         return "CPU"

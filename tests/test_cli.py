@@ -96,6 +96,8 @@ def test_command_runs_then_serves_everything_from_cache(tmp_path, mirror):
     summary = _summary(first.stdout)
     assert {s["state"] for s in summary["stages"].values()} == {"Completed"}
     assert "epoch 1/2" in first.stderr and "epoch 2/2" in first.stderr
+    # No word from TensorFlow's probe for a CUDA driver on a machine that has none.
+    assert "cuInit" not in first.stderr and "Could not find cuda drivers" not in first.stderr
     assert (tmp_path / summary["report"]).is_file()
 
     again = _run_cli(tmp_path, *args, importtime=True)
@@ -119,6 +121,10 @@ def test_failed_stage_exits_1_naming_it(tmp_path):
     assert "t10k-labels-idx1-ubyte holds 90 bytes of data, its header promises 100" in last
     summary = _summary(result.stdout)
     assert summary["state"] == "Failed" and summary["stages"]["download"]["state"] == "Failed"
+    # An expected failure: its message says all, no traceback on the terminal.
+    assert "Traceback" not in result.stderr
+    verbose = _run_cli(tmp_path, "--mirror", str(mirror), "--epochs", "1", "--verbose")
+    assert verbose.returncode == cli.EXIT_FAILED and "Traceback" in verbose.stderr
 
 
 @pytest.mark.e2e
