@@ -47,14 +47,25 @@ def _dying_with(parent: int):
 
 
 def served_api_url() -> Optional[str]:
-    """The API of the server that `make serve` started for this Prefect home, if it answers."""
-    port_file = Path(os.environ.get("PREFECT_HOME", ".prefect")) / "run" / "server.port"
+    """The API of the server that `make serve` started for this Prefect home, if it answers.
+
+    Then this process links its reports as that server's worker does.
+    """
+    run_dir = Path(os.environ.get("PREFECT_HOME", ".prefect")) / "run"
     try:
-        url = f"http://127.0.0.1:{int(port_file.read_text())}/api"
+        url = f"http://127.0.0.1:{int((run_dir / 'server.port').read_text())}/api"
         with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
-            return url if answer.status == 200 else None
+            if answer.status != 200:
+                return None
     except (OSError, ValueError):
         return None
+    try:
+        for line in (run_dir / "reports.env").read_text().splitlines():
+            name, _, value = line.partition("=")
+            os.environ.setdefault(name, value)
+    except OSError:
+        pass
+    return url
 
 
 class TemporaryServer:

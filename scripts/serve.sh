@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PORT="${PORT:-4200}"
+# The artifact store, read-only over HTTP, so a run's report opens from the UI.
+REPORTS_PORT="${REPORTS_PORT:-$((PORT + 1))}"
 BIN="${BIN:-.venv/bin}"
 POOL="local-process"
 
@@ -27,11 +29,15 @@ if [ -n "${PREFECT_SERVER_API_AUTH_STRING:-}" ]; then
   export PREFECT_API_AUTH_STRING="$PREFECT_SERVER_API_AUTH_STRING"
 fi
 
+# The worker's flows link their reports there.
+export MNIST_PIPELINE_REPORTS_ROOT="$PWD/artifacts"
+export MNIST_PIPELINE_REPORTS_URL="http://127.0.0.1:$REPORTS_PORT"
+
 # Alive, and still ours: a PID the system reused for something else does not count.
 alive() {
   local pid
   pid=$(cat "$RUN_DIR/$1.pid" 2>/dev/null) || return 1
-  kill -0 "$pid" 2>/dev/null && grep -q prefect "/proc/$pid/cmdline" 2>/dev/null
+  kill -0 "$pid" 2>/dev/null && grep -qE 'prefect|http\.server' "/proc/$pid/cmdline" 2>/dev/null
 }
 
 # Start a command in its own process group, so `stop` can end it with its children.
@@ -77,7 +83,16 @@ start() {
   else
     launch worker "$BIN/prefect" worker start --pool "$POOL" --limit 1
   fi
+  if ! alive reports; then
+    mkdir -p "$MNIST_PIPELINE_REPORTS_ROOT"
+    # Python's own file server: GET and HEAD only, so read-only.
+    launch reports "$BIN/python" -m http.server --bind 127.0.0.1 --directory "$MNIST_PIPELINE_REPORTS_ROOT" "$REPORTS_PORT"
+  fi
+  # For command-line runs that report to this server (flows/server.py).
+  printf 'MNIST_PIPELINE_REPORTS_URL=%s\nMNIST_PIPELINE_REPORTS_ROOT=%s\n' \
+    "$MNIST_PIPELINE_REPORTS_URL" "$MNIST_PIPELINE_REPORTS_ROOT" >"$RUN_DIR/reports.env"
   echo "Prefect UI: http://127.0.0.1:$PORT"
+  echo "Reports: $MNIST_PIPELINE_REPORTS_URL/runs/<flow run id>/report.html (the artifact store, read-only)"
   echo "Runs from the UI read mirrors and keep artifact stores only under: ${MNIST_PIPELINE_ALLOWED_ROOTS//:/, }"
   echo "  (add folders with MNIST_PIPELINE_ALLOWED_ROOTS=/one:/two make serve, after make stop)"
   echo "For the CLI: export PREFECT_API_URL=$PREFECT_API_URL"
@@ -129,7 +144,7 @@ living() {
 
 stop() {
   local name pid i groups live
-  for name in worker server; do
+  for name in worker reports server; do
     pid=$(cat "$RUN_DIR/$name.pid" 2>/dev/null) || continue
     if alive "$name"; then
       groups=$(process_groups "$pid")
@@ -163,7 +178,7 @@ stop() {
     fi
     rm -f "$RUN_DIR/$name.pid"
   done
-  rm -f "$RUN_DIR/server.port"
+  rm -f "$RUN_DIR/server.port" "$RUN_DIR/reports.env"
 }
 
 case "${1:-}" in

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,9 @@ MISCLASSIFIED_SHOWN = 20
 _HTML_END = "</body></html>"
 # Per flow run, beside the stage entries: the report with what only that run knows.
 RUNS_DIR = "runs"
+# Set by `make serve` for its worker: the file server's address, and the store it serves.
+REPORTS_URL_ENV = "MNIST_PIPELINE_REPORTS_URL"
+REPORTS_ROOT_ENV = "MNIST_PIPELINE_REPORTS_ROOT"
 # How many earlier runs of the same dataset the published report compares against.
 PREVIOUS_RUNS = 5
 
@@ -66,7 +70,8 @@ def markdown_body(sections: list[tuple[str, list[Block]]]) -> str:
             elif isinstance(block, Code):
                 out += ["```", block.text.rstrip(), "```"]
             elif isinstance(block, pd.DataFrame):
-                out.append(block.to_markdown(floatfmt=".4f", index=_meaningful_index(block)))
+                # As objects, so integer columns beside float ones print as integers.
+                out.append(block.astype(object).to_markdown(floatfmt=".4f", index=_meaningful_index(block)))
             else:
                 out.append(block)
             out.append("")
@@ -222,22 +227,39 @@ def write_run_report(artifacts_dir: str, report: ReportRef, metrics: MetricsRef,
     return folder
 
 
+def report_link(path: Path) -> str:
+    """Where a browser opens `path`: from `make serve`'s file server when it serves that store, else a file URI.
+
+    Browsers refuse file URIs from a web page, so only the first opens from the Prefect UI.
+    """
+    url, root = os.environ.get(REPORTS_URL_ENV), os.environ.get(REPORTS_ROOT_ENV)
+    if url and root:
+        try:
+            return f"{url.rstrip('/')}/{path.resolve().relative_to(Path(root).resolve()).as_posix()}"
+        except ValueError:
+            pass  # a store the file server does not serve
+    return path.resolve().as_uri()
+
+
 @task(cache_policy=NO_CACHE)
-def publish_report(artifacts_dir: str, folder: Path, metrics: MetricsRef, dataset: str) -> None:
+def publish_report(artifacts_dir: str, folder: Path, metrics: MetricsRef, dataset: str, gate: GateResult) -> None:
     """Show this run's report, its per-class scores and a link to its report.html in the Prefect UI."""
     from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
     key = dataset.replace("_", "-")
+    link = report_link(folder / REPORT_HTML)
+    headline = (f"**Test accuracy {metrics.test_accuracy:.4f}** (test split), test loss {metrics.test_loss:.4f}; "
+                f"{'promoted to champion' if gate.passed else 'not promoted'}: {gate.reason}. "
+                f"Full report with images: [report.html]({link})")
     # The UI cannot reach the entry's PNG files: images stay in report.html.
     create_markdown_artifact(
         key=f"{key}-report",
-        markdown="\n".join(line for line in (folder / REPORT_MD).read_text().splitlines()
-                           if not line.startswith("![")) +
-                 f"\n\nFull report with images: `{(folder / REPORT_HTML).resolve()}`\n",
+        markdown=headline + "\n\n" + "\n".join(line for line in (folder / REPORT_MD).read_text().splitlines()
+                                               if not line.startswith("![")) + "\n",
         description="The pipeline's report (images in report.html).",
     )
     create_link_artifact(
-        key=f"{key}-report-html", link=(folder / REPORT_HTML).resolve().as_uri(),
+        key=f"{key}-report-html", link=link,
         link_text="report.html", description="This run's self-contained report, with its images.",
     )
     per_class = evaluate.load_tables(ArtifactStore(artifacts_dir).path(metrics))["per_class"]

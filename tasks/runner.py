@@ -153,7 +153,7 @@ class StageRunner:
             except BaseException:
                 shutil.rmtree(folder, ignore_errors=True)
                 raise
-        publish_report(self.artifacts_dir, folder, metrics, cfg.dataset)
+        publish_report(self.artifacts_dir, folder, metrics, cfg.dataset, verdict)
         if verdict.passed:
             return summary
         # Completed, so nothing is retried; named, so the UI tells it from a promotion.

@@ -32,6 +32,7 @@ CHECKPOINTS = ".checkpoints"
 OUT_OF_MEMORY = "out_of_memory.json"
 # Validation runs forward only, so it can take larger batches than training.
 _EVAL_BATCH = 1024
+_SUMMARY_WIDTH = 72
 # Spaces the per-epoch shuffle seeds of different run seeds apart.
 _EPOCH_SEEDS = 100_003
 
@@ -209,7 +210,8 @@ def fit(out: Path, data_entry: Path, params: TrainParams, say: Callable[[str], N
     model.save(out / MODEL)
     pd.DataFrame(history).to_csv(out / HISTORY, index=False)
     lines: list[str] = []
-    model.summary(print_fn=lambda line, *args, **kwargs: lines.append(line))
+    # Narrow enough for the Prefect UI's markdown artifact, which clips wider code blocks.
+    model.summary(line_length=_SUMMARY_WIDTH, print_fn=lambda line, *args, **kwargs: lines.append(line))
     (out / SUMMARY).write_text("\n".join(lines) + "\n")
     notes = []
     if batch_size != params.batch_size:
@@ -258,16 +260,29 @@ def _smaller_batch_next_time(batch_size: int, checkpoints: Path) -> Exception:
     return TransientError(f"GPU out of memory at batch size {batch_size}; the next try uses {smaller}")
 
 
-def _progress_artifact() -> Callable[[float], None]:
-    """A progress artifact the UI shows live, updated as each epoch ends."""
+def _progress_artifact(params: TrainParams, checkpoints: Path) -> Callable[[float], None]:
+    """A progress artifact the UI shows live, updated as each epoch ends.
+
+    It starts where the checkpoints leave training, so a resumed run never goes backwards.
+    """
     from prefect.artifacts import create_progress_artifact, update_progress_artifact
     from prefect.context import TaskRunContext
 
     if TaskRunContext.get() is None:  # called as a plain function: nobody to show it to
         return lambda percent: None
-    artifact_id = create_progress_artifact(progress=0.0, key="training-progress",
+    artifact_id = create_progress_artifact(progress=progress_at_start(params, checkpoints), key="training-progress",
                                            description="Share of the training epochs done")
-    return lambda percent: update_progress_artifact(artifact_id=artifact_id, progress=percent)
+    return lambda percent: update_progress_artifact(artifact_id=artifact_id, progress=round(percent, 1))
+
+
+def progress_at_start(params: TrainParams, checkpoints: Path) -> float:
+    """The share of the epochs done (percent, rounded) that the checkpoints hold."""
+    resume_from = checkpoint.latest(checkpoints)
+    try:
+        done = len(checkpoint.load_history(resume_from)) if resume_from else 0
+    except (OSError, ValueError, KeyError):  # unreadable: fit starts over, and says so
+        done = 0
+    return round(100.0 * done / params.epochs, 1)
 
 
 def checkpoint_folder(artifacts_dir: str, fingerprint: str) -> Path:
@@ -283,7 +298,7 @@ def train_model(artifacts_dir: str, data: PreparedRef, params: TrainParams) -> M
     checkpoints = checkpoint_folder(artifacts_dir, fingerprint)
     say = run_logger().info
     ref = CACHE.produce(
-        lambda out: fit(out, data_entry, params, say, checkpoints, _progress_artifact()),
+        lambda out: fit(out, data_entry, params, say, checkpoints, _progress_artifact(params, checkpoints)),
         artifacts_dir, data=data, params=params,
     )
     # The entry is complete: its checkpoints have served their purpose.

@@ -210,7 +210,8 @@ def test_flow_run_publishes_its_artifacts(run):
         assert f"<h2>{section}</h2>" in page
     assert page.count("data:image/png;base64,") == 5
     assert f"the best of the 1 runs before it: {earlier['metrics']['test_accuracy']:.4f}" in markdown
-    assert by_key["mnist-report-html"].data.startswith("[report.html](file://")
+    assert by_key["mnist-report-html"].data.startswith("[report.html](file://")  # no file server here
+    assert markdown.startswith(f"**Test accuracy {summary['metrics']['test_accuracy']:.4f}** (test split)")
 
 
 def test_runs_command_lists_what_ran(run, store, capsys):

@@ -46,3 +46,29 @@ def test_report_shows_the_metrics_and_model(entry):
 def test_the_datasets_warnings_are_in_the_report(entry):
     report = (entry / "report.md").read_text()
     assert "Warning: the checksums of " in report and "are not registered for mnist" in report
+
+
+def _column(markdown: str, section: str, name: str) -> list[str]:
+    """The cells of column `name` in the table of a report section that has one."""
+    rows = [line for line in markdown.split(f"## {section}\n")[1].split("\n## ")[0].splitlines()
+            if line.startswith("|")]
+    cells = [[cell.strip() for cell in row.strip("|").split("|")] for row in rows]
+    table_start = next(i for i, row in enumerate(cells) if name in row)
+    column = cells[table_start].index(name)
+    return [row[column] for row in cells[table_start + 2:] if len(row) > column]
+
+
+def test_integers_print_as_integers(entry):
+    markdown = (entry / "report.md").read_text()
+    for section, name in (("Metrics", "support"), ("Training", "epoch")):
+        values = _column(markdown, section, name)
+        assert values and all(value.isdigit() for value in values), (name, values)
+
+
+def test_a_report_links_through_the_file_server_that_serves_its_store(tmp_path, monkeypatch):
+    page = tmp_path / "store" / "runs" / "abc" / "report.html"
+    monkeypatch.setenv("MNIST_PIPELINE_REPORTS_URL", "http://127.0.0.1:4201")
+    monkeypatch.setenv("MNIST_PIPELINE_REPORTS_ROOT", str(tmp_path / "store"))
+    assert report.report_link(page) == "http://127.0.0.1:4201/runs/abc/report.html"
+    elsewhere = tmp_path / "other" / "report.html"
+    assert report.report_link(elsewhere) == elsewhere.resolve().as_uri()

@@ -119,8 +119,11 @@ def test_resumed_training_matches_an_uninterrupted_run(mirror, tmp_path):
 
     whole = fit("whole", tmp_path / "ckpt-whole")
     # A run that dies after two epochs leaves its checkpoint; the next one picks it up.
+    assert train.progress_at_start(params, tmp_path / "ckpt") == 0.0
     with pytest.raises(Crash):
         fit("crashed", tmp_path / "ckpt", say=crash_after_epoch_two)
+    # The progress shown in the UI starts where the checkpoint leaves training, never back at 0.
+    assert train.progress_at_start(params, tmp_path / "ckpt") == 66.7
     resumed = fit("resumed", tmp_path / "ckpt")
 
     assert (resumed["resumed_from_epoch"], resumed["epochs_run"]) == (2, 1)
