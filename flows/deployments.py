@@ -1,28 +1,131 @@
-"""After `prefect deploy`: the deployments refuse parameters the flow does not have.
+"""What `make serve` and `make stop` do to the deployments beyond `prefect deploy`.
 
-Prefect's parameter schema lets unknown keys through, so a run created with a
-misspelt parameter would be accepted and then fail in the worker. With
-`additionalProperties: false` the server refuses it when the run is created.
+    python -m flows.deployments configure   after `prefect deploy --all`
+    python -m flows.deployments cancel      before the worker is stopped
+
+`configure` closes each deployment's parameter schema: Prefect's lets unknown
+keys through, so a run created with a misspelt parameter would be accepted and
+then fail in the worker; with `additionalProperties: false` the server refuses
+it when the run is created. It also gives `nightly` the parameters of
+MNIST_PIPELINE_NIGHTLY (a JSON object, e.g. `{"mirror": "data/mnist"}`),
+checked as a run would check them, so a site without internet access can run it.
+
+`configure` also creates the automation that marks Crashed a flow run whose
+process died (Prefect's zombie-run detection, driven by heartbeats).
+
+`cancel` asks Prefect to cancel the flow runs in flight, so the UI shows them
+`Cancelled`, not `Crashed`, once `make stop` has ended their processes.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import sys
+import time
+
 from prefect import get_client
 from prefect.client.schemas.actions import DeploymentUpdate
-from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+from prefect.client.schemas.filters import (
+    DeploymentFilter, DeploymentFilterId, FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import StateType
+from prefect.states import Cancelled, Cancelling
+from pydantic import ValidationError
+
+from tasks import config
 
 FLOW = "mnist-pipeline"
+NIGHTLY_ENV = "MNIST_PIPELINE_NIGHTLY"
+ZOMBIES = "mnist-pipeline: crash flow runs whose process died"
+_IN_FLIGHT = [StateType.PENDING, StateType.RUNNING, StateType.CANCELLING]
 
 
-def forbid_unknown_parameters() -> list[str]:
-    """Close the parameter schema of every deployment of the flow; returns their names."""
+def nightly_parameters() -> dict:
+    """The parameters MNIST_PIPELINE_NIGHTLY gives `nightly`, refused in one line if a run would refuse them."""
+    text = os.environ.get(NIGHTLY_ENV, "").strip()
+    if not text:
+        return {}
+    try:
+        parameters = json.loads(text)
+        if not isinstance(parameters, dict):
+            raise ValueError("not a JSON object")
+        config.PipelineConfig(**parameters)
+    except ValidationError as error:
+        raise SystemExit(f"{NIGHTLY_ENV}: {config.describe(error)}") from None
+    except ValueError as error:
+        raise SystemExit(f"{NIGHTLY_ENV} is not a JSON object of parameters ({error})") from None
+    return parameters
+
+
+def configure() -> list[str]:
+    """Close every deployment's parameter schema and set nightly's parameters; returns the deployments' names."""
+    nightly = nightly_parameters()
     with get_client(sync_client=True) as client:
         deployments = client.read_deployments(flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW])))
         for deployment in deployments:
-            schema = {**deployment.parameter_openapi_schema, "additionalProperties": False}
-            client.update_deployment(deployment.id, DeploymentUpdate(parameter_openapi_schema=schema))
+            update = {"parameter_openapi_schema": {**deployment.parameter_openapi_schema,
+                                                   "additionalProperties": False}}
+            if deployment.name == "nightly" and nightly:
+                update["parameters"] = {**deployment.parameters, **nightly}
+            client.update_deployment(deployment.id, DeploymentUpdate(**update))
+        if not client.read_automations_by_name(ZOMBIES):
+            client.create_automation(_zombie_automation())
+    if nightly:
+        print(f"nightly runs with {json.dumps(nightly)}")
     return sorted(d.name for d in deployments)
 
 
+def _zombie_automation():
+    """Prefect's way to mark Crashed a flow run whose process died: its heartbeats stop.
+
+    The worker's flow runs send one every PREFECT_FLOWS_HEARTBEAT_FREQUENCY seconds
+    (`make serve` sets 30); none for 90 s, and the run is marked Crashed.
+    """
+    from datetime import timedelta
+
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
+    return AutomationCore(
+        name=ZOMBIES,
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Failed",
+                    "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed"},
+            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=90),
+        ),
+        actions=[ChangeFlowRunState(state=StateType.CRASHED,
+                                    message="its process stopped sending heartbeats")],
+    )
+
+
+def cancel_in_flight(timeout_s: float = 15) -> int:
+    """Ask for the cancellation of the deployments' runs in flight; wait for the worker to end them.
+
+    Runs the worker does not end in time are marked Cancelled all the same: `make stop` ends their processes next.
+    """
+    with get_client(sync_client=True) as client:
+        deployments = client.read_deployments(flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW])))
+        in_flight = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=_IN_FLIGHT)))
+        of_ours = DeploymentFilter(id=DeploymentFilterId(any_=[d.id for d in deployments]))
+        runs = client.read_flow_runs(flow_run_filter=in_flight, deployment_filter=of_ours)
+        for run in runs:
+            client.set_flow_run_state(run.id, Cancelling(message="make stop"), force=True)
+        deadline = time.monotonic() + timeout_s
+        while runs and time.monotonic() < deadline:
+            time.sleep(0.5)
+            runs = [run for run in runs if not client.read_flow_run(run.id).state.is_final()]
+        for run in runs:
+            client.set_flow_run_state(run.id, Cancelled(message="make stop"), force=True)
+    return len(runs)
+
+
 if __name__ == "__main__":
-    forbid_unknown_parameters()
+    {"configure": configure, "cancel": cancel_in_flight}[sys.argv[1]]()

@@ -29,8 +29,10 @@ if [ -n "${PREFECT_SERVER_API_AUTH_STRING:-}" ]; then
   export PREFECT_API_AUTH_STRING="$PREFECT_SERVER_API_AUTH_STRING"
 fi
 
+# Flow runs send heartbeats; an automation marks Crashed those whose heartbeats stop.
+export PREFECT_FLOWS_HEARTBEAT_FREQUENCY="${PREFECT_FLOWS_HEARTBEAT_FREQUENCY:-30}"
 # The worker's flows link their reports there.
-export MNIST_PIPELINE_REPORTS_ROOT="$PWD/artifacts"
+export MNIST_PIPELINE_REPORTS_ROOT="${MNIST_PIPELINE_REPORTS_ROOT:-$PWD/artifacts}"
 export MNIST_PIPELINE_REPORTS_URL="http://127.0.0.1:$REPORTS_PORT"
 
 # Alive, and still ours: a PID the system reused for something else does not count.
@@ -69,7 +71,8 @@ start() {
     fi
     echo "server already running (pid $(cat "$RUN_DIR/server.pid"))"
   else
-    launch server "$BIN/prefect" server start --host 127.0.0.1 --port "$PORT"
+    # Prefect's own server, its SQLite writers waiting their turn (flows/prefect_server.py).
+    launch server "$BIN/python" -m flows.prefect_server server start --host 127.0.0.1 --port "$PORT"
     echo "$PORT" >"$RUN_DIR/server.port"
   fi
   wait_healthy
@@ -77,7 +80,8 @@ start() {
     || "$BIN/prefect" work-pool create "$POOL" --type process >/dev/null
   "$BIN/prefect" --no-prompt deploy --all >"$RUN_DIR/deploy.log" 2>&1 \
     || { cat "$RUN_DIR/deploy.log" >&2; exit 1; }
-  "$BIN/python" -m flows.deployments
+  # Unknown parameters refused at creation; nightly's own parameters (MNIST_PIPELINE_NIGHTLY), checked.
+  "$BIN/python" -m flows.deployments configure
   if alive worker; then
     echo "worker already running (pid $(cat "$RUN_DIR/worker.pid"))"
   else
@@ -143,7 +147,12 @@ living() {
 }
 
 stop() {
-  local name pid i groups live
+  local name pid i groups live port
+  if alive server && alive worker && port=$(cat "$RUN_DIR/server.port" 2>/dev/null); then
+    # Flow runs in flight end as Cancelled in the UI, not Crashed.
+    PREFECT_API_URL="http://127.0.0.1:$port/api" "$BIN/python" -m flows.deployments cancel \
+      || echo "could not cancel the flow runs in flight through the API; they will show as crashed" >&2
+  fi
   for name in worker reports server; do
     pid=$(cat "$RUN_DIR/$name.pid" 2>/dev/null) || continue
     if alive "$name"; then

@@ -178,10 +178,12 @@ def describe(error: ValidationError, as_option: bool = False) -> str:
     """The first problem of `error` in one line, naming the parameter as the UI does (or as a CLI option)."""
     first = error.errors()[0]
     name = str(first["loc"][0]) if first["loc"] else "parameters"
+    message = first["msg"].removeprefix("Value error, ")
+    if not as_option and message.startswith(f"{name} "):  # it names the parameter itself (a mirror's files)
+        return message
     if as_option and first["loc"]:
         name = "--" + name.replace("_", "-")
-    message = first["msg"].removeprefix("Value error, ")
     value = shown(first["input"])
-    if message.startswith(f"{value} "):  # the message names the value itself
+    if message.startswith(f"{value} "):  # it names the value
         return f"{name} {message}"
     return f"{name} {value}: {message}"

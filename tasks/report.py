@@ -260,7 +260,8 @@ def publish_report(artifacts_dir: str, folder: Path, metrics: MetricsRef, datase
     )
     create_link_artifact(
         key=f"{key}-report-html", link=link,
-        link_text="report.html", description="This run's self-contained report, with its images.",
+        # Markdown in the description: the Artifacts tab's card links to the report itself.
+        link_text="report.html", description=f"Open [report.html]({link}): this run's self-contained report.",
     )
     per_class = evaluate.load_tables(ArtifactStore(artifacts_dir).path(metrics))["per_class"]
     create_table_artifact(

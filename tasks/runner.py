@@ -46,6 +46,30 @@ class StageFailed(RuntimeError):
         self.summary = summary
 
 
+def _crash_leftover_task_runs() -> None:
+    """Mark Crashed the task runs that an earlier attempt of this flow run left Running or Pending.
+
+    A flow-run process killed outright (SIGKILL, a lost machine) cannot report
+    its task runs' end; once the flow run is retried, they never will.
+    """
+    from prefect import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterState, TaskRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed
+
+    with get_client(sync_client=True) as client:
+        leftovers = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])),
+            task_run_filter=TaskRunFilter(state=TaskRunFilterState(
+                type=TaskRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING]))),
+        )
+        for task_run in leftovers:
+            client.set_task_run_state(task_run.id, Crashed(message="its flow run's process ended; the flow run "
+                                                                    "was retried"), force=True)
+
+
 class StageRunner:
     """Calls each stage with its results kept in the artifact store, and times it."""
 
@@ -56,6 +80,8 @@ class StageRunner:
         self.locks = FileLockManager(self.store.root / LOCKS_DIR).open()
         self.records = EntryRecords(basepath=str(self.store.root))
         self.stages: dict[str, dict[str, Any]] = {}
+        if (flow_run.run_count or 0) > 1:
+            _crash_leftover_task_runs()
 
     def __call__(self, stage_task: Task, *args: Any) -> Any:
         stage = stage_task.cache_policy.stage

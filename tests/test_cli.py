@@ -279,3 +279,25 @@ def test_the_readme_lists_every_flow_parameter_with_its_description():
                             re.MULTILINE))
     schema = mnist_pipeline.parameters.model_dump()["properties"]
     assert table == {name: field["description"] for name, field in schema.items()}
+
+
+@pytest.mark.parametrize("setting, message", [
+    ('{"mirror": "/nowhere"}', "MNIST_PIPELINE_NIGHTLY: mirror /nowhere is not a directory"),
+    ('{"epochs": 0}', "MNIST_PIPELINE_NIGHTLY: epochs 0: Input should be greater than or equal to 1"),
+    ('["mirror"]', "MNIST_PIPELINE_NIGHTLY is not a JSON object of parameters (not a JSON object)"),
+    ('{"mirror": ', "MNIST_PIPELINE_NIGHTLY is not a JSON object of parameters (Expecting value"),
+])
+def test_nightly_parameters_are_checked_at_serve(monkeypatch, setting, message):
+    from flows import deployments
+
+    monkeypatch.setenv("MNIST_PIPELINE_NIGHTLY", setting)
+    with pytest.raises(SystemExit) as refused:
+        deployments.nightly_parameters()
+    assert str(refused.value).startswith(message)
+
+
+def test_nightly_parameters_from_the_setting(monkeypatch, mirror):
+    from flows import deployments
+
+    monkeypatch.setenv("MNIST_PIPELINE_NIGHTLY", f'{{"mirror": "{mirror}", "epochs": 3}}')
+    assert deployments.nightly_parameters() == {"mirror": str(mirror), "epochs": 3}

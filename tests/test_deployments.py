@@ -6,6 +6,7 @@ scripts/serve.sh on a free loopback port and stopped by it at the end.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -40,16 +41,18 @@ def _serve(command: str, env: dict) -> subprocess.CompletedProcess:
 @contextmanager
 def _served(home: Path, **extra_env: str):
     port = _free_port()
-    env = {**os.environ, "PREFECT_HOME": str(home), "PORT": str(port),
+    env = {**os.environ, "PREFECT_HOME": str(home), "PORT": str(port), "REPORTS_PORT": str(_free_port()),
            "BIN": str(Path(sys.executable).parent), "PREFECT_WORKER_QUERY_SECONDS": "1",
            # The tests' mirrors and stores live under pytest's temporary folder.
-           "MNIST_PIPELINE_ALLOWED_ROOTS": f"{ROOT}:{home.parent.parent}", **extra_env}
+           "MNIST_PIPELINE_ALLOWED_ROOTS": str(home.parent.parent),
+           # The store whose reports the file server serves, instead of the project's.
+           "MNIST_PIPELINE_REPORTS_ROOT": str(home / "artifacts"), **extra_env}
     env.pop("PREFECT_API_URL", None)
     started = _serve("start", env)
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         assert f"http://127.0.0.1:{port}" in started.stdout
-        yield {"url": f"http://127.0.0.1:{port}", "env": env, "home": home}
+        yield {"url": f"http://127.0.0.1:{port}", "env": env, "home": home, "store": home / "artifacts"}
     finally:
         pids = [int(p.read_text()) for p in (home / "run").glob("*.pid")]
         stopped = _serve("stop", env)
@@ -118,6 +121,10 @@ def test_serve_lists_both_deployments_with_the_nightly_schedule(api):
     assert schedule["cron"] == "0 2 * * *" and schedule["timezone"]
     assert _deployment(api, "on-demand")["schedules"] == []
     assert api.get("/work_pools/local-process").json()["type"] == "process"
+    # Prefect's zombie-run detection: a flow run whose heartbeats stop is marked Crashed.
+    from flows.deployments import ZOMBIES
+
+    assert ZOMBIES in [a["name"] for a in api.post("/automations/filter", json={}).json()]
 
 
 def test_serve_twice_keeps_one_of_each(served, api):
@@ -240,6 +247,43 @@ def test_quick_run_from_the_browser(served, api, browser, mirror, tmp_path):
     assert done["state"]["type"] == "COMPLETED", done["state"]
 
 
+def test_a_custom_run_on_the_data_folder_links_its_report_from_the_ui(served, api, browser, tmp_path):
+    from tests.synthetic import write_mirror
+
+    # The project's data/ (as `make data` fills it) is allowed without any setting; the path is relative.
+    mirror = write_mirror(ROOT / "data" / f".test-mirror-{os.getpid()}")
+    try:
+        run = api.post(f"/deployments/{_deployment(api, 'on-demand')['id']}/create_flow_run", json={"parameters": {
+            **_tiny(mirror.relative_to(ROOT), served["store"]), "accuracy_threshold": 0.5}}).json()
+        done = _wait(api, run["id"])
+    finally:
+        shutil.rmtree(mirror)
+    assert done["state"]["type"] == "COMPLETED", done["state"]
+    page = browser.new_page()
+    page.goto(f"{served['url']}/v2/runs/flow-run/{run['id']}?tab=Artifacts")
+    # The run's Artifacts tab: its report.html card, then the link it holds.
+    page.get_by_role("link", name="mnist-report-html").first.click(timeout=30_000)
+    page.wait_for_url("**/v2/artifacts/artifact/**")
+    _screenshot(page, "ui-report-link.png")
+    page.get_by_role("link", name="report.html", exact=True).first.click(timeout=30_000)
+    page.wait_for_url(f"http://127.0.0.1:{served['env']['REPORTS_PORT']}/runs/{run['id']}/report.html")
+    assert page.get_by_role("heading", name="Quality gate").is_visible()
+    assert "promoted to champion" in page.content()
+    _screenshot(page, "ui-report.png")
+
+
+def test_ten_runs_created_at_once_are_all_created_and_complete(served, api, mirror, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    url = f"{served['url']}/api/deployments/{_deployment(api, 'on-demand')['id']}/create_flow_run"
+    body = {"parameters": _tiny(mirror, tmp_path / "artifacts")}
+    with httpx.Client(timeout=60) as plain, ThreadPoolExecutor(10) as pool:  # no retries of 503s here
+        answers = list(pool.map(lambda _: plain.post(url, json=body), range(10)))
+    assert [a.status_code for a in answers] == [201] * 10, [a.text[:200] for a in answers if a.status_code != 201]
+    finished = [_wait(api, a.json()["id"], timeout=600) for a in answers]
+    assert [run["state"]["type"] for run in finished] == ["COMPLETED"] * 10
+
+
 def test_retry_from_the_browser(served, api, browser, mirror, tmp_path):
     store = tmp_path / "artifacts"
     store.mkdir()
@@ -306,7 +350,7 @@ def test_a_command_line_run_reports_to_the_served_server(served, api, mirror, tm
     import json
 
     env = {**served["env"]}
-    env.pop("PREFECT_API_URL")  # as in a new shell: found through `make serve`'s record of its port
+    env.pop("PREFECT_API_URL", None)  # as in a new shell: found through `make serve`'s record of its port
     done = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--mirror", str(mirror), "--artifacts-dir",
                            str(tmp_path / "artifacts"), "--epochs", "1", "--batch-size", "16", "--json"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -317,10 +361,34 @@ def test_a_command_line_run_reports_to_the_served_server(served, api, mirror, tm
     assert listed["state"]["type"] == "COMPLETED"
 
 
-def test_stop_ends_a_flow_run_in_progress(tmp_path, mirror):
+def test_a_killed_flow_run_retried_leaves_no_task_run_running(served, api, mirror, tmp_path):
+    import signal
+
+    run = api.post(f"/deployments/{_deployment(api, 'on-demand')['id']}/create_flow_run",
+                   json={"parameters": _tiny(mirror, tmp_path / "artifacts", epochs=60)}).json()
+    assert _eventually(lambda: _stage_states(api, run["id"]).get("train_model") == "Running", timeout=120)
+    worker = int((served["home"] / "run" / "worker.pid").read_text())
+    for pid in [pid for pid in _children(worker) if _running(pid)]:
+        os.kill(pid, signal.SIGKILL)  # the machine lost, as far as the flow run can tell
+    # Prefect's worker sees its flow run's process end, and marks the run Crashed.
+    assert _eventually(lambda: api.get(f"/flow_runs/{run['id']}").json()["state"]["type"] == "CRASHED", timeout=60)
+    # Retry, as the UI does it.
+    api.post(f"/flow_runs/{run['id']}/set_state", json={"state": {"type": "SCHEDULED", "name": "AwaitingRetry",
+                                                                  "message": "Retry from the UI"}, "force": True})
+    done = _wait(api, run["id"], timeout=300)
+    assert done["state"]["type"] == "COMPLETED", done["state"]
+    states = api.post("/task_runs/filter", json={"flow_runs": {"id": {"any_": [run["id"]]}}}).json()
+    assert not [t["name"] for t in states if t["state"]["type"] in ("RUNNING", "PENDING")]
+    assert "Crashed" in [t["state"]["name"] for t in states if t["task_key"].startswith("train_model")]
+
+
+def test_stop_ends_a_flow_run_in_progress_as_cancelled(tmp_path, mirror):
     # Prefect starts each flow run in a session of its own, outside the worker's process group.
-    with _served(tmp_path / "prefect-home") as server, \
+    home = tmp_path / "prefect-home"
+    nightly = {"mirror": str(mirror), "epochs": 2}
+    with _served(home, MNIST_PIPELINE_NIGHTLY=json.dumps(nightly)) as server, \
             _PatientClient(base_url=f"{server['url']}/api", timeout=30) as api:
+        assert {k: _deployment(api, "nightly")["parameters"][k] for k in nightly} == nightly
         run = api.post(f"/deployments/{_deployment(api, 'on-demand')['id']}/create_flow_run",
                        json={"parameters": _tiny(mirror, tmp_path / "artifacts", epochs=500)}).json()
         assert _eventually(lambda: _stage_states(api, run["id"]).get("train_model") == "Running", timeout=120)
@@ -330,6 +398,9 @@ def test_stop_ends_a_flow_run_in_progress(tmp_path, mirror):
         stopped = _serve("stop", server["env"])
         assert stopped.returncode == 0, stopped.stderr
         assert not [pid for pid in flow_runs if _running(pid)]
+    # What the UI shows after the next `make serve`.
+    with _served(home) as server, _PatientClient(base_url=f"{server['url']}/api", timeout=30) as api:
+        assert api.get(f"/flow_runs/{run['id']}").json()["state"]["type"] == "CANCELLED"
 
 
 def test_basic_auth_guards_the_server_and_serve_uses_it(tmp_path):

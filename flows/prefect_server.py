@@ -1,0 +1,38 @@
+"""`prefect server start` for `make serve`, with SQLite writers that wait their turn.
+
+Prefect opens its SQLite write transactions DEFERRED: a request reads, then
+upgrades to a write lock, and if another request wrote in between, SQLite
+refuses at once (SQLITE_BUSY_SNAPSHOT) and Prefect answers 503. Ten runs
+created at once got nine 503s here. Beginning every write transaction
+IMMEDIATE, as SQLite advises, takes the write lock first: a writer then waits
+(Prefect sets busy_timeout to 60 s) instead of failing. PostgreSQL needs none
+of this, and is left as Prefect has it.
+
+    python -m flows.prefect_server server start --host 127.0.0.1 --port 4200
+"""
+
+from __future__ import annotations
+
+import sys
+from contextlib import asynccontextmanager
+
+from prefect.server.database.configurations import AioSqliteConfiguration
+
+_begin = AioSqliteConfiguration.begin_transaction
+
+
+@asynccontextmanager
+async def _begin_immediate(self, session, with_for_update: bool = False):
+    async with _begin(self, session, with_for_update=True) as transaction:
+        yield transaction
+
+
+def main() -> int:
+    AioSqliteConfiguration.begin_transaction = _begin_immediate
+    from prefect.cli import app
+
+    return app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
