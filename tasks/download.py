@@ -116,8 +116,8 @@ def check_reachable(urls: list[str], dataset: str) -> None:
             reason = str(err) or f"no answer within {_CONNECT_TIMEOUT_S} s"
             raise DownloadUnavailable(
                 f"cannot download {dataset} through TensorFlow Datasets: "
-                f"{host} is unreachable ({reason}); to run offline, pass --mirror DIR "
-                "with the dataset's four IDX files"
+                f"{host} is unreachable ({reason}); to run offline, give a mirror of the dataset's four "
+                "IDX files (--mirror DIR, or the mirror parameter in the UI; `make data` writes one to data/mnist)"
             ) from err
 
 
