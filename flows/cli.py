@@ -107,7 +107,7 @@ class _WithoutExpectedTracebacks(logging.Formatter):
         self.inner = inner
 
     def format(self, record: logging.LogRecord) -> str:
-        from tasks.retries import is_expected
+        from tasks.runner import is_expected
 
         if not (record.exc_info and record.exc_info[1] and is_expected(record.exc_info[1])):
             return self.inner.format(record)

@@ -40,16 +40,6 @@ def is_transient(error: BaseException) -> bool:
     return type(error).__name__ == "ResourceExhaustedError"
 
 
-def is_expected(error: BaseException) -> bool:
-    """An error this project raises on purpose: its message says all, its traceback helps nobody."""
-    from tasks.checkpoint import TrainingDiverged
-    from tasks.runner import StageFailed
-
-    if isinstance(error, StageFailed):
-        return is_expected(error.cause)
-    return isinstance(error, (IdxError, StoreError, TransientError, TrainingDiverged))
-
-
 def worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
     """Prefect's `retry_condition_fn`: retry transient failures only."""
     error = state.data if isinstance(state.data, BaseException) else state.result(raise_on_failure=False)

@@ -14,11 +14,14 @@ from prefect.states import Completed, State
 
 from tasks import gate, runlog
 from tasks.caching import EntryRecords
+from tasks.checkpoint import TrainingDiverged
 from tasks.config import PipelineConfig
+from tasks.idx import IdxError
 from tasks.locking import FileLockManager
 from tasks.refs import EntryRef, MetricsRef, ModelRef, ReportRef
 from tasks.report import REPORT_HTML, publish_report, write_run_report
-from tasks.store import ArtifactStore
+from tasks.retries import TransientError
+from tasks.store import ArtifactStore, StoreError
 
 LOCKS_DIR = ".locks"
 # The flow run's state when its model did not pass the quality gate.
@@ -68,6 +71,13 @@ def _crash_leftover_task_runs() -> None:
         for task_run in leftovers:
             client.set_task_run_state(task_run.id, Crashed(message="its flow run's process ended; the flow run "
                                                                     "was retried"), force=True)
+
+
+def is_expected(error: BaseException) -> bool:
+    """An error this project raises on purpose: its message says all, its traceback helps nobody."""
+    if isinstance(error, StageFailed):
+        return is_expected(error.cause)
+    return isinstance(error, (IdxError, StoreError, TransientError, TrainingDiverged))
 
 
 class StageRunner:
