@@ -198,7 +198,7 @@ class EntryRecords(LocalFileSystem):
         if match is None or match[1] not in REF_TYPES:
             raise ValueError(f"{path} is not a stage's record")
         store = ArtifactStore(self.basepath)
-        problem = store.problem(match[1], match[2]) if store.exists(match[1], match[2]) else "no entry"
+        problem = store.problem(match[1], match[2])
         if problem is not None:
             raise ValueError(f"{path} is not served: {problem}")
         ref = store.load_ref(match[1], match[2])

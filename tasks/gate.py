@@ -114,14 +114,18 @@ def gate_model(artifacts_dir: str, dataset: str, metrics: MetricsRef, threshold:
 def promote(artifacts_dir: str, dataset: str, model: ModelRef, metrics: MetricsRef, flow_run_id: str) -> None:
     """Make the model the dataset's champion (hold `champion_lock`).
 
-    A damaged record is moved aside first, kept as evidence beside the new one.
+    The same model again (a cached rerun) leaves the record as it is. A damaged
+    record is moved aside first, kept as evidence beside the new one.
     """
     path = champion_path(artifacts_dir, dataset)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        read_champion(artifacts_dir, dataset)
+        champion = read_champion(artifacts_dir, dataset)
     except ChampionDamaged:
         os.replace(path, path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}"))
+        champion = None
+    if champion is not None and champion.model == model.fingerprint:
+        return
     record = Champion(model=model.fingerprint, test_accuracy=metrics.test_accuracy, flow_run_id=flow_run_id,
                       model_path=f"{model.stage}/{model.fingerprint}")
     write_atomically(path, record.model_dump_json(indent=1))

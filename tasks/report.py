@@ -211,12 +211,11 @@ def run_sections(artifacts_dir: str, dataset: str, metrics: MetricsRef, stages: 
     ]
 
 
-def write_run_report(artifacts_dir: str, report: ReportRef, metrics: MetricsRef, dataset: str,
-                     gate: GateResult, stages: dict[str, dict], flow_run_id: str) -> Path:
-    """This run's report: the stage's, plus what only the run knows. Returns its folder."""
+def write_run_report(artifacts_dir: str, folder: Path, report: ReportRef, metrics: MetricsRef, dataset: str,
+                     gate: GateResult, stages: dict[str, dict]) -> None:
+    """This run's report in `folder` (`runs/<flow run id>`): the stage's, plus what only the run knows."""
     entry = ArtifactStore(artifacts_dir).path(report)
     extra = run_sections(artifacts_dir, dataset, metrics, stages, gate)
-    folder = Path(artifacts_dir) / RUNS_DIR / str(flow_run_id)
     folder.mkdir(parents=True, exist_ok=True)
     page = (entry / REPORT_HTML).read_text().replace(_HTML_END, f"{html_body(extra, entry)}\n{_HTML_END}")
     write_atomically(folder / REPORT_HTML, page)
@@ -224,7 +223,6 @@ def write_run_report(artifacts_dir: str, report: ReportRef, metrics: MetricsRef,
     images_at = f"../../{report.stage}/{report.fingerprint}/"
     markdown = (entry / REPORT_MD).read_text().replace("](", f"]({images_at}") + f"\n{markdown_body(extra)}"
     write_atomically(folder / REPORT_MD, markdown)
-    return folder
 
 
 def report_link(path: Path) -> str:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from contextlib import ExitStack
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Optional, Union
 
 from prefect import Task
@@ -19,7 +21,7 @@ from tasks.config import PipelineConfig
 from tasks.idx import IdxError
 from tasks.locking import FileLockManager
 from tasks.refs import EntryRef, MetricsRef, ModelRef, ReportRef
-from tasks.report import REPORT_HTML, publish_report, write_run_report
+from tasks.report import REPORT_HTML, RUNS_DIR, publish_report, write_run_report
 from tasks.retries import TransientError
 from tasks.store import ArtifactStore, StoreError
 
@@ -164,31 +166,26 @@ class StageRunner:
         state named NotPromoted if the gate refused the model.
         """
         run_id = str(flow_run.id)
-        with gate.champion_lock(self.artifacts_dir, cfg.dataset):
+        folder = Path(self.artifacts_dir) / RUNS_DIR / run_id
+        with gate.champion_lock(self.artifacts_dir, cfg.dataset), ExitStack() as undo:
             verdict = gate.gate_model(self.artifacts_dir, cfg.dataset, metrics, cfg.threshold)
             summary = self.summary(model=model, metrics=metrics, report=report)
             summary["gate"] = verdict.model_dump()
-            folder = write_run_report(self.artifacts_dir, report, metrics, cfg.dataset, verdict, self.stages, run_id)
-            try:
-                # The stage's report with what only this run knows (stage times, earlier runs).
-                summary["run_report"] = str(folder / REPORT_HTML)
-                unlog = runlog.append(self.artifacts_dir, {
-                    "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    "flow_run_id": run_id,
-                    **cfg.model_dump(exclude={"artifacts_dir"}),
-                    "test_accuracy": metrics.test_accuracy, "test_loss": metrics.test_loss,
-                    "gate_passed": verdict.passed, "gate_reason": verdict.reason,
-                    "stages": {stage: record["state"] for stage, record in self.stages.items()},
-                })
-                try:
-                    if verdict.passed:
-                        gate.promote(self.artifacts_dir, cfg.dataset, model, metrics, run_id)
-                except BaseException:
-                    unlog()
-                    raise
-            except BaseException:
-                shutil.rmtree(folder, ignore_errors=True)
-                raise
+            # The stage's report with what only this run knows (stage times, earlier runs).
+            undo.callback(shutil.rmtree, folder, ignore_errors=True)
+            write_run_report(self.artifacts_dir, folder, report, metrics, cfg.dataset, verdict, self.stages)
+            summary["run_report"] = str(folder / REPORT_HTML)
+            undo.callback(runlog.append(self.artifacts_dir, {
+                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "flow_run_id": run_id,
+                **cfg.model_dump(exclude={"artifacts_dir"}),
+                "test_accuracy": metrics.test_accuracy, "test_loss": metrics.test_loss,
+                "gate_passed": verdict.passed, "gate_reason": verdict.reason,
+                "stages": {stage: record["state"] for stage, record in self.stages.items()},
+            }))
+            if verdict.passed:
+                gate.promote(self.artifacts_dir, cfg.dataset, model, metrics, run_id)
+            undo.pop_all()  # all written: nothing to take back
         publish_report(self.artifacts_dir, folder, metrics, cfg.dataset, verdict)
         if verdict.passed:
             return summary

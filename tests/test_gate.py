@@ -48,6 +48,9 @@ def test_champion_record_follows_the_gate(tmp_path):
     assert _decide(store, "c" * 16, 0.99, "run-3").passed
     champion = gate.read_champion(store, "mnist")
     assert (champion.model, champion.flow_run_id, champion.model_path) == ("c" * 16, "run-3", "train/" + "c" * 16)
+    # The same model again (a cached rerun): the record keeps the run that promoted it.
+    assert _decide(store, "c" * 16, 0.99, "run-4").passed
+    assert gate.read_champion(store, "mnist").flow_run_id == "run-3"
     assert gate.read_champion(store, "fashion_mnist") is None
 
 
