@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from prefect import flow
 from prefect.states import Failed
@@ -10,8 +10,8 @@ from pydantic import ValidationError
 
 from tasks import config
 from tasks.config import (
-    AccuracyThreshold, BatchSize, DatasetName, Epochs, Folder, LearningRate, LrSchedule, PipelineConfig, Seed,
-    TrainLimit,
+    AccuracyThreshold, BatchSize, DatasetName, Epochs, Folder, LearningRate, LrSchedule, Mirror, PipelineConfig,
+    Seed, TrainLimit,
 )
 from tasks.download import download_dataset
 from tasks.evaluate import evaluate_model
@@ -24,7 +24,7 @@ from tasks.train import train_model
 @flow(name="mnist-pipeline", retries=config.FLOW_RETRIES, retry_delay_seconds=config.FLOW_RETRY_DELAY_S)
 def mnist_pipeline(
     dataset: DatasetName = config.DEFAULT_DATASET,
-    mirror: Optional[Folder] = None,
+    mirror: Mirror = "",
     epochs: Epochs = config.DEFAULT_EPOCHS,
     batch_size: BatchSize = config.DEFAULT_BATCH_SIZE,
     learning_rate: LearningRate = config.DEFAULT_LEARNING_RATE,

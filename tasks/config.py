@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator
 
 from tasks import idx
 
@@ -34,6 +34,9 @@ TrainLimit = Annotated[
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1, description="Seeds every random source.")]
 # A folder: never empty (that would be the working directory itself).
 Folder = Annotated[str, Field(min_length=1)]
+# The flow's `mirror`: a plain text field in the UI's form, where empty means download.
+# Python callers (the CLI) may pass None for the same.
+Mirror = Annotated[Optional[str], WithJsonSchema({"type": "string"})]
 AccuracyThreshold = Annotated[
     Optional[float],
     Field(ge=0, le=1, description="Least test accuracy to become the champion; empty: the dataset's default."),
@@ -95,6 +98,11 @@ class PipelineConfig(BaseModel):
     seed: Seed = DEFAULT_SEED
     artifacts_dir: Folder = DEFAULT_ARTIFACTS_DIR
     accuracy_threshold: AccuracyThreshold = None
+
+    @field_validator("mirror", mode="before")
+    @classmethod
+    def _empty_mirror_means_download(cls, mirror: object) -> object:
+        return None if mirror == "" else mirror
 
     @field_validator("mirror")
     @classmethod

@@ -1,22 +1,34 @@
-"""The figures of the pipeline, drawn with matplotlib's Agg backend."""
+"""The figures of the pipeline, drawn with matplotlib's Agg backend.
+
+matplotlib loads on the first figure: a run whose stages are all cached never pays for it.
+"""
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+if TYPE_CHECKING:
+    import pandas as pd
 
 _DPI = 100
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+@lru_cache(maxsize=None)
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot
+
+    return matplotlib.pyplot
+
+
+def _save(fig: Any, path: Path) -> Path:
+    plt = _pyplot()
     fig.savefig(path, dpi=_DPI, bbox_inches="tight")
     plt.close(fig)
     return path
@@ -24,6 +36,7 @@ def _save(fig: plt.Figure, path: Path) -> Path:
 
 def image_grid(images: np.ndarray, captions: Sequence[str], path: Path, columns: int = 10) -> Path:
     """Images in rows of `columns` with a caption under each (the tutorial's 2x10 grid)."""
+    plt = _pyplot()
     rows = max(1, -(-len(images) // columns))
     fig = plt.figure(figsize=(columns, 1.25 * rows + 0.2))
     for i, (image, caption) in enumerate(zip(images, captions)):
@@ -39,6 +52,7 @@ def image_grid(images: np.ndarray, captions: Sequence[str], path: Path, columns:
 
 def training_curves(history: pd.DataFrame, path: Path) -> Path:
     """Loss and accuracy per epoch, training against validation."""
+    plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     for ax, metric in zip(axes, ("loss", "accuracy")):
         ax.plot(history["epoch"], history[metric], marker="o", label="train")
@@ -51,6 +65,7 @@ def training_curves(history: pd.DataFrame, path: Path) -> Path:
 
 def confusion_heatmap(confusion: pd.DataFrame, path: Path) -> Path:
     """Counts of true (rows) against predicted (columns) classes."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 5))
     image = ax.imshow(confusion.to_numpy(), cmap="Blues")
     ax.set_xticks(range(len(confusion.columns)), confusion.columns)
@@ -67,6 +82,7 @@ def confusion_heatmap(confusion: pd.DataFrame, path: Path) -> Path:
 
 def per_class_bars(per_class: pd.DataFrame, path: Path) -> Path:
     """Precision, recall and F1 of each class, side by side."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(10, 3.5))
     per_class[["precision", "recall", "f1"]].plot.bar(ax=ax, rot=0, width=0.8)
     ax.set_ylim(max(0.0, per_class[["precision", "recall", "f1"]].to_numpy().min() - 0.05), 1.0)

@@ -250,23 +250,38 @@ def test_quick_run_from_the_browser(served, api, browser, mirror, tmp_path):
 def test_a_custom_run_on_the_data_folder_links_its_report_from_the_ui(served, api, browser, tmp_path):
     from tests.synthetic import write_mirror
 
+    deployment = _deployment(api, "on-demand")
+    # A few seconds of work by default; the form's one entry is the mirror.
+    api.patch(f"/deployments/{deployment['id']}", json={"parameters": {
+        **TINY, "artifacts_dir": str(served["store"]), "accuracy_threshold": 0.5}}).raise_for_status()
     # The project's data/ (as `make data` fills it) is allowed without any setting; the path is relative.
     mirror = write_mirror(ROOT / "data" / f".test-mirror-{os.getpid()}")
+    before = {r["id"] for r in api.post("/flow_runs/filter", json={}).json()}
     try:
-        run = api.post(f"/deployments/{_deployment(api, 'on-demand')['id']}/create_flow_run", json={"parameters": {
-            **_tiny(mirror.relative_to(ROOT), served["store"]), "accuracy_threshold": 0.5}}).json()
-        done = _wait(api, run["id"])
+        page = browser.new_page()
+        page.goto(f"{served['url']}/v2/deployments/deployment/{deployment['id']}")
+        page.get_by_role("button", name="Run", exact=True).click(timeout=30_000)
+        page.get_by_role("menuitem", name="Custom run").click()
+        # `mirror` is a plain text field, not a choice of types.
+        page.get_by_label("mirror (Optional)").fill(str(mirror.relative_to(ROOT)), timeout=30_000)
+        _screenshot(page, "ui-custom-run.png")
+        page.get_by_role("button", name="Submit").click()
+        page.wait_for_url("**/deployments/deployment/**?tab=Runs*", timeout=30_000)
+        created = _eventually(lambda: [r for r in api.post("/flow_runs/filter", json={}).json()
+                                       if r["id"] not in before and r["deployment_id"] == deployment["id"]])
+        assert len(created) == 1
+        assert created[0]["parameters"]["mirror"] == str(mirror.relative_to(ROOT))
+        done = _wait(api, created[0]["id"])
     finally:
         shutil.rmtree(mirror)
     assert done["state"]["type"] == "COMPLETED", done["state"]
-    page = browser.new_page()
-    page.goto(f"{served['url']}/v2/runs/flow-run/{run['id']}?tab=Artifacts")
-    # The run's Artifacts tab: its report.html card, then the link it holds.
+    page.goto(f"{served['url']}/v2/runs/flow-run/{done['id']}?tab=Artifacts")
+    # The run's Artifacts tab: its report.html card opens the link artifact, whose link opens the report.
     page.get_by_role("link", name="mnist-report-html").first.click(timeout=30_000)
     page.wait_for_url("**/v2/artifacts/artifact/**")
     _screenshot(page, "ui-report-link.png")
     page.get_by_role("link", name="report.html", exact=True).first.click(timeout=30_000)
-    page.wait_for_url(f"http://127.0.0.1:{served['env']['REPORTS_PORT']}/runs/{run['id']}/report.html")
+    page.wait_for_url(f"http://127.0.0.1:{served['env']['REPORTS_PORT']}/runs/{done['id']}/report.html")
     assert page.get_by_role("heading", name="Quality gate").is_visible()
     assert "promoted to champion" in page.content()
     _screenshot(page, "ui-report.png")
