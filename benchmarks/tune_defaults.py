@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tasks.config import TrainParams
+from flows.config import TrainParams
 from tasks.download import download_dataset
 from tasks.evaluate import evaluate_model
 from tasks.preprocess import preprocess_dataset

@@ -13,8 +13,8 @@ from typing import Any, NoReturn, Optional, Sequence
 
 from pydantic import ValidationError
 
-from tasks import config
-from tasks.config import PipelineConfig
+from flows import config
+from flows.config import PipelineConfig
 
 PROG = "mnist-pipeline"
 EXIT_FAILED = 1
@@ -107,7 +107,7 @@ class _WithoutExpectedTracebacks(logging.Formatter):
         self.inner = inner
 
     def format(self, record: logging.LogRecord) -> str:
-        from tasks.runner import is_expected
+        from flows.runner import is_expected
 
         if not (record.exc_info and record.exc_info[1] and is_expected(record.exc_info[1])):
             return self.inner.format(record)
@@ -140,7 +140,7 @@ def run(cfg: PipelineConfig, as_json: bool, verbose: bool = False) -> int:
     api_url = PREFECT_API_URL.value() or servers.served_api_url()
     temporary = None if api_url else servers.TemporaryServer()
     from flows.pipeline import mnist_pipeline
-    from tasks.runner import StageFailed
+    from flows.runner import StageFailed
 
     if not verbose:
         _quiet_terminal()
@@ -179,7 +179,7 @@ def _emit(summary: dict[str, Any], as_json: bool) -> None:
 def predict(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from tasks import gate
+    from tasks.engine import gate
     from tasks import predict as prediction
 
     invert = {"auto": None, "yes": True, "no": False}[args.invert]
@@ -204,7 +204,7 @@ def predict(args: argparse.Namespace) -> int:
 
 
 def runs(args: argparse.Namespace) -> int:
-    from tasks import runlog
+    from tasks.engine import runlog
 
     table = runlog.read(args.artifacts_dir)
     if args.json:

@@ -34,7 +34,7 @@ from prefect.client.schemas.objects import StateType
 from prefect.states import Cancelled, Cancelling
 from pydantic import ValidationError
 
-from tasks import config
+from flows import config
 
 FLOW = "mnist-pipeline"
 NIGHTLY_ENV = "MNIST_PIPELINE_NIGHTLY"

@@ -8,20 +8,16 @@ from prefect import flow
 from prefect.states import Failed
 from pydantic import ValidationError
 
-from tasks import config
-from tasks.config import (
+from flows import config
+from flows.config import (
     AccuracyThreshold, BatchSize, DatasetName, Epochs, Folder, LearningRate, LrSchedule, Mirror, PipelineConfig,
     Seed, TrainLimit,
 )
-from tasks.download import download_dataset
-from tasks.evaluate import evaluate_model
-from tasks.preprocess import preprocess_dataset
-from tasks.report import build_report
-from tasks.runner import StageRunner
-from tasks.train import train_model
+from flows.runner import StageRunner
+from flows.stages import build_report, download_dataset, evaluate_model, preprocess_dataset, train_model
 
 
-@flow(name="mnist-pipeline", retries=config.FLOW_RETRIES, retry_delay_seconds=config.FLOW_RETRY_DELAY_S)
+@flow(name="mnist-pipeline")  # retries: PREFECT_FLOWS_DEFAULT_RETRIES, Prefect's own setting
 def mnist_pipeline(
     dataset: DatasetName = config.DEFAULT_DATASET,
     mirror: Mirror = "",
@@ -50,7 +46,7 @@ def mnist_pipeline(
     """
     try:
         cfg = PipelineConfig(
-            dataset=dataset, mirror=mirror, epochs=epochs, batch_size=batch_size,
+            dataset=dataset, mirror=mirror or None, epochs=epochs, batch_size=batch_size,
             learning_rate=learning_rate, lr_schedule=lr_schedule, train_limit=train_limit, seed=seed,
             artifacts_dir=artifacts_dir, accuracy_threshold=accuracy_threshold,
         )

@@ -18,14 +18,15 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from tasks.store import StoreError, disk_full, fsync
+from tasks.engine.retries import PermanentError
+from tasks.engine.store import StoreError, disk_full, fsync
 
 MODEL = "model.keras"
 STATE = "state.json"
 _PREFIX = "epoch-"
 
 
-class TrainingDiverged(ValueError):
+class TrainingDiverged(PermanentError):
     """The loss is no longer a number: another try would diverge the same way."""
 
 

@@ -14,14 +14,10 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from tasks import idx
-from tasks.caching import StageCache, run_logger, stage_task
-from tasks.refs import DatasetRef
-from tasks.retries import TransientError
-from tasks.store import file_digest
+from tasks.engine.refs import DatasetRef
+from tasks.engine.retries import TransientError
+from tasks.engine.store import file_digest
 
-ARRAYS = "data.npz"
-# TensorFlow Datasets keeps its downloads and prepared records here, inside the store.
-TFDS_DIR = "tfds"
 _CONNECT_TIMEOUT_S = 5
 _READ_BATCH = 10_000
 
@@ -30,20 +26,13 @@ class DownloadUnavailable(TransientError):
     """The dataset's download server cannot be reached."""
 
 
-def _mirror_checksums(inputs: Mapping[str, Any]) -> Mapping[str, Any]:
+def mirror_checksums(inputs: Mapping[str, Any]) -> Mapping[str, Any]:
     # A mirror is identified by what its files hold, not by where they lie.
     mirror = inputs.get("mirror")
     if mirror is None:
         return {}
     paths = idx.check_mirror_headers(Path(mirror))
     return {"mirror": {role: file_digest(path) for role, path in paths.items()}}
-
-
-CACHE = StageCache(
-    stage="download",
-    module=__name__,
-    describe_inputs=_mirror_checksums,
-)
 
 
 def arrays_sha256(arrays: Mapping[str, np.ndarray]) -> str:
@@ -149,18 +138,19 @@ def load_tfds(dataset: str, data_dir: Path) -> tuple[dict[str, np.ndarray], dict
     return arrays, {urlsplit(url).path.rsplit("/", 1)[-1]: sha for url, sha in urls.items()}
 
 
-def fetch(out: Path, dataset: str, mirror: Optional[str], tfds_dir: Path) -> dict[str, Any]:
-    """Write the raw splits to `out` and return what the reference records."""
+def download_dataset(out: Path, dataset: str, mirror: Optional[str] = None, *, downloads: Path,
+                     log: Any) -> dict[str, Any]:
+    """Fetch the raw uint8 train and test splits into the artifact store."""
     warnings: list[str] = []
     if mirror is not None:
         arrays, checksums, warnings = read_mirror(Path(mirror), dataset)
         source = f"mirror:{Path(mirror).resolve()}"
     else:
-        arrays, checksums = load_tfds(dataset, tfds_dir)
+        arrays, checksums = load_tfds(dataset, downloads)
         source = "tfds"
     for warning in warnings:
-        run_logger().warning("mirror %s: %s", mirror, warning)
-    np.savez(out / ARRAYS, **arrays)
+        log.warning("mirror %s: %s", mirror, warning)
+    np.savez(out / DatasetRef.ARRAYS, **arrays)
     return {
         "dataset": dataset,
         "source": source,
@@ -170,20 +160,3 @@ def fetch(out: Path, dataset: str, mirror: Optional[str], tfds_dir: Path) -> dic
         "arrays_sha256": arrays_sha256(arrays),
         "warnings": warnings,
     }
-
-
-def load_arrays(entry: Path) -> dict[str, np.ndarray]:
-    with np.load(entry / ARRAYS) as data:
-        return {name: data[name] for name in data.files}
-
-
-@stage_task(CACHE)
-def download_dataset(artifacts_dir: str, dataset: str, mirror: Optional[str] = None) -> DatasetRef:
-    """Fetch the raw uint8 train and test splits into the artifact store."""
-    tfds_dir = Path(artifacts_dir) / TFDS_DIR
-    return CACHE.produce(
-        lambda out: fetch(out, dataset, mirror, tfds_dir),
-        artifacts_dir,
-        dataset=dataset,
-        mirror=mirror,
-    )

@@ -7,23 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from tasks import preprocess, train
-from tasks.caching import StageCache, stage_task
-from tasks.refs import MetricsRef, ModelRef, PreparedRef
-from tasks.store import ArtifactStore
+from tasks.engine.refs import MetricsRef, ModelRef, PreparedRef
+from tasks.runtime import tensorflow
 
-METRICS = "metrics.json"
-CONFUSION = "confusion.csv"
-PER_CLASS = "per_class.csv"
-PREDICTIONS = "predictions.csv"
-MISCLASSIFIED = "misclassified.csv"
 # The tutorial prints the logits of test image 1 (`pre[1]`); keep the first few.
 FIRST_PREDICTIONS = 10
 _PREDICT_BATCH = 1024
-
-CACHE = StageCache(stage="evaluate", module=__name__)
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -33,6 +23,8 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 def score(logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     """Every table the report shows, from the logits and the true labels."""
+    import pandas as pd
+
     log_probs = log_softmax(logits.astype(np.float64))
     predicted = logits.argmax(axis=1)
     classes = list(range(logits.shape[1]))
@@ -73,41 +65,14 @@ def score(logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     }
 
 
-def assess(out: Path, model_entry: Path, data_entry: Path) -> dict[str, Any]:
-    train.tensorflow()
-    import keras
-
-    # safe_mode refuses a model file that would run code of its own when loaded.
-    model = keras.models.load_model(model_entry / train.MODEL, safe_mode=True)
-    x_test, y_test = preprocess.load_split(data_entry, "test")
-    logits = model.predict(x_test, batch_size=_PREDICT_BATCH, verbose=0)
-    scores = score(logits, y_test)
-    scores["confusion"].to_csv(out / CONFUSION)
-    scores["per_class"].to_csv(out / PER_CLASS)
-    scores["misclassified"].to_csv(out / MISCLASSIFIED, index=False)
-    scores["first_predictions"].to_csv(out / PREDICTIONS)
-    metrics = {"test_accuracy": scores["test_accuracy"], "test_loss": scores["test_loss"]}
-    (out / METRICS).write_text(json.dumps(metrics, indent=1))
-    return metrics
-
-
-def load_tables(entry: Path) -> dict[str, pd.DataFrame]:
-    return {
-        "confusion": pd.read_csv(entry / CONFUSION, index_col=0),
-        "per_class": pd.read_csv(entry / PER_CLASS, index_col=0),
-        "misclassified": pd.read_csv(entry / MISCLASSIFIED),
-        "first_predictions": pd.read_csv(entry / PREDICTIONS, index_col=0),
-    }
-
-
-@stage_task(CACHE)
-def evaluate_model(artifacts_dir: str, model: ModelRef, data: PreparedRef) -> MetricsRef:
+def evaluate_model(out: Path, model: ModelRef, data: PreparedRef) -> dict[str, Any]:
     """Score the trained model on the test split."""
-    store = ArtifactStore(artifacts_dir)
-    model_entry, data_entry = store.path(model), store.path(data)
-    return CACHE.produce(
-        lambda out: assess(out, model_entry, data_entry),
-        artifacts_dir,
-        model=model,
-        data=data,
-    )
+    tensorflow()
+    x_test, y_test = data.split("test")
+    logits = model.load().predict(x_test, batch_size=_PREDICT_BATCH, verbose=0)
+    scores = score(logits, y_test)
+    for name, (file, indexed) in MetricsRef.TABLES.items():
+        scores[name].to_csv(out / file, index=indexed)
+    metrics = {"test_accuracy": scores["test_accuracy"], "test_loss": scores["test_loss"]}
+    (out / MetricsRef.METRICS).write_text(json.dumps(metrics, indent=1))
+    return metrics

@@ -12,7 +12,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from tasks.store import file_digest
+from tasks.engine.retries import PermanentError, TransientError
+from tasks.engine.store import file_digest
 
 # The four files of an MNIST-family mirror, by split and role.
 FILES = {
@@ -30,11 +31,11 @@ _CHUNK = 1 << 20
 MAX_COUNT = 1_000_000
 
 
-class IdxError(ValueError):
+class IdxError(PermanentError):
     """A mirror file that is missing or not the IDX file it should be."""
 
 
-class IdxTruncated(IdxError):
+class IdxTruncated(IdxError, TransientError):
     """A file shorter than its header promises: damaged, or still being copied."""
 
 

@@ -105,7 +105,7 @@ def prepare(path: Path, invert: Optional[bool] = None) -> np.ndarray:
 
 def load_model(model_path: Path):
     """The Keras model at `model_path`; safe_mode refuses one that would run code of its own."""
-    from tasks.train import tensorflow
+    from tasks.runtime import tensorflow
 
     tensorflow()
     import keras
@@ -121,6 +121,6 @@ def load_model(model_path: Path):
 
 def classify(model, images: np.ndarray) -> np.ndarray:
     """Class probabilities (N, 10) for (N, 28, 28, 1) images."""
-    logits = model.predict(images, verbose=0)
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
+    from tasks.evaluate import log_softmax
+
+    return np.exp(log_softmax(model.predict(images, verbose=0)))

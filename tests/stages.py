@@ -4,15 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.config import TINY, TrainParams
-from tasks.download import download_dataset
-from tasks.evaluate import evaluate_model
-from tasks.preprocess import preprocess_dataset
-from tasks.report import build_report
-from tasks.train import train_model
+from flows.config import TINY, train_params
+from flows.stages import build_report, download_dataset, evaluate_model, preprocess_dataset, train_model
 
 # Enough steps for the synthetic classes to be told apart.
-PARAMS = TrainParams(epochs=3, batch_size=TINY["batch_size"])
+PARAMS = train_params(epochs=3, batch_size=TINY["batch_size"])
 
 
 def run_stages(store: str, mirror: Path, upto: str = "report") -> dict:

@@ -3,11 +3,11 @@ import sys
 
 import pytest
 
-from tasks import caching
-from tasks.caching import StageCache, project_modules, source_digest
-from tasks.config import TrainParams
-from tasks.refs import PreparedRef
-from tasks.store import ArtifactStore
+from tasks.engine import caching
+from tasks.engine.caching import StageCache, project_modules, source_digest
+from flows.config import train_params
+from tasks.engine.refs import PreparedRef
+from tasks.engine.store import ArtifactStore
 
 DATA = PreparedRef(stage="preprocess", fingerprint="00000000f00df00d", train_count=1, test_count=1)
 
@@ -41,24 +41,23 @@ def test_editing_a_helper_changes_the_digest(helper_package):
     assert source_digest("pkgx.stage", "pkgx") != before
 
 
-def test_train_depends_on_the_modules_it_runs():
+def test_train_depends_on_the_modules_it_runs_and_no_more():
     modules = project_modules("tasks.train")
-    assert {"tasks.train", "tasks.preprocess", "tasks.config", "tasks.store"} <= set(modules)
-    assert "tasks.report" not in modules
+    assert set(modules) == {"tasks.train", "tasks.checkpoint", "tasks.params", "tasks.runtime"}
 
 
 def test_fingerprint_follows_parameters_and_upstream_not_location():
     cache = StageCache(stage="train", module="tasks.train")
-    base = cache.fingerprint({"artifacts_dir": "a", "data": DATA, "params": TrainParams()})
-    assert base == cache.fingerprint({"artifacts_dir": "elsewhere", "data": DATA, "params": TrainParams()})
-    assert base != cache.fingerprint({"artifacts_dir": "a", "data": DATA, "params": TrainParams(epochs=4)})
+    base = cache.fingerprint({"artifacts_dir": "a", "data": DATA, "params": train_params()})
+    assert base == cache.fingerprint({"artifacts_dir": "elsewhere", "data": DATA, "params": train_params()})
+    assert base != cache.fingerprint({"artifacts_dir": "a", "data": DATA, "params": train_params(epochs=4)})
     other = DATA.model_copy(update={"fingerprint": "00000000beefbeef"})
-    assert base != cache.fingerprint({"artifacts_dir": "a", "data": other, "params": TrainParams()})
+    assert base != cache.fingerprint({"artifacts_dir": "a", "data": other, "params": train_params()})
 
 
 def test_library_versions_enter_the_fingerprint(monkeypatch):
     cache = StageCache(stage="train", module="tasks.train")
-    inputs = {"data": DATA, "params": TrainParams()}
+    inputs = {"data": DATA, "params": train_params()}
     before = cache.fingerprint(inputs)
     monkeypatch.setattr(caching, "library_versions", lambda: {"tensorflow": "9.9.9"})
     assert cache.fingerprint(inputs) != before
@@ -66,31 +65,29 @@ def test_library_versions_enter_the_fingerprint(monkeypatch):
 
 def test_produce_serves_an_intact_entry_without_building(tmp_path):
     cache = StageCache(stage="preprocess", module="tasks.preprocess")
-    inputs = {"artifacts_dir": str(tmp_path), "raw": "r"}
-    first = cache.produce(_write, **inputs)
+    first = cache.produce(_write, str(tmp_path), {"raw": "r"})
 
-    def must_not_build(out):
+    def must_not_build(out, raw):
         raise AssertionError("built again")
 
-    assert cache.produce(must_not_build, **inputs) == first
+    assert cache.produce(must_not_build, str(tmp_path), {"raw": "r"}) == first
 
 
 def test_produce_rebuilds_a_broken_entry(tmp_path):
     cache = StageCache(stage="preprocess", module="tasks.preprocess")
-    inputs = {"artifacts_dir": str(tmp_path), "raw": "r"}
-    ref = cache.produce(_write, **inputs)
+    ref = cache.produce(_write, str(tmp_path), {"raw": "r"})
     weights = tmp_path / "preprocess" / ref.fingerprint / "weights.bin"
     weights.write_bytes(b"garbage")
-    assert cache.produce(_write, **inputs) == ref
+    assert cache.produce(_write, str(tmp_path), {"raw": "r"}) == ref
     assert weights.read_bytes() == b"w" * 100
-def _write(out):
+def _write(out, raw):
     (out / "weights.bin").write_bytes(b"w" * 100)
     return {"train_count": 1, "test_count": 1}
 
 
 def test_cache_key_names_the_entry(tmp_path):
     cache = StageCache(stage="train", module="tasks.train")
-    inputs = {"artifacts_dir": str(tmp_path), "data": DATA, "params": TrainParams()}
+    inputs = {"artifacts_dir": str(tmp_path), "data": DATA, "params": train_params()}
     key = cache.compute_key(None, inputs, {})
     assert key == f"train/{cache.fingerprint(inputs)}/result.json"
 
@@ -101,18 +98,18 @@ def test_downstream_key_follows_what_the_upstream_entry_holds(tmp_path):
     store = str(tmp_path)
 
     def build_with(content: bytes):
-        def build(out):
+        def build(out, raw):
             (out / "train_x.npy").write_bytes(content)
             return {"train_count": 1, "test_count": 1}
         return build
 
-    first = upstream.produce(build_with(b"A"), store, raw="r")
-    before = downstream.fingerprint({"artifacts_dir": store, "data": first, "params": TrainParams()})
+    first = upstream.produce(build_with(b"A"), store, {"raw": "r"})
+    before = downstream.fingerprint({"artifacts_dir": store, "data": first, "params": train_params()})
     # The same upstream inputs computed again, but coming out different this time.
     ArtifactStore(store).evict(first.stage, first.fingerprint)
-    again = upstream.produce(build_with(b"B"), store, raw="r")
+    again = upstream.produce(build_with(b"B"), store, {"raw": "r"})
     assert again.fingerprint == first.fingerprint
-    after = downstream.fingerprint({"artifacts_dir": store, "data": again, "params": TrainParams()})
+    after = downstream.fingerprint({"artifacts_dir": store, "data": again, "params": train_params()})
     assert after != before
 
 
@@ -136,12 +133,11 @@ def immutable():
 
 
 def test_a_broken_entry_that_cannot_be_removed_is_never_served(tmp_path, immutable):
-    from tasks.caching import EntryRecords, record_key
-    from tasks.store import StoreError
+    from tasks.engine.caching import EntryRecords, record_key
+    from tasks.engine.store import StoreError
 
     cache = StageCache(stage="preprocess", module="tasks.preprocess")
-    inputs = {"artifacts_dir": str(tmp_path), "raw": "r"}
-    ref = cache.produce(_write, **inputs)
+    ref = cache.produce(_write, str(tmp_path), {"raw": "r"})
     folder = tmp_path / "preprocess" / ref.fingerprint
     with open(folder / "weights.bin", "r+b") as f:
         f.write(b"W")
@@ -150,4 +146,4 @@ def test_a_broken_entry_that_cannot_be_removed_is_never_served(tmp_path, immutab
         EntryRecords(basepath=str(tmp_path)).read_path(record_key(ref.stage, ref.fingerprint))
     with pytest.raises(StoreError, match=f"the preprocess entry {folder} is damaged and cannot be removed "
                                          r"\(Operation not permitted\); remove it by hand"):
-        cache.produce(_write, **inputs)
+        cache.produce(_write, str(tmp_path), {"raw": "r"})

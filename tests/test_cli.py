@@ -166,7 +166,7 @@ def test_run_killed_during_training_resumes_where_it_stopped(tmp_path):
     assert (summary["train"]["resumed_from_epoch"], summary["train"]["epochs_run"]) == (2, 3)
     train_entry = tmp_path / summary["stages"]["train"]["artifact"]
     assert list(pd.read_csv(train_entry / "history.csv")["epoch"]) == [1, 2, 3, 4, 5]
-    assert not list((tmp_path / "artifacts" / "train" / ".checkpoints").glob("*/*"))
+    assert not list((tmp_path / "artifacts" / "train" / ".work").glob("*/*"))
     assert not list((tmp_path / "artifacts" / "train").glob(".tmp-*"))  # the killed run's half entry
 
 
@@ -183,7 +183,7 @@ def test_paths_outside_allowed_roots_are_refused(capsys, tmp_path, monkeypatch):
         capsys, "--mirror", str(mirror), "--artifacts-dir", str(allowed / "link" / "store"))
 
 
-@pytest.mark.parametrize("inside", ["runs", "champions", "download", "train/.checkpoints", "runs.jsonl"])
+@pytest.mark.parametrize("inside", ["runs", "champions", "download", "train/.work", "runs.jsonl"])
 def test_a_link_inside_the_store_that_leads_outside_is_refused(capsys, tmp_path, monkeypatch, inside):
     allowed, outside = tmp_path / "allowed", tmp_path / "outside"
     mirror = write_mirror(allowed / "mirror")

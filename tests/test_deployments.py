@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tasks.config import TINY
+from flows.config import TINY
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parent.parent

@@ -4,14 +4,15 @@ import numpy as np
 import pytest
 
 from tasks import download
-from tasks.download import DownloadUnavailable, download_dataset
-from tasks.store import ArtifactStore
+from flows.stages import download_dataset
+from tasks.download import DownloadUnavailable
+from tasks.engine.store import ArtifactStore
 from tests.synthetic import write_mirror
 
 
 def test_mirror_is_read_checked_and_stored(mirror, store):
     ref = download_dataset.fn(store, "mnist", str(mirror))
-    arrays = download.load_arrays(ArtifactStore(store).path(ref))
+    arrays = ref.at(store).arrays()
     assert (ref.train_count, ref.test_count) == (256, 100)
     assert arrays["train_images"].shape == (256, 28, 28)
     assert arrays["train_images"].dtype == np.uint8
@@ -51,7 +52,7 @@ def test_tfds_path_through_mock_data(store, monkeypatch):
     monkeypatch.setattr(download, "check_reachable", lambda urls, dataset: None)
     with tfds.testing.mock_data(num_examples=16):
         ref = download_dataset.fn(store, "mnist")
-    arrays = download.load_arrays(ArtifactStore(store).path(ref))
+    arrays = ref.at(store).arrays()
     assert ref.source == "tfds"
     assert arrays["train_images"].shape == (16, 28, 28)
     assert arrays["test_labels"].max() < 10

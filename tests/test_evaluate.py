@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from tasks import evaluate
-from tasks.store import ArtifactStore
+from tasks.engine.refs import MetricsRef
+from tasks.engine.store import ArtifactStore
 from tests.stages import run_stages
 
 
@@ -36,8 +37,8 @@ def test_stage_scores_the_trained_model(tmp_path, mirror):
     entry = ArtifactStore(store).path(refs["metrics"])
     # 4 of the 100 test labels are deliberately wrong.
     assert 0.9 <= refs["metrics"].test_accuracy <= 0.96
-    assert json.loads((entry / evaluate.METRICS).read_text())["test_loss"] == refs["metrics"].test_loss
-    tables = evaluate.load_tables(entry)
+    assert json.loads((entry / MetricsRef.METRICS).read_text())["test_loss"] == refs["metrics"].test_loss
+    tables = refs["metrics"].at(store).tables()
     assert tables["confusion"].to_numpy().sum() == 100
     assert len(tables["first_predictions"]) == evaluate.FIRST_PREDICTIONS
     assert len(tables["misclassified"]) >= 4

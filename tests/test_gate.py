@@ -1,7 +1,7 @@
 import pytest
 
-from tasks import gate
-from tasks.refs import MetricsRef, ModelRef
+from tasks.engine import gate
+from tasks.engine.refs import MetricsRef, ModelRef
 
 
 def test_under_the_threshold_is_refused():
@@ -73,7 +73,7 @@ def test_a_damaged_champion_record_is_judged_as_none_and_kept_as_evidence(tmp_pa
 
 @pytest.mark.parametrize("dataset, default", [("mnist", 0.95), ("fashion_mnist", 0.80)])
 def test_threshold_defaults_per_dataset(dataset, default):
-    from tasks.config import PipelineConfig
+    from flows.config import PipelineConfig
 
     assert PipelineConfig(dataset=dataset).threshold == default
     assert PipelineConfig(dataset=dataset, accuracy_threshold=0.5).threshold == 0.5

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from tasks.locking import FileLockManager
+from tasks.engine.locking import FileLockManager
 
 KEY = "train/0123456789abcdef/result.json"
 
@@ -29,7 +29,7 @@ def test_second_holder_waits_until_release(tmp_path):
 def test_other_process_sees_the_lock(tmp_path):
     locks = FileLockManager(tmp_path)
     locks.acquire_lock(KEY, "run-a")
-    probe = f"from tasks.locking import FileLockManager; print(FileLockManager({str(tmp_path)!r}).is_locked({KEY!r}))"
+    probe = f"from tasks.engine.locking import FileLockManager; print(FileLockManager({str(tmp_path)!r}).is_locked({KEY!r}))"
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() == "True"
     locks.release_lock(KEY, "run-a")
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() == "False"
@@ -38,7 +38,7 @@ def test_other_process_sees_the_lock(tmp_path):
 def test_lock_of_a_killed_process_is_not_stale(tmp_path):
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         f"from tasks.locking import FileLockManager; import time; FileLockManager({str(tmp_path)!r}).acquire_lock({KEY!r}, 'doomed'); print('held', flush=True); time.sleep(60)"],
+         f"from tasks.engine.locking import FileLockManager; import time; FileLockManager({str(tmp_path)!r}).acquire_lock({KEY!r}, 'doomed'); print('held', flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE, text=True,
     )
     assert holder.stdout.readline().strip() == "held"

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 from flows.pipeline import mnist_pipeline
-from tasks import preprocess
-from tasks.config import TINY
-from tasks.store import ArtifactStore
+import numpy as np
+from flows.config import TINY
+from tasks.engine.store import ArtifactStore
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_harness")]
 STAGES = ["download", "preprocess", "train", "evaluate", "report"]
@@ -54,7 +54,7 @@ def test_corrupted_entry_is_recomputed_not_served(run, store):
         f.write(b"\xff\xff\xff\xff")
     second = run()
     assert _states(second) == ["Cached", "Completed", "Cached", "Cached", "Cached"]
-    x, _ = preprocess.load_split(entry, "train")
+    x = np.load(entry / "train_x.npy")
     assert x.max() <= 1.0
 
 
@@ -99,7 +99,7 @@ def test_invalid_parameter_is_refused_before_any_stage(store):
 
 
 def test_unwritable_store_fails_clearly_and_leaves_no_entry(mirror, tmp_path):
-    from tasks.store import StoreError
+    from tasks.engine.store import StoreError
 
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
@@ -127,7 +127,7 @@ def small_disk(tmp_path):
 def test_full_disk_fails_clearly_leaves_no_entry_and_recovers(mirror, small_disk):
     import subprocess
 
-    from tasks.runner import StageFailed
+    from flows.runner import StageFailed
 
     store = small_disk / "artifacts"
     with pytest.raises(StageFailed, match=f"stage preprocess failed: the artifact store {store} is full: "
@@ -150,7 +150,7 @@ def test_full_disk_fails_clearly_leaves_no_entry_and_recovers(mirror, small_disk
 
 def test_deterministic_failure_is_not_retried(tmp_path, store):
     from tests.synthetic import write_mirror
-    from tasks.runner import StageFailed
+    from flows.runner import StageFailed
 
     mirror = write_mirror(tmp_path / "mirror", gzipped=False)
     labels = mirror / "t10k-labels-idx1-ubyte"
@@ -163,7 +163,7 @@ def test_deterministic_failure_is_not_retried(tmp_path, store):
 
 
 def test_gate_promotes_a_good_model_and_refuses_a_weak_one(run, store):
-    from tasks.gate import read_champion
+    from tasks.engine.gate import read_champion
 
     promoted = run(accuracy_threshold=0.5)
     assert promoted["gate"]["passed"] is True
@@ -179,7 +179,7 @@ def test_gate_promotes_a_good_model_and_refuses_a_weak_one(run, store):
 
 
 def test_runs_are_logged_with_parameters_metrics_and_gate(run, store):
-    from tasks import runlog
+    from tasks.engine import runlog
 
     first = run(accuracy_threshold=0.5)
     second = run(accuracy_threshold=0.999)
@@ -243,8 +243,8 @@ def test_bad_lines_in_the_run_log_and_a_damaged_champion_block_nothing(run, stor
 def test_a_full_disk_after_the_gate_leaves_the_previous_state(run, store, monkeypatch):
     import os
 
-    from tasks import store as store_module
-    from tasks.store import StoreError
+    from tasks.engine import store as store_module
+    from tasks.engine.store import StoreError
 
     first = run(accuracy_threshold=0.5)
     before = {name: (Path(store) / name).read_bytes() for name in ("champions/mnist.json", "runs.jsonl")}

@@ -6,11 +6,11 @@ import pytest
 from PIL import Image
 
 from flows import cli
-from tasks import predict, train
-from tasks.config import TrainParams
-from tasks.download import download_dataset
-from tasks.preprocess import preprocess_dataset
-from tasks.store import ArtifactStore
+from flows.config import train_params
+from tasks import predict
+from tasks.engine.refs import ModelRef
+from flows.stages import download_dataset, preprocess_dataset, train_model
+from tasks.engine.store import ArtifactStore
 from tests.synthetic import glyph, write_glyph_mirror
 
 
@@ -20,8 +20,8 @@ def model_path(tmp_path_factory):
     store = str(folder / "artifacts")
     raw = download_dataset.fn(store, "mnist", str(write_glyph_mirror(folder / "mirror")))
     data = preprocess_dataset.fn(store, raw)
-    model = train.train_model.fn(store, data, TrainParams(epochs=4, batch_size=16))
-    return ArtifactStore(store).path(model) / train.MODEL
+    model = train_model.fn(store, data, train_params(epochs=4, batch_size=16))
+    return model.at(store).model_file
 
 
 def test_to_mnist_centres_white_ink_on_black():
@@ -80,8 +80,8 @@ def champion(model_path, tmp_path):
     """A store whose mnist champion is the glyph model, moved away from where it was trained."""
     import shutil
 
-    from tasks import gate
-    from tasks.refs import MetricsRef, ModelRef
+    from tasks.engine import gate
+    from tasks.engine.refs import MetricsRef, ModelRef
 
     store = tmp_path / "moved-store"
     shutil.copytree(model_path.parent.parent.parent, store)
@@ -100,7 +100,7 @@ def test_predict_finds_the_champion_in_a_moved_store(champion, tmp_path, capsys)
 
 def test_a_swapped_champion_model_is_refused(champion, model_path, tmp_path, capsys):
     entry = champion / "train" / model_path.parent.name
-    (entry / train.MODEL).write_bytes((entry / train.MODEL).read_bytes() + b"\0")
+    (entry / ModelRef.MODEL).write_bytes((entry / ModelRef.MODEL).read_bytes() + b"\0")
     assert cli.main(["predict", str(_digit(tmp_path)), "--artifacts-dir", str(champion)]) == cli.EXIT_INVALID
     assert "the mnist champion's model cannot be trusted: " in _one_line(capsys)
 

@@ -2,9 +2,9 @@ import matplotlib.image
 import numpy as np
 
 from tasks import preprocess
-from tasks.download import download_dataset
-from tasks.preprocess import preprocess_dataset
-from tasks.store import ArtifactStore
+from flows.stages import download_dataset, preprocess_dataset
+from tasks.engine.refs import PreparedRef
+from tasks.engine.store import ArtifactStore
 
 
 def test_scale_gives_float32_in_unit_range_with_a_channel():
@@ -20,12 +20,12 @@ def test_stage_writes_both_splits_and_the_sample_grid(mirror, store):
     raw = download_dataset.fn(store, "mnist", str(mirror))
     ref = preprocess_dataset.fn(store, raw, train_limit=50)
     entry = ArtifactStore(store).path(ref)
-    x_train, y_train = preprocess.load_split(entry, "train")
-    x_test, _ = preprocess.load_split(entry, "test")
+    x_train, y_train = ref.at(store).split("train")
+    x_test, _ = ref.at(store).split("test")
     assert (ref.train_count, ref.test_count) == (50, 100)
     assert x_train.shape == (50, 28, 28, 1) and x_test.shape == (100, 28, 28, 1)
     assert len(y_train) == 50
-    grid = matplotlib.image.imread(entry / preprocess.SAMPLES_PNG)
+    grid = matplotlib.image.imread(entry / PreparedRef.SAMPLES)
     assert grid.shape[1] > 2 * grid.shape[0]  # two rows of ten
 
 

@@ -8,9 +8,9 @@ import pytest
 from prefect.results import ResultRecord, ResultRecordMetadata, ResultStore
 from prefect.serializers import JSONSerializer, PickleSerializer
 
-from tasks.caching import EntryRecords, StageCache, record_key
-from tasks.refs import MetricsRef
-from tasks.store import MANIFEST, REF, ArtifactStore, sha256_file
+from tasks.engine.caching import EntryRecords, StageCache, record_key
+from tasks.engine.refs import MetricsRef
+from tasks.engine.store import MANIFEST, REF, ArtifactStore, sha256_file
 
 MARKER = Path("/tmp/mnist-pipeline-record-ran-code")
 
@@ -38,7 +38,7 @@ class Payload:
 def entry(tmp_path):
     MARKER.unlink(missing_ok=True)
     cache = StageCache(stage="evaluate", module="tasks.evaluate")
-    ref = cache.produce(lambda out: {"test_accuracy": 0.843, "test_loss": 0.5}, str(tmp_path), model="m")
+    ref = cache.produce(lambda out, model: {"test_accuracy": 0.843, "test_loss": 0.5}, str(tmp_path), {"model": "m"})
     yield tmp_path, ref
     MARKER.unlink(missing_ok=True)
 

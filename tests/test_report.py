@@ -5,8 +5,9 @@ import re
 import matplotlib.image
 import pytest
 
+from flows import runner
 from tasks import report
-from tasks.store import ArtifactStore
+from tasks.engine.store import ArtifactStore
 from tests.stages import run_stages
 
 SECTIONS = ["Dataset", "Model", "Training", "Metrics", "Confusion matrix", "Predictions", "Misclassified examples"]
@@ -30,7 +31,7 @@ def test_html_is_self_contained_and_its_images_decode(entry):
     html = (entry / report.REPORT_HTML).read_text()
     for section in SECTIONS:
         assert f"<h2>{section}</h2>" in html
-    images = re.findall(r"src='data:image/png;base64,([^']+)'", html)
+    images = re.findall(r"src=[\"']data:image/png;base64,([^\"']+)[\"']", html)
     assert len(images) == 5
     for data in images:
         assert matplotlib.image.imread(io.BytesIO(base64.b64decode(data)), format="png").ndim == 3
@@ -69,6 +70,6 @@ def test_a_report_links_through_the_file_server_that_serves_its_store(tmp_path, 
     page = tmp_path / "store" / "runs" / "abc" / "report.html"
     monkeypatch.setenv("MNIST_PIPELINE_REPORTS_URL", "http://127.0.0.1:4201")
     monkeypatch.setenv("MNIST_PIPELINE_REPORTS_ROOT", str(tmp_path / "store"))
-    assert report.report_link(page) == "http://127.0.0.1:4201/runs/abc/report.html"
+    assert runner.report_link(page) == "http://127.0.0.1:4201/runs/abc/report.html"
     elsewhere = tmp_path / "other" / "report.html"
-    assert report.report_link(elsewhere) == elsewhere.resolve().as_uri()
+    assert runner.report_link(elsewhere) == elsewhere.resolve().as_uri()

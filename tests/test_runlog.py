@@ -1,4 +1,5 @@
-from tasks import runlog
+from tasks.engine import runlog
+from tasks.engine.layout import RUN_LOG
 
 
 def test_runs_are_read_back_in_order(tmp_path):
@@ -11,7 +12,7 @@ def test_runs_are_read_back_in_order(tmp_path):
 
 def test_a_line_cut_short_is_skipped(tmp_path):
     runlog.append(str(tmp_path), {"flow_run_id": "run-0"})
-    with open(tmp_path / runlog.RUNS, "a") as log:
+    with open(tmp_path / RUN_LOG, "a") as log:
         log.write('{"flow_run_id": "run-1", "data')  # the disk filled up mid-line
     runlog.append(str(tmp_path), {"flow_run_id": "run-2"})
     assert list(runlog.read(str(tmp_path))["flow_run_id"]) == ["run-0", "run-2"]
@@ -30,7 +31,7 @@ def test_runs_logged_before_the_schedule_setting_show_a_constant_rate(tmp_path):
 
 def test_lines_that_are_not_runs_are_skipped_with_a_warning(tmp_path, caplog):
     runlog.append(str(tmp_path), {"flow_run_id": "run-0", "dataset": "mnist", "test_accuracy": 0.9})
-    with open(tmp_path / runlog.RUNS, "a") as log:
+    with open(tmp_path / RUN_LOG, "a") as log:
         log.write('42\nnull\n"text"\n{"flow_run_id": "run-x", "test_accuracy": "0.99"}\n[1, 2]\n')
     runlog.append(str(tmp_path), {"flow_run_id": "run-1", "dataset": "mnist", "test_accuracy": 0.95})
     table = runlog.read(str(tmp_path))
@@ -41,10 +42,10 @@ def test_lines_that_are_not_runs_are_skipped_with_a_warning(tmp_path, caplog):
 
 def test_an_appended_line_can_be_taken_back(tmp_path):
     runlog.append(str(tmp_path), {"flow_run_id": "run-0"})
-    before = (tmp_path / runlog.RUNS).read_bytes()
+    before = (tmp_path / RUN_LOG).read_bytes()
     undo = runlog.append(str(tmp_path), {"flow_run_id": "run-1"})
     undo()
-    assert (tmp_path / runlog.RUNS).read_bytes() == before
+    assert (tmp_path / RUN_LOG).read_bytes() == before
 
 
 def test_a_full_disk_leaves_the_log_as_it_was(tmp_path, monkeypatch):
@@ -52,10 +53,10 @@ def test_a_full_disk_leaves_the_log_as_it_was(tmp_path, monkeypatch):
 
     import pytest
 
-    from tasks.store import StoreError
+    from tasks.engine.store import StoreError
 
     runlog.append(str(tmp_path), {"flow_run_id": "run-0"})
-    before = (tmp_path / runlog.RUNS).read_bytes()
+    before = (tmp_path / RUN_LOG).read_bytes()
     real_write = os.write
 
     def half_then_full(fd, data):
@@ -70,4 +71,4 @@ def test_a_full_disk_leaves_the_log_as_it_was(tmp_path, monkeypatch):
     with pytest.raises(StoreError, match="the artifact store is full: no space left on device while writing"):
         runlog.append(str(tmp_path), {"flow_run_id": "run-1"})
     monkeypatch.undo()
-    assert (tmp_path / runlog.RUNS).read_bytes() == before
+    assert (tmp_path / RUN_LOG).read_bytes() == before

@@ -4,8 +4,24 @@ import pandas as pd
 import pytest
 
 from tasks import train
-from tasks.store import ArtifactStore
+from tasks.engine.refs import ModelRef
+from tasks.engine.store import ArtifactStore
 from tests.stages import PARAMS, run_stages
+
+
+class _Log:
+    def __init__(self, say=lambda line: None):
+        self.info = self.warning = say
+
+
+def fit(out, data, params, say=lambda line: None, checkpoints=None, attempt=1, progress=lambda percent: None):
+    """The train stage's plain function, as the stage decorator calls it."""
+    Path(out).mkdir(parents=True, exist_ok=True)
+    return train.train_model(out, data, params, work=checkpoints, log=_Log(say), progress=progress, attempt=attempt)
+
+
+def _prepared(store, mirror):
+    return run_stages(store, mirror, upto="preprocess")["data"].at(store)
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +41,7 @@ def test_model_is_the_tutorials_cnn():
 
 def test_training_learns_the_synthetic_classes(trained):
     store, ref = trained
-    history = train.load_history(ArtifactStore(store).path(ref))
+    history = ref.at(store).history()
     assert list(history["epoch"]) == [1, 2, 3]
     assert history["val_accuracy"].iloc[-1] >= 0.9  # 0.96 at most: 4 test labels are wrong
     assert history["loss"].iloc[-1] < history["loss"].iloc[0]
@@ -37,8 +53,8 @@ def test_stage_records_model_times_and_device(trained):
     assert ref.epochs_run == PARAMS.epochs == len(ref.epoch_seconds)
     assert ref.device in {"CPU", "GPU"}
     assert ref.resumed_from_epoch is None
-    assert (entry / train.MODEL).stat().st_size > 0
-    assert "121,930" in (entry / train.SUMMARY).read_text()
+    assert (entry / ModelRef.MODEL).stat().st_size > 0
+    assert "121,930" in ref.at(store).summary()
 
 
 @pytest.mark.parametrize("schedule, done, share", [
@@ -53,7 +69,7 @@ def test_training_follows_the_cosine_schedule_to_its_last_batch(trained, mirror)
     import keras
 
     store, ref = trained
-    model = keras.models.load_model(ArtifactStore(store).path(ref) / train.MODEL, safe_mode=True)
+    model = keras.models.load_model(ref.at(store).model_file, safe_mode=True)
     images = run_stages(store, mirror, upto="preprocess")["data"].train_count  # served from the store
     steps = -(-images // PARAMS.batch_size)
     last_batch = (PARAMS.epochs - 1 + (steps - 1) / steps) / PARAMS.epochs
@@ -63,12 +79,9 @@ def test_training_follows_the_cosine_schedule_to_its_last_batch(trained, mirror)
 
 def test_progress_line_per_epoch(mirror, tmp_path):
     store = str(tmp_path / "artifacts")
-    data = run_stages(store, mirror, upto="preprocess")["data"]
-    out = tmp_path / "out"
-    out.mkdir()
     lines = []
-    train.fit(out, ArtifactStore(store).path(data), PARAMS.model_copy(update={"epochs": 2}), lines.append,
-              tmp_path / "checkpoints")
+    fit(tmp_path / "out", _prepared(store, mirror), PARAMS.model_copy(update={"epochs": 2}), lines.append,
+        tmp_path / "checkpoints")
     assert [line.split(" - ")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
     assert "val_accuracy" in lines[0]
 
@@ -79,36 +92,34 @@ def test_a_diverging_training_fails_and_keeps_no_checkpoint(mirror, tmp_path):
     from tasks import checkpoint
 
     store = str(tmp_path / "artifacts")
-    data = ArtifactStore(store).path(run_stages(store, mirror, upto="preprocess")["data"])
-    poisoned = tmp_path / "poisoned"
-    poisoned.mkdir()
+    data = _prepared(store, mirror)
+    poisoned = data.at(tmp_path / "poisoned")
+    poisoned.folder.mkdir(parents=True)
     for name in ("train_y.npy", "test_x.npy", "test_y.npy"):
-        (poisoned / name).write_bytes((data / name).read_bytes())
-    x = np.load(data / "train_x.npy")
+        (poisoned.folder / name).write_bytes((data.folder / name).read_bytes())
+    x = np.load(data.folder / "train_x.npy")
     x[:] = np.nan  # what an infinite learning rate makes of the weights
-    np.save(poisoned / "train_x.npy", x)
+    np.save(poisoned.folder / "train_x.npy", x)
     out = tmp_path / "out"
-    out.mkdir()
     with pytest.raises(checkpoint.TrainingDiverged, match="training diverged: the loss is nan after epoch 1"):
-        train.fit(out, poisoned, PARAMS, print, tmp_path / "checkpoints")
+        fit(out, poisoned, PARAMS, print, tmp_path / "checkpoints")
     assert checkpoint.latest(tmp_path / "checkpoints") is None
-    assert not (out / train.MODEL).exists()
+    assert not (out / ModelRef.MODEL).exists()
 
 
 def test_history_is_a_csv_pandas_reads(trained):
     store, ref = trained
-    table = pd.read_csv(ArtifactStore(store).path(ref) / train.HISTORY)
+    table = pd.read_csv(ArtifactStore(store).path(ref) / ModelRef.HISTORY)
     assert {"loss", "accuracy", "val_loss", "val_accuracy", "seconds"} <= set(table.columns)
 
 
 def test_resumed_training_matches_an_uninterrupted_run(mirror, tmp_path):
     store = str(tmp_path / "artifacts")
-    data = ArtifactStore(store).path(run_stages(store, mirror, upto="preprocess")["data"])
+    data = _prepared(store, mirror)
     params = PARAMS.model_copy(update={"epochs": 3})
 
-    def fit(name, checkpoints, say=lambda line: None):
-        (tmp_path / name).mkdir()
-        return train.fit(tmp_path / name, data, params, say, checkpoints)
+    def fit_into(name, checkpoints, say=lambda line: None, progress=lambda percent: None):
+        return fit(tmp_path / name, data, params, say, checkpoints, progress=progress)
 
     class Crash(Exception):
         pass
@@ -117,19 +128,21 @@ def test_resumed_training_matches_an_uninterrupted_run(mirror, tmp_path):
         if line.startswith("epoch 2/3"):  # said once epoch 2's checkpoint is safe
             raise Crash
 
-    whole = fit("whole", tmp_path / "ckpt-whole")
+    shown = []
+    whole = fit_into("whole", tmp_path / "ckpt-whole", progress=shown.append)
+    assert shown[0] == 0.0 and shown[-1] == 100.0
     # A run that dies after two epochs leaves its checkpoint; the next one picks it up.
-    assert train.progress_at_start(params, tmp_path / "ckpt") == 0.0
     with pytest.raises(Crash):
-        fit("crashed", tmp_path / "ckpt", say=crash_after_epoch_two)
+        fit_into("crashed", tmp_path / "ckpt", say=crash_after_epoch_two)
     # The progress shown in the UI starts where the checkpoint leaves training, never back at 0.
-    assert train.progress_at_start(params, tmp_path / "ckpt") == 66.7
-    resumed = fit("resumed", tmp_path / "ckpt")
+    shown = []
+    resumed = fit_into("resumed", tmp_path / "ckpt", progress=shown.append)
+    assert shown[0] == pytest.approx(200 / 3) and shown == sorted(shown)
 
     assert (resumed["resumed_from_epoch"], resumed["epochs_run"]) == (2, 1)
     assert (whole["resumed_from_epoch"], whole["epochs_run"]) == (None, 3)
-    a = train.load_history(tmp_path / "whole")
-    b = train.load_history(tmp_path / "resumed")
+    a = pd.read_csv(tmp_path / "whole" / ModelRef.HISTORY)
+    b = pd.read_csv(tmp_path / "resumed" / ModelRef.HISTORY)
     assert list(b["epoch"]) == [1, 2, 3]
     assert b["val_loss"].to_numpy() == pytest.approx(a["val_loss"].to_numpy(), rel=1e-4)
 
@@ -137,10 +150,10 @@ def test_resumed_training_matches_an_uninterrupted_run(mirror, tmp_path):
 def test_gpu_out_of_memory_retries_with_half_the_batch(mirror, tmp_path, monkeypatch):
     import tensorflow as tf
 
-    from tasks.retries import is_transient
+    from tasks.engine.retries import is_transient
 
     store = str(tmp_path / "artifacts")
-    data = ArtifactStore(store).path(run_stages(store, mirror, upto="preprocess")["data"])
+    data = _prepared(store, mirror)
     real_order = train.epoch_order
 
     def tight_memory(dataset, size, seed, epoch, batch_size):
@@ -150,26 +163,27 @@ def test_gpu_out_of_memory_retries_with_half_the_batch(mirror, tmp_path, monkeyp
 
     monkeypatch.setattr(train, "epoch_order", tight_memory)
     params = PARAMS.model_copy(update={"epochs": 1})
-    (tmp_path / "out").mkdir()
     with pytest.raises(Exception) as failure:
-        train.fit(tmp_path / "out", data, params, lambda line: None, tmp_path / "ckpt")
+        fit(tmp_path / "out", data, params, checkpoints=tmp_path / "ckpt")
     assert is_transient(failure.value) and "batch size 16; the next try uses 8" in str(failure.value)
-    info = train.fit(tmp_path / "out", data, params, lambda line: None, tmp_path / "ckpt")
+    # A new run asks for its own batch size again.
+    with pytest.raises(Exception):
+        fit(tmp_path / "out", data, params, checkpoints=tmp_path / "ckpt", attempt=1)
+    info = fit(tmp_path / "out", data, params, checkpoints=tmp_path / "ckpt", attempt=2)
     assert info["batch_size"] == 8
     assert info["notes"] == ["batch size 16 ran out of GPU memory; trained with 8"]
 
 
 def test_unreadable_checkpoint_means_starting_over(mirror, tmp_path):
     store = str(tmp_path / "artifacts")
-    data = ArtifactStore(store).path(run_stages(store, mirror, upto="preprocess")["data"])
+    data = _prepared(store, mirror)
     params = PARAMS.model_copy(update={"epochs": 2})
     damaged = tmp_path / "ckpt" / "epoch-0001"
     damaged.mkdir(parents=True)
     (damaged / "model.keras").write_bytes(b"cut short by a power loss")
     (damaged / "state.json").write_text('{"history": [{"epoch": 1}]}')
-    (tmp_path / "out").mkdir()
     lines = []
-    info = train.fit(tmp_path / "out", data, params, lines.append, tmp_path / "ckpt")
+    info = fit(tmp_path / "out", data, params, lines.append, tmp_path / "ckpt")
     assert info["resumed_from_epoch"] is None and info["epochs_run"] == 2
     assert "is unreadable" in lines[0]
 
@@ -178,7 +192,7 @@ def test_a_checkpoint_that_fills_the_disk_leaves_no_temporary_folder(tmp_path, m
     import os
 
     from tasks import checkpoint
-    from tasks.store import StoreError
+    from tasks.engine.store import StoreError
 
     class Model:
         def save(self, path):

@@ -4,38 +4,25 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator
 
 from tasks import idx
+from tasks.params import BatchSize, Epochs, LearningRate, LrSchedule, Seed, TrainParams
 
 # The TensorFlow Datasets names this pipeline knows: 28x28 grayscale, 10 classes.
 DatasetName = Literal["mnist", "fashion_mnist"]
 
 # Constrained types shared by the config and the flow's parameters, so Prefect
 # refuses a bad value when a run is created, before any work starts.
-# Upper bounds too: a value TensorFlow or NumPy cannot take is refused here, not deep inside training.
-Epochs = Annotated[int, Field(ge=1, le=1000, description="Training epochs.")]
-BatchSize = Annotated[int, Field(ge=1, le=65536, description="Examples per training step.")]
-LearningRate = Annotated[
-    float,
-    Field(gt=0, le=1, allow_inf_nan=False, description="Adam's learning rate (its peak, with the cosine schedule)."),
-]
-LrSchedule = Annotated[
-    Literal["cosine", "constant"],
-    Field(description="cosine: the learning rate falls from its peak to 0 over the training, step by step; "
-                      "constant: as in the tutorial."),
-]
 TrainLimit = Annotated[
     Optional[int], Field(ge=1, le=2**31 - 1, description="Use only the first N training examples.")
 ]
-# NumPy's and Keras's seeds are 32-bit.
-Seed = Annotated[int, Field(ge=0, le=2**32 - 1, description="Seeds every random source.")]
 # A folder: never empty (that would be the working directory itself).
 Folder = Annotated[str, Field(min_length=1)]
 # The flow's `mirror`: a plain text field in the UI's form, where empty means download.
-# Python callers (the CLI) may pass None for the same.
+# Python callers (the CLI) may pass None for the same; the config itself takes None only.
 Mirror = Annotated[Optional[str], WithJsonSchema({"type": "string"})]
 AccuracyThreshold = Annotated[
     Optional[float],
@@ -59,28 +46,12 @@ DEFAULT_ACCURACY_THRESHOLD = {"mnist": 0.95, "fashion_mnist": 0.80}
 # Relative to the working directory, like the rest of a run's paths.
 DEFAULT_ARTIFACTS_DIR = "artifacts"
 
-# Automatic retries of a whole failed flow run; stages that completed come from cache.
-FLOW_RETRIES = int(os.environ.get("MNIST_PIPELINE_FLOW_RETRIES", "0"))
-FLOW_RETRY_DELAY_S = int(os.environ.get("MNIST_PIPELINE_FLOW_RETRY_DELAY_S", "10"))
-
 # Set on a worker (`make serve` does): the only folders, separated by ":", in which
 # runs created from the UI or the API may read a mirror or keep an artifact store.
 ALLOWED_ROOTS_ENV = "MNIST_PIPELINE_ALLOWED_ROOTS"
 
 # A few seconds of work end to end: what the tests and quick local checks run.
 TINY = {"epochs": 1, "batch_size": 16, "train_limit": 256}
-
-
-class TrainParams(BaseModel):
-    """Everything that shapes the trained model besides the data."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    epochs: Epochs = DEFAULT_EPOCHS
-    batch_size: BatchSize = DEFAULT_BATCH_SIZE
-    learning_rate: LearningRate = DEFAULT_LEARNING_RATE
-    lr_schedule: LrSchedule = DEFAULT_LR_SCHEDULE
-    seed: Seed = DEFAULT_SEED
 
 
 class PipelineConfig(BaseModel):
@@ -98,11 +69,6 @@ class PipelineConfig(BaseModel):
     seed: Seed = DEFAULT_SEED
     artifacts_dir: Folder = DEFAULT_ARTIFACTS_DIR
     accuracy_threshold: AccuracyThreshold = None
-
-    @field_validator("mirror", mode="before")
-    @classmethod
-    def _empty_mirror_means_download(cls, mirror: object) -> object:
-        return None if mirror == "" else mirror
 
     @field_validator("mirror")
     @classmethod
@@ -130,6 +96,7 @@ class PipelineConfig(BaseModel):
 
     @property
     def train(self) -> TrainParams:
+        """What the train stage takes."""
         return TrainParams(
             epochs=self.epochs,
             batch_size=self.batch_size,
@@ -195,3 +162,8 @@ def describe(error: ValidationError, as_option: bool = False) -> str:
     if message.startswith(f"{value} "):  # it names the value
         return f"{name} {message}"
     return f"{name} {value}: {message}"
+
+
+def train_params(**overrides: Any) -> TrainParams:
+    """The flow's default training parameters, with `overrides`."""
+    return PipelineConfig(**overrides).train

@@ -20,10 +20,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterator, Optional
 
-from tasks.refs import REF_TYPES, EntryRef
+from tasks.engine import layout
+from tasks.engine.layout import MANIFEST, REF
+from tasks.engine.refs import REF_TYPES, EntryRef
 
-MANIFEST = "manifest.json"
-REF = "ref.json"
 _CHUNK = 1 << 20
 # Less free space than this, after a failed write, means the disk is full.
 _NEARLY_FULL = 1 << 20
@@ -114,7 +114,7 @@ class ArtifactStore:
         return self
 
     def entry(self, stage: str, fingerprint: str) -> Path:
-        return self.root / stage / fingerprint
+        return layout.entry(self.root, stage, fingerprint)
 
     def path(self, ref: EntryRef) -> Path:
         """The folder of the entry that `ref` names."""

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from tasks.store import StoreError
+from tasks.engine.store import StoreError
 
 _POLL_S = 0.1
 

@@ -11,8 +11,7 @@ import errno
 import os
 from typing import Any
 
-from tasks.idx import IdxError, IdxTruncated
-from tasks.store import StoreError
+from tasks.engine.store import StoreError
 
 # Tries after the first, the waits before them (seconds), and how far each wait
 # may randomly stretch or shrink (0.5: +-50%), so that many runs do not retry in step.
@@ -29,10 +28,14 @@ class TransientError(RuntimeError):
     """A failure that may pass by itself; the stage is tried again."""
 
 
+class PermanentError(ValueError):
+    """A failure that another try meets again (a malformed file, a diverged training): never retried."""
+
+
 def is_transient(error: BaseException) -> bool:
-    if isinstance(error, (TransientError, IdxTruncated)):
+    if isinstance(error, TransientError):
         return True
-    if isinstance(error, (IdxError, StoreError)):
+    if isinstance(error, (PermanentError, StoreError)):
         return False
     if isinstance(error, OSError):
         return error.errno not in _LASTING_ERRNOS

@@ -11,9 +11,9 @@ from typing import Annotated, Any, Callable
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tasks.store import StoreError, disk_full
+from tasks.engine.layout import RUN_LOG
+from tasks.engine.store import StoreError, disk_full
 
-RUNS = "runs.jsonl"
 # The columns `mnist-pipeline runs` shows, in order.
 COLUMNS = ["finished", "dataset", "epochs", "batch_size", "learning_rate", "lr_schedule", "train_limit", "seed",
            "test_accuracy", "gate_passed", "gate_reason", "flow_run_id"]
@@ -33,7 +33,7 @@ class _Line(BaseModel):
 
 def append(artifacts_dir: str, record: dict[str, Any]) -> Callable[[], None]:
     """Add one run's line; returns what takes it back out (a truncation, which needs no space)."""
-    path = Path(artifacts_dir) / RUNS
+    path = Path(artifacts_dir) / RUN_LOG
     line = json.dumps(record, sort_keys=True, allow_nan=False) + "\n"
     # One write in append mode: concurrent runs never interleave inside a line.
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
@@ -57,7 +57,7 @@ def append(artifacts_dir: str, record: dict[str, Any]) -> Callable[[], None]:
 
 def read(artifacts_dir: str) -> pd.DataFrame:
     """Every logged run, oldest first; a line that is not a run is skipped with a warning."""
-    path = Path(artifacts_dir) / RUNS
+    path = Path(artifacts_dir) / RUN_LOG
     records = []
     for number, line in enumerate(path.read_text(errors="replace").splitlines() if path.is_file() else [], 1):
         try:

@@ -20,10 +20,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tasks.refs import Fingerprint, MetricsRef, ModelRef
-from tasks.store import ArtifactStore, write_atomically
+from tasks.engine import layout
+from tasks.engine.refs import Fingerprint, MetricsRef, ModelRef
+from tasks.engine.store import ArtifactStore, write_atomically
 
-CHAMPIONS = "champions"
 # How far below the champion's accuracy a new model may land and still replace it.
 TOLERANCE = 0.005
 
@@ -68,7 +68,7 @@ def judge(accuracy: float, threshold: float, champion_accuracy: Optional[float])
 
 
 def champion_path(artifacts_dir: str, dataset: str) -> Path:
-    return Path(artifacts_dir) / CHAMPIONS / f"{dataset}.json"
+    return layout.champion(artifacts_dir, dataset)
 
 
 def read_champion(artifacts_dir: str, dataset: str) -> Optional[Champion]:
@@ -85,8 +85,6 @@ def read_champion(artifacts_dir: str, dataset: str) -> Optional[Champion]:
 
 def champion_model(artifacts_dir: str, dataset: str) -> Path:
     """The champion's model file, once its train entry has been verified."""
-    from tasks import train
-
     champion = read_champion(artifacts_dir, dataset)
     if champion is None:
         raise FileNotFoundError(
@@ -94,10 +92,10 @@ def champion_model(artifacts_dir: str, dataset: str) -> Path:
             "(see `mnist-pipeline runs`); pass --model PATH, or run with a lower --accuracy-threshold"
         )
     store = ArtifactStore(artifacts_dir)
-    problem = store.problem(train.CACHE.stage, champion.model)
+    problem = store.problem("train", champion.model)
     if problem is not None:
         raise ChampionDamaged(f"the {dataset} champion's model cannot be trusted: {problem}")
-    return store.entry(train.CACHE.stage, champion.model) / train.MODEL
+    return store.load_ref("train", champion.model).at(store.root).model_file
 
 
 @task(cache_policy=NO_CACHE)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import logging
+import os
 import shutil
 import time
 from contextlib import ExitStack
@@ -10,34 +10,28 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from prefect import Task
+from prefect import Task, task
+from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Completed, State
 
-from tasks import gate, runlog
-from tasks.caching import EntryRecords
-from tasks.checkpoint import TrainingDiverged
-from tasks.config import PipelineConfig
-from tasks.idx import IdxError
-from tasks.locking import FileLockManager
-from tasks.refs import EntryRef, MetricsRef, ModelRef, ReportRef
-from tasks.report import REPORT_HTML, RUNS_DIR, publish_report, write_run_report
-from tasks.retries import TransientError
-from tasks.store import ArtifactStore, StoreError
+from flows.config import PipelineConfig
+from tasks import report as reports
+from tasks.engine import gate, layout, runlog
+from tasks.engine.caching import EntryRecords
+from tasks.engine.gate import GateResult
+from tasks.engine.locking import FileLockManager
+from tasks.engine.refs import EntryRef, MetricsRef, ModelRef, ReportRef
+from tasks.engine.retries import PermanentError, TransientError
+from tasks.engine.store import ArtifactStore, StoreError, write_atomically
 
-LOCKS_DIR = ".locks"
 # The flow run's state when its model did not pass the quality gate.
 NOT_PROMOTED = "NotPromoted"
-
-
-class _QuietHook(logging.Filter):
-    """Hides the engine's two INFO lines about the bookkeeping hook below."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "'count_attempts'" not in record.getMessage()
-
-
-logging.getLogger("prefect.task_runs").addFilter(_QuietHook())
+# Set by `make serve` for its worker: the file server's address, and the store it serves.
+REPORTS_URL_ENV = "MNIST_PIPELINE_REPORTS_URL"
+REPORTS_ROOT_ENV = "MNIST_PIPELINE_REPORTS_ROOT"
+# How many earlier runs of the same dataset a run's report compares against.
+PREVIOUS_RUNS = 5
 
 
 class StageFailed(RuntimeError):
@@ -79,7 +73,7 @@ def is_expected(error: BaseException) -> bool:
     """An error this project raises on purpose: its message says all, its traceback helps nobody."""
     if isinstance(error, StageFailed):
         return is_expected(error.cause)
-    return isinstance(error, (IdxError, StoreError, TransientError, TrainingDiverged))
+    return isinstance(error, (PermanentError, StoreError, TransientError))
 
 
 class StageRunner:
@@ -89,7 +83,7 @@ class StageRunner:
         self.artifacts_dir = artifacts_dir
         # Before any stage: an unwritable store fails the run at once, in one sentence.
         self.store = ArtifactStore(artifacts_dir).open()
-        self.locks = FileLockManager(self.store.root / LOCKS_DIR).open()
+        self.locks = FileLockManager(self.store.root / layout.LOCKS).open()
         self.records = EntryRecords(basepath=str(self.store.root))
         self.stages: dict[str, dict[str, Any]] = {}
         if (flow_run.run_count or 0) > 1:
@@ -97,19 +91,11 @@ class StageRunner:
 
     def __call__(self, stage_task: Task, *args: Any) -> Any:
         stage = stage_task.cache_policy.stage
-        # A stage served from cache never runs, so it counts as one attempt.
-        attempts = {"count": 1}
-
-        def count_attempts(task, task_run, state) -> None:
-            attempts["count"] = max(1, task_run.run_count)
-
         bound = stage_task.with_options(
             # Runs with the same inputs at once compute each stage once; the others wait.
             cache_policy=stage_task.cache_policy.configure(
                 isolation_level="SERIALIZABLE", lock_manager=self.locks
             ),
-            on_completion=[count_attempts],
-            on_failure=[count_attempts],
         )
         # Prefect's record of the result is the stage's entry in this run's store. Set
         # after construction: Task() takes only saved blocks, which a remote worker
@@ -120,7 +106,7 @@ class StageRunner:
         record = {
             "state": state.name,
             "seconds": round(time.perf_counter() - start, 3),
-            "attempts": attempts["count"],
+            "attempts": _attempts(state),
             "artifact": None,
         }
         self.stages[stage] = record
@@ -152,7 +138,7 @@ class StageRunner:
         if metrics is not None:
             summary["metrics"] = metrics.model_dump(include={"test_accuracy", "test_loss"})
         if report is not None:
-            summary["report"] = str(self.store.path(report) / REPORT_HTML)
+            summary["report"] = str(self.store.path(report) / reports.REPORT_HTML)
         return summary
 
     def finish(self, cfg: PipelineConfig, model: ModelRef, metrics: MetricsRef,
@@ -166,7 +152,7 @@ class StageRunner:
         state named NotPromoted if the gate refused the model.
         """
         run_id = str(flow_run.id)
-        folder = Path(self.artifacts_dir) / RUNS_DIR / run_id
+        folder = layout.run_folder(self.artifacts_dir, run_id)
         with gate.champion_lock(self.artifacts_dir, cfg.dataset), ExitStack() as undo:
             verdict = gate.gate_model(self.artifacts_dir, cfg.dataset, metrics, cfg.threshold)
             summary = self.summary(model=model, metrics=metrics, report=report)
@@ -174,7 +160,7 @@ class StageRunner:
             # The stage's report with what only this run knows (stage times, earlier runs).
             undo.callback(shutil.rmtree, folder, ignore_errors=True)
             write_run_report(self.artifacts_dir, folder, report, metrics, cfg.dataset, verdict, self.stages)
-            summary["run_report"] = str(folder / REPORT_HTML)
+            summary["run_report"] = str(folder / reports.REPORT_HTML)
             undo.callback(runlog.append(self.artifacts_dir, {
                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "flow_run_id": run_id,
@@ -191,3 +177,81 @@ class StageRunner:
             return summary
         # Completed, so nothing is retried; named, so the UI tells it from a promotion.
         return Completed(name=NOT_PROMOTED, message=f"not promoted: {verdict.reason}", data=summary)
+
+
+def _attempts(state: State) -> int:
+    """How many times the stage's task run ran: a stage served from the store counts once."""
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        return max(1, client.read_task_run(state.state_details.task_run_id).run_count)
+
+
+def write_run_report(artifacts_dir: str, folder: Path, report: ReportRef, metrics: MetricsRef, dataset: str,
+                     gate: GateResult, stages: dict[str, dict]) -> None:
+    """This run's report in `folder` (`runs/<flow run id>`): the stage's, and what only the run knows.
+
+    The gate's verdict, each stage's time and cache state, and the earlier runs.
+    """
+    import pandas as pd
+
+    entry = ArtifactStore(artifacts_dir).path(report)
+    timing = pd.DataFrame(stages).T[["state", "seconds", "attempts"]]
+    timing.index.name = "stage"
+    earlier = runlog.read(artifacts_dir)
+    earlier = earlier[earlier["dataset"] == dataset].tail(PREVIOUS_RUNS)
+    columns = ["finished", "epochs", "batch_size", "learning_rate", "lr_schedule", "train_limit", "test_accuracy",
+               "gate_passed"]
+    text = (entry / reports.REPORT_MD).read_text() + reports.render(
+        "run.md.j2", gate=gate, timing=timing, dataset=dataset, metrics=metrics,
+        earlier=None if earlier.empty else earlier[columns].reset_index(drop=True))
+    folder.mkdir(parents=True, exist_ok=True)
+    # The report's images beside it, so both pages read them by name.
+    for image in entry.glob("*.png"):
+        shutil.copyfile(image, folder / image.name)
+    write_atomically(folder / reports.REPORT_MD, text)
+    write_atomically(folder / reports.REPORT_HTML, reports.to_html(text, folder, title=text.splitlines()[0][2:]))
+
+
+def report_link(path: Path) -> str:
+    """Where a browser opens `path`: from `make serve`'s file server when it serves that store, else a file URI.
+
+    Browsers refuse file URIs from a web page, so only the first opens from the Prefect UI.
+    """
+    url, root = os.environ.get(REPORTS_URL_ENV), os.environ.get(REPORTS_ROOT_ENV)
+    if url and root:
+        try:
+            return f"{url.rstrip('/')}/{path.resolve().relative_to(Path(root).resolve()).as_posix()}"
+        except ValueError:
+            pass  # a store the file server does not serve
+    return path.resolve().as_uri()
+
+
+@task(cache_policy=NO_CACHE)
+def publish_report(artifacts_dir: str, folder: Path, metrics: MetricsRef, dataset: str, gate: GateResult) -> None:
+    """Show this run's report, its per-class scores and a link to its report.html in the Prefect UI."""
+    from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+
+    key = dataset.replace("_", "-")
+    link = report_link(folder / reports.REPORT_HTML)
+    headline = (f"**Test accuracy {metrics.test_accuracy:.4f}** (test split), test loss {metrics.test_loss:.4f}; "
+                f"{'promoted to champion' if gate.passed else 'not promoted'}: {gate.reason}. "
+                f"Full report with images: [report.html]({link})")
+    # The UI cannot reach the store's PNG files: images stay in report.html.
+    create_markdown_artifact(
+        key=f"{key}-report",
+        markdown=headline + "\n\n" + "\n".join(line for line in (folder / reports.REPORT_MD).read_text().splitlines()
+                                               if not line.startswith("![")) + "\n",
+        description="The pipeline's report (images in report.html).",
+    )
+    create_link_artifact(
+        key=f"{key}-report-html", link=link,
+        # Markdown in the description: the Artifacts tab's card links to the report itself.
+        link_text="report.html", description=f"Open [report.html]({link}): this run's self-contained report.",
+    )
+    per_class = metrics.at(artifacts_dir).tables()["per_class"]
+    create_table_artifact(
+        key=f"{key}-metrics",
+        table=per_class.reset_index().round(4).to_dict(orient="records"),
+        description=f"Per-class scores; test accuracy {metrics.test_accuracy:.4f}.",
+    )

@@ -1,0 +1,325 @@
+"""Stages as cached Prefect tasks, keyed on what their output depends on, verified on every hit.
+
+A stage is a plain function `compute(out, *inputs)` that writes its files to
+the folder `out` and returns its reference's fields. `stage()` turns it into
+the cached Prefect task. Its key (the fingerprint) hashes the inputs (upstream
+entries by their fingerprints and contents), the source of the stage's module
+and of the project modules it uses (the machinery in tasks.engine excepted:
+STORE_VERSION stands for it), and the versions of the libraries that compute
+it. Prefect's record of a stage's result is the entry itself: whenever Prefect
+reads it, it is rebuilt from the entry's verified `ref.json`, so nothing
+stored beside the entry is ever deserialized.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib.util
+import inspect
+import json
+import logging
+import re
+import shutil
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+from prefect import Task, task
+from prefect.cache_policies import CachePolicy
+from prefect.filesystems import LocalFileSystem
+from pydantic import BaseModel
+
+from tasks.engine import layout, retries
+from tasks.engine.refs import REF_TYPES, EntryRef
+from tasks.engine.store import ArtifactStore
+from tasks.engine.versions import library_versions
+
+# Task inputs that say where the store is, not what goes into it.
+_LOCATION_INPUTS = frozenset({"artifacts_dir"})
+RECORD = "result.json"
+_PROGRESS_KEYS = {"train": "training-progress"}
+# The machinery: its changes reach the keys through layout.STORE_VERSION only.
+_MACHINERY = "tasks.engine"
+
+log = logging.getLogger(__name__)
+
+
+_PACKAGE = "tasks"
+
+
+def project_modules(root: str, package: str = _PACKAGE) -> list[str]:
+    """`root` and every project module it imports, directly or through another, the machinery excepted."""
+    seen, todo = set(), [root]
+    while todo:
+        name = todo.pop()
+        if name not in seen and not _is_machinery(name):
+            seen.add(name)
+            todo.extend(_imports(name, package))
+    return sorted(seen)
+
+
+def _is_machinery(module: str) -> bool:
+    return module == _MACHINERY or module.startswith(f"{_MACHINERY}.")
+
+
+def _imports(module: str, package: str) -> set[str]:
+    # Read from the source, so a constant imported by name counts too.
+    tree = ast.parse(_source_path(module).read_bytes())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return {name for name in found if name.startswith(f"{package}.") and _is_module(name)}
+
+
+def _is_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # `name` is a class or constant of a module
+        return False
+
+
+def _source_path(module: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise ValueError(f"module {module} has no source file")
+    return Path(spec.origin)
+
+
+@lru_cache(maxsize=None)
+def source_digest(root: str, package: str = _PACKAGE, files: tuple[Path, ...] = ()) -> str:
+    """SHA-256 over the source of `root`, every project module it uses, and `files` (its templates)."""
+    digest = hashlib.sha256()
+    for name in project_modules(root, package):
+        digest.update(name.encode())
+        digest.update(_source_path(name).read_bytes())
+    for path in sorted(files):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _canonical(value: Any, store: Optional[ArtifactStore]) -> Any:
+    if isinstance(value, EntryRef):
+        # What the upstream entry holds, not only what it was asked to compute: an
+        # upstream stage computed again (after eviction, on another device) may
+        # come out different, and then what follows it must be computed again too.
+        return {"stage": value.stage, "fingerprint": value.fingerprint,
+                "content": store.content_digest(value) if store else None}
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    return value
+
+
+@dataclass
+class StageCache(CachePolicy):
+    """Cache one stage's output in the artifact store under its fingerprint."""
+
+    stage: str = ""
+    # The stage's module: its source, and that of the project modules it uses,
+    # decide the stage's output.
+    module: str = ""
+    # Extra key material computed from the inputs, e.g. the checksums of mirror files.
+    describe_inputs: Optional[Callable[[Mapping[str, Any]], Mapping[str, Any]]] = None
+    # Files besides modules that decide the output (the report's templates).
+    files: tuple[Path, ...] = field(default_factory=tuple)
+
+    def fingerprint(self, inputs: Mapping[str, Any]) -> str:
+        """The stage's key for `inputs`: the task's arguments, `artifacts_dir` included."""
+        store = ArtifactStore(inputs["artifacts_dir"]) if "artifacts_dir" in inputs else None
+        relevant = {k: v for k, v in inputs.items() if k not in _LOCATION_INPUTS}
+        if self.describe_inputs is not None:
+            relevant.update(self.describe_inputs(relevant))
+        material = {
+            "store_version": layout.STORE_VERSION,
+            "stage": self.stage,
+            "inputs": {k: _canonical(v, store) for k, v in sorted(relevant.items())},
+            "source": source_digest(self.module, files=self.files),
+            "versions": library_versions(),
+        }
+        blob = json.dumps(material, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def compute_key(self, task_ctx, inputs, flow_parameters, **kwargs) -> Optional[str]:
+        """Where Prefect looks for the stage's record: inside the entry (see EntryRecords)."""
+        return record_key(self.stage, self.fingerprint(inputs))
+
+    def produce(self, compute: Callable[..., Mapping[str, Any]], artifacts_dir: str,
+                inputs: Mapping[str, Any]) -> EntryRef:
+        """The stage's entry: served from the store when intact, else computed and published.
+
+        `compute(folder, **inputs, **extras)` writes the stage's files into
+        `folder` and returns the reference's fields besides stage and fingerprint.
+        """
+        store = ArtifactStore(artifacts_dir)
+        # Prefect computed it a moment ago, for its record's key.
+        fingerprint = _fingerprint_of_this_task_run(self.stage) or self.fingerprint(
+            {"artifacts_dir": artifacts_dir, **inputs})
+        if store.exists(self.stage, fingerprint) and not _discard_if_broken(store, self.stage, fingerprint):
+            return store.load_ref(self.stage, fingerprint)
+        located = {k: v.at(store.root) if isinstance(v, EntryRef) else v for k, v in inputs.items()}
+        work = layout.work(store.root, self.stage, fingerprint)
+        extras = {"work": lambda: work, "downloads": lambda: store.root / layout.TFDS, "log": run_logger,
+                  "progress": lambda: _progress_artifact(self.stage), "attempt": _attempt}
+        wanted = {name: extras[name]() for name, p in inspect.signature(compute).parameters.items()
+                  if p.kind is p.KEYWORD_ONLY}
+        with store.writing(self.stage, fingerprint) as folder:
+            ref = REF_TYPES[self.stage](stage=self.stage, fingerprint=fingerprint,
+                                        **compute(folder, **located, **wanted))
+            (folder / layout.REF).write_text(ref.model_dump_json(indent=1))
+        # The entry is complete: what the stage kept between attempts has served its purpose.
+        shutil.rmtree(work, ignore_errors=True)
+        return ref
+
+
+def stage(compute: Callable[..., Mapping[str, Any]], *,
+          describe_inputs: Optional[Callable[[Mapping[str, Any]], Mapping[str, Any]]] = None,
+          files: Sequence[Path] = ()) -> Task:
+    """The cached Prefect task `<compute's name>(artifacts_dir, *inputs)`: its stage is its module's name.
+
+    `compute(out, *inputs, *, work, downloads, log, progress)` is a plain
+    function: `out` is the entry's folder being written, the inputs are its
+    key, and of the keyword-only extras it declares, each gets its own: `work`
+    (a folder kept between attempts, removed once the entry is complete),
+    `downloads` (TensorFlow Datasets' folder in the store), `log` (the run
+    logger), `progress` (percent done, shown live in the UI), `attempt` (1 for
+    the first try of the task run).
+    """
+    name = compute.__module__.rsplit(".", 1)[-1]
+    signature = inspect.signature(compute)
+    inputs = [p for p in list(signature.parameters.values())[1:] if p.kind is p.POSITIONAL_OR_KEYWORD]
+    task_signature = signature.replace(
+        parameters=[inspect.Parameter("artifacts_dir", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=str),
+                    *inputs],
+        return_annotation=REF_TYPES[name])
+    cache = StageCache(stage=name, module=compute.__module__, describe_inputs=describe_inputs, files=tuple(files))
+
+    def run(*args: Any, **kwargs: Any) -> EntryRef:
+        arguments = task_signature.bind(*args, **kwargs)
+        arguments.apply_defaults()
+        inputs = dict(arguments.arguments)
+        return cache.produce(compute, inputs.pop("artifacts_dir"), inputs)
+
+    run.__signature__ = task_signature  # type: ignore[attr-defined]
+    run.__name__ = run.__qualname__ = compute.__name__
+    run.__doc__ = compute.__doc__
+    return task(
+        run,
+        cache_policy=cache,
+        persist_result=True,
+        # JSON, not pickle: reading a result back never runs code from the store.
+        result_serializer="json",
+        retries=retries.RETRIES,
+        retry_delay_seconds=retries.RETRY_DELAYS_S,
+        retry_jitter_factor=retries.RETRY_JITTER,
+        retry_condition_fn=retries.worth_retrying,
+    )
+
+
+def _attempt() -> int:
+    """Which try of its task run this is: 1 for the first, and outside Prefect."""
+    from prefect.context import TaskRunContext
+
+    context = TaskRunContext.get()
+    return max(1, context.task_run.run_count) if context is not None else 1
+
+
+def _fingerprint_of_this_task_run(stage: str) -> Optional[str]:
+    from prefect.transactions import get_transaction
+
+    transaction = get_transaction()
+    match = _RECORD_KEY.match(transaction.key or "") if transaction is not None else None
+    return match[2] if match is not None and match[1] == stage else None
+
+
+def _progress_artifact(stage: str) -> Callable[[float], None]:
+    """Percent done, as an artifact the UI shows live; made at the first report, so it never goes backwards."""
+    from prefect.context import TaskRunContext
+
+    if TaskRunContext.get() is None:  # called outside a task run: nobody to show it to
+        return lambda percent: None
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+    made: list[Any] = []
+
+    def report(percent: float) -> None:
+        if not made:
+            made.append(create_progress_artifact(progress=round(percent, 1), key=_PROGRESS_KEYS.get(stage, stage),
+                                                 description=f"Share of the {stage} stage done"))
+        else:
+            update_progress_artifact(artifact_id=made[0], progress=round(percent, 1))
+
+    return report
+
+
+def record_key(stage: str, fingerprint: str) -> str:
+    return f"{stage}/{fingerprint}/{RECORD}"
+
+
+_RECORD_KEY = re.compile(rf"^([a-z]+)/([0-9a-f]{{16}})/{re.escape(RECORD)}$")
+
+
+class EntryRecords(LocalFileSystem):
+    """Prefect's result storage for the stages: each record is made from its verified entry.
+
+    Prefect reads a cached result by deserializing the record at the stage's key
+    with whatever serializer the record names, so an altered record could name
+    pickle, or a class to import. Here no record is ever read from disk: reading
+    the key `<stage>/<fingerprint>/result.json` yields the entry's `ref.json`,
+    validated as that stage's reference type, and only while every file of the
+    entry matches its manifest. Anything else reads as absent, so Prefect runs
+    the stage, which replaces a broken entry. Prefect's writes are dropped: the
+    entry is the record, and a failure's record is never read back.
+    """
+
+    _block_type_name = "mnist-pipeline entry records"
+
+    def read_path(self, path: str, _sync: Optional[bool] = None) -> bytes:
+        from prefect.results import ResultRecord, ResultRecordMetadata
+        from prefect.serializers import JSONSerializer
+
+        match = _RECORD_KEY.match(path)
+        if match is None or match[1] not in REF_TYPES:
+            raise ValueError(f"{path} is not a stage's record")
+        store = ArtifactStore(self.basepath)
+        problem = store.problem(match[1], match[2])
+        if problem is not None:
+            raise ValueError(f"{path} is not served: {problem}")
+        ref = store.load_ref(match[1], match[2])
+        metadata = ResultRecordMetadata(storage_key=str(store.entry(ref.stage, ref.fingerprint) / RECORD),
+                                        serializer=JSONSerializer())
+        return ResultRecord(result=ref, metadata=metadata).serialize()
+
+    async def aread_path(self, path: str) -> bytes:
+        return self.read_path(path)
+
+    def write_path(self, path: str, content: bytes, _sync: Optional[bool] = None) -> str:
+        return str(Path(self.basepath) / path)
+
+    async def awrite_path(self, path: str, content: bytes) -> str:
+        return self.write_path(path, content)
+
+
+def _discard_if_broken(store: ArtifactStore, stage: str, fingerprint: str) -> bool:
+    """Evict an entry that fails verification; True if one was evicted."""
+    if not store.exists(stage, fingerprint):
+        return False
+    problem = store.problem(stage, fingerprint)
+    if problem is None:
+        return False
+    run_logger().warning("Recomputing %s: %s", stage, problem)
+    store.evict(stage, fingerprint)
+    return True
+
+
+def run_logger() -> logging.Logger | logging.LoggerAdapter:
+    """Prefect's run logger inside a task run (the UI shows it), else a plain logger."""
+    from prefect.context import TaskRunContext
+    from prefect.logging import get_run_logger
+
+    return get_run_logger() if TaskRunContext.get() else log

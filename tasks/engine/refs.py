@@ -1,0 +1,163 @@
+"""The small typed references that stages pass on instead of data, and the files they name.
+
+A reference names one entry of the artifact store. Located in a store
+(`ref.at(root)`, which the stage decorator does for every input), it reads its
+entry's files: stages learn nothing of each other's file names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+from tasks.engine import layout
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+StageName = Literal["download", "preprocess", "train", "evaluate", "report"]
+# 16 hex digits: never a path separator nor `..`, so a reference cannot point outside its stage's folder.
+Fingerprint = Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]
+
+
+class EntryRef(BaseModel):
+    """Names one complete entry of the artifact store: `<stage>/<fingerprint>/`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    stage: StageName
+    fingerprint: Fingerprint
+    _folder: Optional[Path] = PrivateAttr(default=None)
+
+    def at(self, root: layout.Root) -> "EntryRef":
+        """This reference, reading its files from the store at `root`."""
+        located = self.model_copy()
+        located._folder = layout.entry(root, self.stage, self.fingerprint)
+        return located
+
+    @property
+    def folder(self) -> Path:
+        if self._folder is None:
+            raise ValueError(f"{self.stage}/{self.fingerprint} is not located in a store: use .at(root)")
+        return self._folder
+
+
+class DatasetRef(EntryRef):
+    """The raw uint8 splits, as downloaded or read from a mirror."""
+
+    ARRAYS: ClassVar[str] = "data.npz"
+
+    dataset: str
+    source: str
+    train_count: int
+    test_count: int
+    # SHA-256 of each file read (TFDS's registered checksums on the download path).
+    files_sha256: dict[str, str]
+    # SHA-256 of the decoded arrays: equal for equal data, however it was stored.
+    arrays_sha256: str
+    # Doubts about the data, shown in the report: files whose checksums no registry knows.
+    warnings: list[str] = []
+
+    def arrays(self) -> dict[str, "np.ndarray"]:
+        """train_images, train_labels, test_images, test_labels."""
+        import numpy as np
+
+        with np.load(self.folder / self.ARRAYS) as data:
+            return {name: data[name] for name in data.files}
+
+
+class PreparedRef(EntryRef):
+    """Scaled float32 images of shape (N, 28, 28, 1), with labels and the sample grid."""
+
+    SAMPLES: ClassVar[str] = "samples.png"
+
+    train_count: int
+    test_count: int
+
+    @staticmethod
+    def split_files(split: str) -> tuple[str, str]:
+        return f"{split}_x.npy", f"{split}_y.npy"
+
+    def split(self, split: str, mmap: bool = False) -> tuple["np.ndarray", "np.ndarray"]:
+        """Images and labels of `train` or `test`; the images memory-mapped if asked."""
+        import numpy as np
+
+        images, labels = self.split_files(split)
+        return np.load(self.folder / images, mmap_mode="r" if mmap else None), np.load(self.folder / labels)
+
+
+class ModelRef(EntryRef):
+    """A trained model with its per-epoch history."""
+
+    MODEL: ClassVar[str] = "model.keras"
+    HISTORY: ClassVar[str] = "history.csv"
+    SUMMARY: ClassVar[str] = "model_summary.txt"
+    INFO: ClassVar[str] = "train.json"
+
+    epochs_run: int
+    epoch_seconds: list[float]
+    resumed_from_epoch: Optional[int] = None
+    device: str
+    # The batch size trained with: smaller than asked after GPU out-of-memory.
+    batch_size: int
+    notes: list[str] = []
+
+    @property
+    def model_file(self) -> Path:
+        return self.folder / self.MODEL
+
+    def load(self) -> Any:
+        """The Keras model; safe_mode refuses a file that would run code of its own."""
+        import keras
+
+        return keras.models.load_model(self.model_file, safe_mode=True)
+
+    def history(self) -> "pd.DataFrame":
+        import pandas as pd
+
+        return pd.read_csv(self.folder / self.HISTORY)
+
+    def summary(self) -> str:
+        return (self.folder / self.SUMMARY).read_text()
+
+
+class MetricsRef(EntryRef):
+    """Test-set metrics and the tables behind them."""
+
+    METRICS: ClassVar[str] = "metrics.json"
+    # Table name: its file, and whether its first column is the index.
+    TABLES: ClassVar[dict[str, tuple[str, bool]]] = {
+        "confusion": ("confusion.csv", True),
+        "per_class": ("per_class.csv", True),
+        "misclassified": ("misclassified.csv", False),
+        "first_predictions": ("predictions.csv", True),
+    }
+
+    test_accuracy: float
+    test_loss: float
+
+    def tables(self) -> dict[str, "pd.DataFrame"]:
+        import pandas as pd
+
+        return {name: pd.read_csv(self.folder / file, index_col=0 if indexed else None)
+                for name, (file, indexed) in self.TABLES.items()}
+
+
+class ReportRef(EntryRef):
+    """The rendered report."""
+
+    markdown: str
+    html: str
+
+
+# What each stage returns: the type its entry's ref.json is read back as.
+REF_TYPES: dict[str, type[EntryRef]] = {
+    "download": DatasetRef,
+    "preprocess": PreparedRef,
+    "train": ModelRef,
+    "evaluate": MetricsRef,
+    "report": ReportRef,
+}

@@ -1,0 +1,56 @@
+"""TensorFlow, imported quietly, and the device it trains on."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+from contextlib import contextmanager
+from typing import Iterator
+
+# What TensorFlow's C++ start-up writes straight to the terminal when a machine has no CUDA driver.
+_NO_DRIVER_NOISE = re.compile(rb"Could not find cuda drivers|failed call to cuInit|"
+                              rb"All log messages before absl::InitializeLog\(\) is called")
+
+
+@contextmanager
+def _without_no_driver_noise() -> Iterator[None]:
+    """Hold back what is written to stderr's file descriptor; pass on all but the no-driver lines."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            for line in caught:
+                if not _NO_DRIVER_NOISE.search(line):
+                    os.write(2, line)
+
+
+def tensorflow():
+    """TensorFlow, imported and its GPUs listed, without its no-driver lines on a machine without CUDA."""
+    with _without_no_driver_noise():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices("GPU")
+    return tf
+
+
+def select_device() -> str:
+    """The tutorial's GPU set-up: the first GPU only, its memory grown as needed."""
+    tf = tensorflow()
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return "CPU"
+    try:
+        tf.config.experimental.set_memory_growth(gpus[0], True)
+        tf.config.set_visible_devices([gpus[0]], "GPU")
+    except RuntimeError:
+        pass  # TensorFlow was initialised earlier in this process; its choice stands
+    return "GPU"
