@@ -32,19 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = commands.add_parser("run", help="run the whole pipeline once",
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    run.add_argument("--dataset", default=config.DEFAULT_DATASET, help="mnist or fashion_mnist")
-    run.add_argument("--mirror", help="folder holding the four IDX files; no download")
-    run.add_argument("--epochs", type=int, default=config.DEFAULT_EPOCHS)
-    run.add_argument("--batch-size", type=int, default=config.DEFAULT_BATCH_SIZE)
-    run.add_argument("--learning-rate", type=float, default=config.DEFAULT_LEARNING_RATE,
-                     help="Adam's learning rate; the peak of the cosine schedule")
-    run.add_argument("--lr-schedule", default=config.DEFAULT_LR_SCHEDULE,
-                     help="cosine (falls to 0 over the training) or constant (the tutorial's)")
-    run.add_argument("--train-limit", type=int, help="use only the first N training examples")
-    run.add_argument("--seed", type=int, default=config.DEFAULT_SEED)
-    run.add_argument("--artifacts-dir", default=config.DEFAULT_ARTIFACTS_DIR)
-    run.add_argument("--accuracy-threshold", type=float,
-                     help="least test accuracy for the model to become the champion")
+    config.add_options(run)
     run.add_argument("--json", action="store_true", help="print the run summary as JSON last")
     run.add_argument("--verbose", action="store_true",
                      help="print the tracebacks of expected failures too (the Prefect UI always has them)")

@@ -1,7 +1,8 @@
-"""The pipeline's one validated configuration, with every default in one place."""
+"""The pipeline's parameters, declared once: the flow's signature and the CLI's options derive from them."""
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
@@ -16,18 +17,13 @@ DatasetName = Literal["mnist", "fashion_mnist"]
 
 # Constrained types shared by the config and the flow's parameters, so Prefect
 # refuses a bad value when a run is created, before any work starts.
-TrainLimit = Annotated[
-    Optional[int], Field(ge=1, le=2**31 - 1, description="Use only the first N training examples.")
-]
+TrainLimit = Annotated[Optional[int], Field(ge=1, le=2**31 - 1)]
 # A folder: never empty (that would be the working directory itself).
 Folder = Annotated[str, Field(min_length=1)]
 # The flow's `mirror`: a plain text field in the UI's form, where empty means download.
 # Python callers (the CLI) may pass None for the same; the config itself takes None only.
 Mirror = Annotated[Optional[str], WithJsonSchema({"type": "string"})]
-AccuracyThreshold = Annotated[
-    Optional[float],
-    Field(ge=0, le=1, description="Least test accuracy to become the champion; empty: the dataset's default."),
-]
+AccuracyThreshold = Annotated[Optional[float], Field(ge=0, le=1)]
 
 DEFAULT_DATASET: DatasetName = "mnist"
 # The tutorial's 10 epochs reach about 99% on MNIST.
@@ -55,20 +51,31 @@ TINY = {"epochs": 1, "batch_size": 16, "train_limit": 256}
 
 
 class PipelineConfig(BaseModel):
-    """One run's settings, validated before any stage starts."""
+    """One run's settings, validated before any stage starts.
+
+    Each field is a parameter of the flow (the UI's Custom run form shows its
+    description) and an option of `mnist-pipeline run`.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    dataset: DatasetName = DEFAULT_DATASET
-    mirror: Optional[Folder] = None
-    epochs: Epochs = DEFAULT_EPOCHS
-    batch_size: BatchSize = DEFAULT_BATCH_SIZE
-    learning_rate: LearningRate = DEFAULT_LEARNING_RATE
-    lr_schedule: LrSchedule = DEFAULT_LR_SCHEDULE
-    train_limit: TrainLimit = None
-    seed: Seed = DEFAULT_SEED
-    artifacts_dir: Folder = DEFAULT_ARTIFACTS_DIR
-    accuracy_threshold: AccuracyThreshold = None
+    dataset: DatasetName = Field(DEFAULT_DATASET, description="mnist or fashion_mnist, as TensorFlow Datasets "
+                                                              "names them.")
+    mirror: Optional[Folder] = Field(None, description="A folder holding the dataset's four IDX files, read instead "
+                                                       "of downloading; empty: download.")
+    epochs: Epochs = Field(DEFAULT_EPOCHS, description="Training epochs, 1 to 1000.")
+    batch_size: BatchSize = Field(DEFAULT_BATCH_SIZE, description="Examples per training step, 1 to 65536.")
+    learning_rate: LearningRate = Field(DEFAULT_LEARNING_RATE, description="Adam's learning rate, above 0 and at "
+                                        "most 1; with the cosine schedule, its value at the start.")
+    lr_schedule: LrSchedule = Field(DEFAULT_LR_SCHEDULE, description="cosine falls from the learning rate to 0 over "
+                                    "the training; constant keeps it, as the tutorial does.")
+    train_limit: TrainLimit = Field(None, description="Train on the first N training images only; empty: all of "
+                                                      "them.")
+    seed: Seed = Field(DEFAULT_SEED, description="Seeds every random source, 0 to 4294967295.")
+    artifacts_dir: Folder = Field(DEFAULT_ARTIFACTS_DIR, description="The artifact store, on the worker; a relative "
+                                                                     "path starts in the project.")
+    accuracy_threshold: AccuracyThreshold = Field(None, description="Least test accuracy to become the dataset's "
+                                                  "champion; empty: 0.95 (mnist), 0.80 (fashion_mnist).")
 
     @field_validator("mirror")
     @classmethod
@@ -167,3 +174,33 @@ def describe(error: ValidationError, as_option: bool = False) -> str:
 def train_params(**overrides: Any) -> TrainParams:
     """The flow's default training parameters, with `overrides`."""
     return PipelineConfig(**overrides).train
+
+
+def with_parameters(fn: Any) -> Any:
+    """`fn(**parameters)` given PipelineConfig's fields as its signature and its docstring's Args.
+
+    Prefect reads both for the flow's parameters: their types, bounds and
+    defaults (checked when a run is created) and the form's descriptions.
+    """
+    parameters, args = [], []
+    for name, field in PipelineConfig.model_fields.items():
+        annotation = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+        default = field.default
+        if name == "mirror":  # a plain text field in the form, where empty means download
+            annotation, default = Mirror, ""
+        parameters.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                            annotation=annotation))
+        args.append(f"    {name}: {field.description}")
+    fn.__signature__ = inspect.Signature(parameters, return_annotation=dict[str, Any])
+    fn.__doc__ = f"{inspect.cleandoc(fn.__doc__ or '')}\n\nArgs:\n" + "\n".join(args)
+    return fn
+
+
+def add_options(parser: Any) -> None:
+    """One option per field of PipelineConfig, `--batch-size` for `batch_size`."""
+    properties = PipelineConfig.model_json_schema()["properties"]
+    for name, field in PipelineConfig.model_fields.items():
+        kinds = {choice.get("type") for choice in properties[name].get("anyOf", [properties[name]])}
+        kind = int if "integer" in kinds else float if "number" in kinds else str
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=field.default,
+                            help=field.description)

@@ -11,19 +11,13 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 # Upper bounds too: a value TensorFlow or NumPy cannot take is refused here, not deep inside training.
-Epochs = Annotated[int, Field(ge=1, le=1000, description="Training epochs.")]
-BatchSize = Annotated[int, Field(ge=1, le=65536, description="Examples per training step.")]
-LearningRate = Annotated[
-    float,
-    Field(gt=0, le=1, allow_inf_nan=False, description="Adam's learning rate (its peak, with the cosine schedule)."),
-]
-LrSchedule = Annotated[
-    Literal["cosine", "constant"],
-    Field(description="cosine: the learning rate falls from its peak to 0 over the training, step by step; "
-                      "constant: as in the tutorial."),
-]
+Epochs = Annotated[int, Field(ge=1, le=1000)]
+BatchSize = Annotated[int, Field(ge=1, le=65536)]
+LearningRate = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
+# cosine: the learning rate falls from its peak to 0 over the training, step by step; constant: the tutorial's.
+LrSchedule = Literal["cosine", "constant"]
 # NumPy's and Keras's seeds are 32-bit.
-Seed = Annotated[int, Field(ge=0, le=2**32 - 1, description="Seeds every random source.")]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
 
 class TrainParams(BaseModel):

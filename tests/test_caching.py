@@ -1,5 +1,6 @@
 import importlib
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -147,3 +148,92 @@ def test_a_broken_entry_that_cannot_be_removed_is_never_served(tmp_path, immutab
     with pytest.raises(StoreError, match=f"the preprocess entry {folder} is damaged and cannot be removed "
                                          r"\(Operation not permitted\); remove it by hand"):
         cache.produce(_write, str(tmp_path), {"raw": "r"})
+
+
+_KEYS = """
+import sys
+from pathlib import Path
+from tasks.engine.caching import StageCache
+from tasks.engine.refs import DatasetRef, MetricsRef, ModelRef, PreparedRef
+from tasks.params import TrainParams
+from tasks.report import TEMPLATES
+
+ref = dict(fingerprint="00000000f00df00d")
+inputs = {
+    "train": {"data": PreparedRef(stage="preprocess", train_count=1, test_count=1, **ref),
+              "params": TrainParams(epochs=1, batch_size=8, learning_rate=0.001, lr_schedule="constant", seed=0)},
+    "report": {"metrics": MetricsRef(stage="evaluate", test_accuracy=0.5, test_loss=1.0, **ref)},
+}
+for stage, given in inputs.items():
+    files = tuple(sorted(TEMPLATES.glob("report.md.j2"))) if stage == "report" else ()
+    print(stage, StageCache(stage=stage, module=f"tasks.{stage}", files=files).fingerprint(given))
+"""
+
+
+def _keys(project: Path) -> dict[str, str]:
+    """Train's and report's keys as computed from the sources of `project`."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", _KEYS], cwd=project, capture_output=True, text=True, check=True,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(project), "PREFECT_HOME": str(project / ".prefect"),
+                               "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
+    return dict(line.split() for line in done.stdout.splitlines())
+
+
+@pytest.fixture
+def project_copy(tmp_path):
+    """The project's tasks/ package, copied: edited here, the real sources stay as they are."""
+    import shutil
+    from pathlib import Path
+
+    import tasks
+
+    shutil.copytree(Path(tasks.__file__).parent, tmp_path / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
+    return tmp_path
+
+
+def test_keys_follow_what_each_stage_computes(project_copy):
+    before = _keys(project_copy)
+    # A figure's size: the report draws figures, training does not.
+    plots = project_copy / "tasks" / "plots.py"
+    plots.write_text(plots.read_text().replace("figsize=(10, 3.5)", "figsize=(12, 4)"))
+    after_plots = _keys(project_copy)
+    assert after_plots["train"] == before["train"]
+    assert after_plots["report"] != before["report"]
+    # The model's layers: training computes something else.
+    train = project_copy / "tasks" / "train.py"
+    train.write_text(train.read_text().replace("layers.Dense(64, activation=\"relu\")",
+                                               "layers.Dense(128, activation=\"relu\")"))
+    assert _keys(project_copy)["train"] != after_plots["train"]
+    # The machinery: only STORE_VERSION reaches the keys.
+    store = project_copy / "tasks" / "engine" / "store.py"
+    store.write_text(store.read_text() + "\n# a comment\n")
+    assert _keys(project_copy)["train"] != after_plots["train"]  # still the new layers
+    layout = project_copy / "tasks" / "engine" / "layout.py"
+    keys = _keys(project_copy)
+    layout.write_text(layout.read_text().replace("STORE_VERSION = ", "STORE_VERSION = 1 + "))
+    bumped = _keys(project_copy)
+    assert bumped["train"] != keys["train"] and bumped["report"] != keys["report"]
+
+
+def test_the_machinery_and_other_stages_stay_out_of_every_key():
+    for stage in ("download", "preprocess", "train", "evaluate", "report"):
+        modules = project_modules(f"tasks.{stage}")
+        assert not [m for m in modules if m.startswith("tasks.engine")], stage
+        assert not [m for m in modules if m.rsplit(".", 1)[1] in {"download", "preprocess", "train", "evaluate",
+                                                                    "report"} and m != f"tasks.{stage}"], stage
+
+
+def test_the_readme_says_what_each_key_covers():
+    import re
+    from pathlib import Path
+
+    from flows import stages
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    rows = dict(re.findall(r"^\| (\w+) \| (`tasks/.*`) \|$", readme, re.M))
+    for name in ("download_dataset", "preprocess_dataset", "train_model", "evaluate_model", "build_report"):
+        cache = getattr(stages, name).cache_policy
+        covered = {f"tasks/{m.split('.', 1)[1].replace('.', '/')}.py" for m in project_modules(cache.module)}
+        covered |= {f"tasks/templates/{path.name}" for path in cache.files}
+        assert set(re.findall(r"`([^`]+)`", rows[cache.stage])) == covered, cache.stage

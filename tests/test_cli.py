@@ -301,3 +301,17 @@ def test_nightly_parameters_from_the_setting(monkeypatch, mirror):
 
     monkeypatch.setenv("MNIST_PIPELINE_NIGHTLY", f'{{"mirror": "{mirror}", "epochs": 3}}')
     assert deployments.nightly_parameters() == {"mirror": str(mirror), "epochs": 3}
+
+
+def test_the_flow_and_the_command_line_take_the_configs_fields():
+    from flows.config import PipelineConfig
+    from flows.pipeline import mnist_pipeline
+
+    fields = {name: field.default for name, field in PipelineConfig.model_fields.items()}
+    schema = mnist_pipeline.parameters.model_dump()["properties"]
+    assert list(schema) == list(fields)
+    assert {name: schema[name]["default"] for name in fields} == {**fields, "mirror": ""}  # the form's empty field
+    assert {name: schema[name]["description"] for name in fields} == {
+        name: field.description for name, field in PipelineConfig.model_fields.items()}
+    options = vars(cli._parser().parse_args(["run"]))
+    assert {name: options[name] for name in fields} == fields
