@@ -16,11 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from flows.config import TrainParams
-from tasks.download import download_dataset
-from tasks.evaluate import evaluate_model
-from tasks.preprocess import preprocess_dataset
-from tasks.train import train_model
+from flows.stages import download_dataset, evaluate_model, preprocess_dataset, train_model
+from tasks.params import TrainParams
 
 SETTINGS = ["32:0.001:constant", "32:0.002:constant", "32:0.002:cosine", "32:0.004:cosine", "64:0.004:cosine"]
 

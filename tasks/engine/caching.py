@@ -24,7 +24,7 @@ import shutil
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 from prefect import Task, task
 from prefect.cache_policies import CachePolicy
@@ -317,7 +317,7 @@ def _discard_if_broken(store: ArtifactStore, stage: str, fingerprint: str) -> bo
     return True
 
 
-def run_logger() -> logging.Logger | logging.LoggerAdapter:
+def run_logger() -> Union[logging.Logger, logging.LoggerAdapter]:
     """Prefect's run logger inside a task run (the UI shows it), else a plain logger."""
     from prefect.context import TaskRunContext
     from prefect.logging import get_run_logger

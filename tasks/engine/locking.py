@@ -15,7 +15,7 @@ import hashlib
 import os
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 from tasks.engine.store import StoreError
 
@@ -25,7 +25,7 @@ _POLL_S = 0.1
 class FileLockManager:
     """Implements `prefect.locking.protocol.LockManager` with one lock file per key."""
 
-    def __init__(self, directory: str | os.PathLike[str]):
+    def __init__(self, directory: Union[str, os.PathLike[str]]):
         self.directory = Path(directory)
         # key -> (holder, file descriptor that holds the lock)
         self._held: dict[str, tuple[str, int]] = {}

@@ -6,7 +6,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Annotated, Any, Callable
+from typing import Annotated, Any, Callable, Optional
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -28,7 +28,7 @@ class _Line(BaseModel):
 
     flow_run_id: str
     dataset: str = ""
-    test_accuracy: Annotated[float, Field(ge=0, le=1, strict=True)] | None = None
+    test_accuracy: Optional[Annotated[float, Field(ge=0, le=1, strict=True)]] = None
 
 
 def append(artifacts_dir: str, record: dict[str, Any]) -> Callable[[], None]:

@@ -18,7 +18,7 @@ import uuid
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Union
 
 from tasks.engine import layout
 from tasks.engine.layout import MANIFEST, REF
@@ -97,7 +97,7 @@ def disk_full(err: OSError, where: Path) -> bool:
 
 
 class ArtifactStore:
-    def __init__(self, root: str | os.PathLike[str]):
+    def __init__(self, root: Union[str, os.PathLike[str]]):
         self.root = Path(root)
 
     def open(self) -> "ArtifactStore":
