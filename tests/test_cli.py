@@ -67,9 +67,23 @@ def test_bad_input_starts_no_stage_and_no_prefect(tmp_path):
     assert not (tmp_path / "artifacts").exists()
 
 
-def _start_cli(tmp_path, *args, importtime=False, home="prefect-home", new_session=False):
+@pytest.fixture(scope="module")
+def server():
+    """One Prefect server the module's command-line runs join (as they join `make serve`'s), where the
+    temporary server each would start is not what a test is about: that start costs ~10 s a run."""
+    from flows.server import TemporaryServer
+
+    started = TemporaryServer()
+    started.wait_until_healthy()
+    yield started.api_url
+    started.stop()
+
+
+def _start_cli(tmp_path, *args, importtime=False, home="prefect-home", new_session=False, server=None):
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / home)}
     env.pop("PREFECT_API_URL", None)
+    if server is not None:
+        env["PREFECT_API_URL"] = server
     flags = ["-X", "importtime"] if importtime else []
     return subprocess.Popen(
         [sys.executable, *flags, "-m", "flows.cli", "run", *args, "--json"],
@@ -78,8 +92,8 @@ def _start_cli(tmp_path, *args, importtime=False, home="prefect-home", new_sessi
     )
 
 
-def _run_cli(tmp_path, *args, importtime=False):
-    process = _start_cli(tmp_path, *args, importtime=importtime)
+def _run_cli(tmp_path, *args, importtime=False, server=None):
+    process = _start_cli(tmp_path, *args, importtime=importtime, server=server)
     stdout, stderr = process.communicate(timeout=300)
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
@@ -89,9 +103,9 @@ def _summary(stdout: str) -> dict:
 
 
 @pytest.mark.e2e
-def test_command_runs_then_serves_everything_from_cache(tmp_path, mirror):
+def test_command_runs_then_serves_everything_from_cache(tmp_path, mirror, server):
     args = ["--mirror", str(mirror), "--epochs", "2", "--batch-size", "16"]
-    first = _run_cli(tmp_path, *args)
+    first = _run_cli(tmp_path, *args, server=server)
     assert first.returncode == 0, first.stderr[-2000:]
     summary = _summary(first.stdout)
     assert {s["state"] for s in summary["stages"].values()} == {"Completed"}
@@ -100,7 +114,7 @@ def test_command_runs_then_serves_everything_from_cache(tmp_path, mirror):
     assert "cuInit" not in first.stderr and "Could not find cuda drivers" not in first.stderr
     assert (tmp_path / summary["report"]).is_file()
 
-    again = _run_cli(tmp_path, *args, importtime=True)
+    again = _run_cli(tmp_path, *args, importtime=True, server=server)
     assert again.returncode == 0, again.stderr[-2000:]
     cached = _summary(again.stdout)
     assert {s["state"] for s in cached["stages"].values()} == {"Cached"}
@@ -110,11 +124,11 @@ def test_command_runs_then_serves_everything_from_cache(tmp_path, mirror):
 
 
 @pytest.mark.e2e
-def test_failed_stage_exits_1_naming_it(tmp_path):
+def test_failed_stage_exits_1_naming_it(tmp_path, server):
     mirror = write_mirror(tmp_path / "mirror", gzipped=False)
     labels = mirror / "t10k-labels-idx1-ubyte"
     labels.write_bytes(labels.read_bytes()[:-10])  # the header is fine, the body is short
-    result = _run_cli(tmp_path, "--mirror", str(mirror), "--epochs", "1")
+    result = _run_cli(tmp_path, "--mirror", str(mirror), "--epochs", "1", server=server)
     assert result.returncode == cli.EXIT_FAILED
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("mnist-pipeline: error: stage download failed:")
@@ -123,7 +137,7 @@ def test_failed_stage_exits_1_naming_it(tmp_path):
     assert summary["state"] == "Failed" and summary["stages"]["download"]["state"] == "Failed"
     # An expected failure: its message says all, no traceback on the terminal.
     assert "Traceback" not in result.stderr
-    verbose = _run_cli(tmp_path, "--mirror", str(mirror), "--epochs", "1", "--verbose")
+    verbose = _run_cli(tmp_path, "--mirror", str(mirror), "--epochs", "1", "--verbose", server=server)
     assert verbose.returncode == cli.EXIT_FAILED and "Traceback" in verbose.stderr
 
 
@@ -132,10 +146,10 @@ def test_failed_stage_exits_1_naming_it(tmp_path):
     (3, ["Cached", "Completed"]),  # same inputs: one run trains, the other waits for it
     (2, ["Completed", "Completed"]),  # different training: each trains, sharing the data stages
 ])
-def test_concurrent_runs_compute_shared_stages_once(tmp_path, mirror, epochs_b, trained_states):
+def test_concurrent_runs_compute_shared_stages_once(tmp_path, mirror, epochs_b, trained_states, server):
     base = ["--mirror", str(mirror), "--batch-size", "16"]
-    # Two Prefect homes (two temporary servers), one artifact store: the working directory.
-    runs = [_start_cli(tmp_path, *base, "--epochs", str(epochs), home=f"home-{i}")
+    # One server, one artifact store (the working directory): only the store's locks keep them apart.
+    runs = [_start_cli(tmp_path, *base, "--epochs", str(epochs), home=f"home-{i}", server=server)
             for i, epochs in enumerate([3, epochs_b])]
     outputs = [run.communicate(timeout=300) for run in runs]
     assert [run.returncode for run in runs] == [0, 0], [err[-2000:] for _, err in outputs]
@@ -148,18 +162,18 @@ def test_concurrent_runs_compute_shared_stages_once(tmp_path, mirror, epochs_b, 
 
 
 @pytest.mark.e2e
-def test_run_killed_during_training_resumes_where_it_stopped(tmp_path):
+def test_run_killed_during_training_resumes_where_it_stopped(tmp_path, server):
     mirror = write_mirror(tmp_path / "mirror", train=2000, test=200)
     args = ["--mirror", str(mirror), "--epochs", "5", "--batch-size", "16"]
     # Its own session, so SIGKILL takes Prefect's temporary server down with it.
-    doomed = _start_cli(tmp_path, *args, new_session=True)
+    doomed = _start_cli(tmp_path, *args, new_session=True, server=server)
     for line in doomed.stderr:
         if "epoch 2/5" in line:
             os.killpg(doomed.pid, signal.SIGKILL)
             break
     assert doomed.wait(timeout=60) == -signal.SIGKILL
 
-    result = _run_cli(tmp_path, *args)
+    result = _run_cli(tmp_path, *args, server=server)
     assert result.returncode == 0, result.stderr[-2000:]
     summary = _summary(result.stdout)
     assert [s["state"] for s in summary["stages"].values()] == ["Cached", "Cached", "Completed", "Completed", "Completed"]
@@ -239,8 +253,8 @@ def _alive(pid: int) -> bool:
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
 def test_the_temporary_server_ends_with_the_run(tmp_path, mirror, sig):
     process = _start_cli(tmp_path, "--mirror", str(mirror), "--epochs", "1000", "--batch-size", "16")
-    for line in process.stderr:  # training has started: the server is up and in use
-        if "epoch 1/1000" in line:
+    for line in process.stderr:  # the flow has begun: the server is up and in use
+        if "Beginning flow run" in line:
             break
     [server] = [c for c in _children(process.pid) if "uvicorn" in open(f"/proc/{c}/cmdline").read()]
     process.send_signal(sig)
@@ -252,12 +266,12 @@ def test_the_temporary_server_ends_with_the_run(tmp_path, mirror, sig):
 
 
 @pytest.mark.e2e
-def test_mirror_file_still_being_copied_is_retried(tmp_path):
+def test_mirror_file_still_being_copied_is_retried(tmp_path, server):
     mirror = write_mirror(tmp_path / "mirror", gzipped=False)
     images = mirror / "train-images-idx3-ubyte"
     whole = images.read_bytes()
     images.write_bytes(whole[: len(whole) // 2])  # the copy has not finished yet
-    process = _start_cli(tmp_path, "--mirror", str(mirror), "--epochs", "1", "--batch-size", "16")
+    process = _start_cli(tmp_path, "--mirror", str(mirror), "--epochs", "1", "--batch-size", "16", server=server)
     for line in process.stderr:
         if "Retry 1/" in line:
             images.write_bytes(whole)  # ... and now it has
