@@ -24,6 +24,7 @@ Folder = Annotated[str, Field(min_length=1)]
 # Python callers (the CLI) may pass None for the same; the config itself takes None only.
 Mirror = Annotated[Optional[str], WithJsonSchema({"type": "string"})]
 AccuracyThreshold = Annotated[Optional[float], Field(ge=0, le=1)]
+ValidationSplit = Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]
 
 DEFAULT_DATASET: DatasetName = "mnist"
 # The tutorial's 10 epochs reach about 99% on MNIST.
@@ -36,6 +37,8 @@ DEFAULT_BATCH_SIZE = 32
 DEFAULT_LEARNING_RATE = 6e-3
 DEFAULT_LR_SCHEDULE = "cosine"
 DEFAULT_SEED = 0
+# Every choice (recipe, gate) is made on validation figures; the test split is read once, by evaluate.
+DEFAULT_VALIDATION_SPLIT = 0.1
 # The quality gate's floor per dataset: below what a few thousand images reach in
 # 3 epochs (Fashion-MNIST: 0.82-0.84 in BENCHMARKS.md); the champion rule does the rest.
 DEFAULT_ACCURACY_THRESHOLD = {"mnist": 0.95, "fashion_mnist": 0.80}
@@ -71,6 +74,9 @@ class PipelineConfig(BaseModel):
                                     "the training; constant keeps it, as the tutorial does.")
     train_limit: TrainLimit = Field(None, description="Train on the first N training images only; empty: all of "
                                                       "them.")
+    validation_split: ValidationSplit = Field(DEFAULT_VALIDATION_SPLIT, description="Share of the training images "
+                                              "held out (the last ones) to validate each epoch; 0: validate on the "
+                                              "test split, as the tutorial does.")
     seed: Seed = Field(DEFAULT_SEED, description="Seeds every random source, 0 to 4294967295.")
     artifacts_dir: Folder = Field(DEFAULT_ARTIFACTS_DIR, description="The artifact store, on the worker; a relative "
                                                                      "path starts in the project.")

@@ -24,9 +24,9 @@ def mnist_pipeline(**parameters: Any) -> dict[str, Any]:
     run = StageRunner(cfg.artifacts_dir)
     # The raw uint8 splits: downloaded through TFDS, or read from a mirror.
     raw = run(download_dataset, cfg.dataset, cfg.mirror)
-    # Pixels scaled to [0, 1], images reshaped to (N, 28, 28, 1), 20 samples drawn.
-    data = run(preprocess_dataset, raw, cfg.train_limit)
-    # The CNN fitted on the training split, validated on the test split.
+    # Pixels scaled to [0, 1], images reshaped to (N, 28, 28, 1), validation held out, 20 samples drawn.
+    data = run(preprocess_dataset, raw, cfg.train_limit, cfg.validation_split)
+    # The CNN fitted on the training split, validated on the held-out validation split.
     model = run(train_model, data, cfg.train)
     # Test loss and accuracy, confusion matrix, per-class scores.
     metrics = run(evaluate_model, model, data)

@@ -133,10 +133,11 @@ class StageRunner:
         }
         if model is not None:
             summary["train"] = model.model_dump(
-                include={"epochs_run", "epoch_seconds", "resumed_from_epoch", "device", "batch_size", "notes"}
+                include={"epochs_run", "epoch_seconds", "resumed_from_epoch", "device", "batch_size", "notes",
+                         "train_count", "validation_count", "validated_on", "validation_accuracy", "validation_loss"}
             )
         if metrics is not None:
-            summary["metrics"] = metrics.model_dump(include={"test_accuracy", "test_loss"})
+            summary["metrics"] = metrics.model_dump(include={"test_accuracy", "test_loss", "test_count", "test_sha256"})
         if report is not None:
             summary["report"] = str(self.store.path(report) / reports.REPORT_HTML)
         return summary
@@ -165,6 +166,11 @@ class StageRunner:
                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "flow_run_id": run_id,
                 **cfg.model_dump(exclude={"artifacts_dir"}),
+                # Which data the figures come from: the test split's short checksum, and the splits' sizes.
+                "test_data": metrics.test_sha256[:12],
+                "sizes": f"{model.train_count}/{model.validation_count if model.validated_on == 'validation' else 0}"
+                         f"/{metrics.test_count}",
+                "validation_accuracy": model.validation_accuracy,
                 "test_accuracy": metrics.test_accuracy, "test_loss": metrics.test_loss,
                 "gate_passed": verdict.passed, "gate_reason": verdict.reason,
                 "stages": {stage: record["state"] for stage, record in self.stages.items()},
@@ -200,8 +206,8 @@ def write_run_report(artifacts_dir: str, folder: Path, report: ReportRef, metric
     timing.index.name = "stage"
     earlier = runlog.read(artifacts_dir)
     earlier = earlier[earlier["dataset"] == dataset].tail(PREVIOUS_RUNS)
-    columns = ["finished", "epochs", "batch_size", "learning_rate", "lr_schedule", "train_limit", "test_accuracy",
-               "gate_passed"]
+    columns = ["finished", "test_data", "sizes", "epochs", "batch_size", "learning_rate", "lr_schedule",
+               "validation_accuracy", "test_accuracy", "gate_passed"]
     text = (entry / reports.REPORT_MD).read_text() + reports.render(
         "run.md.j2", gate=gate, timing=timing, dataset=dataset, metrics=metrics,
         earlier=None if earlier.empty else earlier[columns].reset_index(drop=True))

@@ -158,5 +158,6 @@ def download_dataset(out: Path, dataset: str, mirror: Optional[str] = None, *, d
         "test_count": len(arrays["test_labels"]),
         "files_sha256": checksums,
         "arrays_sha256": arrays_sha256(arrays),
+        "test_sha256": arrays_sha256({name: arrays[name] for name in ("test_images", "test_labels")}),
         "warnings": warnings,
     }

@@ -73,6 +73,7 @@ def evaluate_model(out: Path, model: ModelRef, data: PreparedRef) -> dict[str, A
     scores = score(logits, y_test)
     for name, (file, indexed) in MetricsRef.TABLES.items():
         scores[name].to_csv(out / file, index=indexed)
-    metrics = {"test_accuracy": scores["test_accuracy"], "test_loss": scores["test_loss"]}
+    metrics = {"test_accuracy": scores["test_accuracy"], "test_loss": scores["test_loss"],
+               "test_count": len(y_test), "test_sha256": data.test_sha256}
     (out / MetricsRef.METRICS).write_text(json.dumps(metrics, indent=1))
     return metrics

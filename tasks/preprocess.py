@@ -10,7 +10,6 @@ import numpy as np
 from tasks import plots
 from tasks.engine.refs import DatasetRef, PreparedRef
 
-SPLITS = ("train", "test")
 SAMPLE_COUNT = 20
 
 
@@ -19,22 +18,28 @@ def scale(images: np.ndarray) -> np.ndarray:
     return (images.astype(np.float32) / 255.0)[..., np.newaxis]
 
 
-def preprocess_dataset(out: Path, raw: DatasetRef, train_limit: Optional[int] = None) -> dict[str, Any]:
-    """Scale and reshape both splits and draw the 20-image sample grid."""
+def validation_size(examples: int, validation_split: float) -> int:
+    """How many of `examples` training images are held out: the share asked, at least one, never all."""
+    if validation_split <= 0 or examples < 2:
+        return 0
+    return min(examples - 1, max(1, round(examples * validation_split)))
+
+
+def preprocess_dataset(out: Path, raw: DatasetRef, train_limit: Optional[int] = None,
+                       validation_split: float = 0.0) -> dict[str, Any]:
+    """Scale and reshape the splits, hold out the last `validation_split` of training, draw 20 samples."""
     arrays = raw.arrays()
-    if train_limit is not None:
-        arrays["train_images"] = arrays["train_images"][:train_limit]
-        arrays["train_labels"] = arrays["train_labels"][:train_limit]
-    for split in SPLITS:
-        images, labels = PreparedRef.split_files(split)
-        np.save(out / images, scale(arrays[f"{split}_images"]))
-        np.save(out / labels, arrays[f"{split}_labels"].astype(np.int64))
-    plots.image_grid(
-        arrays["train_images"][:SAMPLE_COUNT],
-        [str(label) for label in arrays["train_labels"][:SAMPLE_COUNT]],
-        out / PreparedRef.SAMPLES,
-    )
-    return {
-        "train_count": len(arrays["train_labels"]),
-        "test_count": len(arrays["test_labels"]),
-    }
+    images, labels = arrays["train_images"][:train_limit], arrays["train_labels"][:train_limit]
+    held_out = validation_size(len(labels), validation_split)
+    kept = len(labels) - held_out
+    splits = {"train": (images[:kept], labels[:kept]), "validation": (images[kept:], labels[kept:]),
+              "test": (arrays["test_images"], arrays["test_labels"])}
+    for split, (x, y) in splits.items():
+        if split == "validation" and not held_out:
+            continue
+        x_file, y_file = PreparedRef.split_files(split)
+        np.save(out / x_file, scale(x))
+        np.save(out / y_file, y.astype(np.int64))
+    plots.image_grid(images[:SAMPLE_COUNT], [str(label) for label in labels[:SAMPLE_COUNT]], out / PreparedRef.SAMPLES)
+    return {"train_count": kept, "validation_count": held_out, "test_count": len(arrays["test_labels"]),
+            "test_sha256": raw.test_sha256}

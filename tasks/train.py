@@ -100,7 +100,7 @@ def _compiled_model(params: TrainParams, resume_from: Optional[Path]):
 
 def train_model(out: Path, data: PreparedRef, params: TrainParams, *, work: Path, log: Any,
                 progress: Callable[[float], None], attempt: int) -> dict[str, Any]:
-    """Fit the CNN with Adam on the training split, validating on the test split.
+    """Fit the CNN with Adam on the training split, validating on the held-out validation split.
 
     Resumes from the checkpoints in `work` when they hold any. Writes the model,
     the history of every epoch and the model's summary to `out`.
@@ -112,7 +112,8 @@ def train_model(out: Path, data: PreparedRef, params: TrainParams, *, work: Path
 
     keras.utils.set_random_seed(params.seed)
     x_train, y_train = data.split("train")
-    x_test, y_test = data.split("test")
+    # The held-out part of the training split; the test split only when none is held out (the tutorial's way).
+    x_val, y_val = data.split(data.validated_on)
     checkpoints, say = work, log.info
 
     resume_from = checkpoint.latest(checkpoints)
@@ -129,7 +130,7 @@ def train_model(out: Path, data: PreparedRef, params: TrainParams, *, work: Path
     progress(100.0 * len(history) / params.epochs)
     recorder = checkpoint.epoch_recorder(params.epochs, history, checkpoints, say, progress)
     train = tf.data.Dataset.from_tensor_slices((x_train, y_train))
-    validation = make_dataset(x_test, y_test, _EVAL_BATCH)
+    validation = make_dataset(x_val, y_val, _EVAL_BATCH)
     first = len(history)
     batch_size = _batch_size(params, checkpoints, attempt)
     callbacks = [recorder]
@@ -164,6 +165,11 @@ def train_model(out: Path, data: PreparedRef, params: TrainParams, *, work: Path
         "device": device,
         "batch_size": batch_size,
         "notes": notes,
+        "train_count": data.train_count,
+        "validation_count": data.validation_count if data.validation_count else data.test_count,
+        "validated_on": data.validated_on,
+        "validation_accuracy": float(history[-1]["val_accuracy"]),
+        "validation_loss": float(history[-1]["val_loss"]),
     }
     (out / ModelRef.INFO).write_text(json.dumps(info, indent=1))
     return info

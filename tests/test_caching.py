@@ -10,7 +10,7 @@ from flows.config import train_params
 from tasks.engine.refs import PreparedRef
 from tasks.engine.store import ArtifactStore
 
-DATA = PreparedRef(stage="preprocess", fingerprint="00000000f00df00d", train_count=1, test_count=1)
+DATA = PreparedRef(stage="preprocess", fingerprint="00000000f00df00d", train_count=1, validation_count=0, test_count=1, test_sha256="0" * 64)
 
 
 @pytest.fixture
@@ -83,7 +83,7 @@ def test_produce_rebuilds_a_broken_entry(tmp_path):
     assert weights.read_bytes() == b"w" * 100
 def _write(out, raw):
     (out / "weights.bin").write_bytes(b"w" * 100)
-    return {"train_count": 1, "test_count": 1}
+    return {"train_count": 1, "validation_count": 0, "test_count": 1, "test_sha256": "0" * 64}
 
 
 def test_cache_key_names_the_entry(tmp_path):
@@ -101,7 +101,7 @@ def test_downstream_key_follows_what_the_upstream_entry_holds(tmp_path):
     def build_with(content: bytes):
         def build(out, raw):
             (out / "train_x.npy").write_bytes(content)
-            return {"train_count": 1, "test_count": 1}
+            return {"train_count": 1, "validation_count": 0, "test_count": 1, "test_sha256": "0" * 64}
         return build
 
     first = upstream.produce(build_with(b"A"), store, {"raw": "r"})
@@ -160,9 +160,10 @@ from tasks.report import TEMPLATES
 
 ref = dict(fingerprint="00000000f00df00d")
 inputs = {
-    "train": {"data": PreparedRef(stage="preprocess", train_count=1, test_count=1, **ref),
+    "train": {"data": PreparedRef(stage="preprocess", train_count=1, validation_count=0, test_count=1, test_sha256="0" * 64, **ref),
               "params": TrainParams(epochs=1, batch_size=8, learning_rate=0.001, lr_schedule="constant", seed=0)},
-    "report": {"metrics": MetricsRef(stage="evaluate", test_accuracy=0.5, test_loss=1.0, **ref)},
+    "report": {"metrics": MetricsRef(stage="evaluate", test_accuracy=0.5, test_loss=1.0, test_count=1,
+                                     test_sha256="0" * 64, **ref)},
 }
 for stage, given in inputs.items():
     files = tuple(sorted(TEMPLATES.glob("report.md.j2"))) if stage == "report" else ()

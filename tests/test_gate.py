@@ -4,34 +4,40 @@ from tasks.engine import gate
 from tasks.engine.refs import MetricsRef, ModelRef
 
 
+TEST_DATA = "t" * 64
+
+
 def test_under_the_threshold_is_refused():
-    result = gate.judge(0.95, threshold=0.97, champion_accuracy=None)
+    result = gate.judge(0.95, threshold=0.97, bar=None)
     assert not result.passed and "0.9500 is under the threshold 0.9700" in result.reason
 
 
 def test_first_model_over_the_threshold_is_promoted():
-    assert gate.judge(0.98, threshold=0.97, champion_accuracy=None).passed
+    assert gate.judge(0.98, threshold=0.97, bar=None).passed
 
 
-def test_worse_than_the_champion_beyond_tolerance_is_refused():
-    result = gate.judge(0.980, threshold=0.97, champion_accuracy=0.990)
-    assert not result.passed and "under the champion's 0.9900" in result.reason
+def test_worse_than_the_best_on_the_same_test_data_beyond_tolerance_is_refused():
+    result = gate.judge(0.980, threshold=0.97, bar=0.990)
+    assert not result.passed and "under 0.9900, the best promoted on the same test data" in result.reason
     assert result.champion_accuracy == 0.990
 
 
-def test_within_tolerance_of_the_champion_is_promoted():
-    assert gate.judge(0.990 - gate.TOLERANCE / 2, threshold=0.97, champion_accuracy=0.990).passed
+def test_within_tolerance_of_the_best_is_promoted():
+    assert gate.judge(0.990 - gate.TOLERANCE / 2, threshold=0.97, bar=0.990).passed
 
 
-def _refs(fingerprint: str, accuracy: float):
-    model = ModelRef(stage="train", fingerprint=fingerprint, epochs_run=1, epoch_seconds=[1.0],
-                     device="CPU", batch_size=32)
-    return model, MetricsRef(stage="evaluate", fingerprint="e" * 16, test_accuracy=accuracy, test_loss=0.1)
+def _refs(fingerprint: str, accuracy: float, test_data: str = TEST_DATA):
+    model = ModelRef(stage="train", fingerprint=fingerprint, epochs_run=1, epoch_seconds=[1.0], device="CPU",
+                     batch_size=32, train_count=1, validation_count=1, validated_on="validation",
+                     validation_accuracy=accuracy, validation_loss=0.1)
+    return model, MetricsRef(stage="evaluate", fingerprint="e" * 16, test_accuracy=accuracy, test_loss=0.1,
+                             test_count=100, test_sha256=test_data)
 
 
-def _decide(store: str, fingerprint: str, accuracy: float, run_id: str) -> gate.GateResult:
+def _decide(store: str, fingerprint: str, accuracy: float, run_id: str,
+            test_data: str = TEST_DATA) -> gate.GateResult:
     """The gate's steps as a run takes them: judge, then promote if passed, under the champion's lock."""
-    model, metrics = _refs(fingerprint, accuracy)
+    model, metrics = _refs(fingerprint, accuracy, test_data)
     with gate.champion_lock(store, "mnist"):
         verdict = gate.gate_model.fn(store, "mnist", metrics, 0.97)
         if verdict.passed:
@@ -96,3 +102,29 @@ def test_promotion_waits_for_another_runs_judgement(tmp_path):
         assert results == [] and gate.read_champion(store, "mnist") is None
     judge.join(timeout=10)
     assert results[0].passed and gate.read_champion(store, "mnist").model == "a" * 16
+
+
+
+def test_a_run_on_other_test_data_is_judged_against_the_threshold_alone(tmp_path):
+    store = str(tmp_path)
+    assert _decide(store, "a" * 16, 0.9764, "run-1", test_data="1" * 64).passed
+    # Measured on another mirror's test images: 0.9700 is not "under the champion's 0.9764".
+    verdict = _decide(store, "b" * 16, 0.9700, "run-2", test_data="2" * 64)
+    assert verdict.passed and verdict.champion_accuracy is None
+    assert "measured on other test data, so it was judged against the threshold alone" in verdict.reason
+    champion = gate.read_champion(store, "mnist")
+    assert (champion.model, champion.test_sha256) == ("b" * 16, "2" * 64)
+    # Back on the first test data, the bar is still what was promoted there.
+    refused = _decide(store, "c" * 16, 0.9700, "run-3", test_data="1" * 64)
+    assert not refused.passed and refused.champion_accuracy == 0.9764
+
+
+def test_promotions_cannot_ratchet_down():
+    import tempfile
+
+    store = tempfile.mkdtemp()
+    # Five runs, each 0.004 under the last: within the tolerance of the last champion every time.
+    accuracies = [0.990 - 0.004 * i for i in range(5)]
+    passed = [_decide(store, f"{i:016x}", accuracy, f"run-{i}").passed for i, accuracy in enumerate(accuracies)]
+    assert passed == [True, True, False, False, False]
+    assert gate.read_champion(store, "mnist").best == {TEST_DATA: 0.990}

@@ -87,8 +87,10 @@ def champion(model_path, tmp_path):
     shutil.copytree(model_path.parent.parent.parent, store)
     fingerprint = model_path.parent.name
     model = ModelRef(stage="train", fingerprint=fingerprint, epochs_run=4, epoch_seconds=[1.0], device="CPU",
-                     batch_size=16)
-    metrics = MetricsRef(stage="evaluate", fingerprint="0" * 16, test_accuracy=0.99, test_loss=0.1)
+                     batch_size=16, train_count=1, validation_count=1, validated_on="validation",
+                     validation_accuracy=0.99, validation_loss=0.1)
+    metrics = MetricsRef(stage="evaluate", fingerprint="0" * 16, test_accuracy=0.99, test_loss=0.1, test_count=1,
+                         test_sha256="0" * 64)
     gate.promote(str(store), "mnist", model, metrics, "run-1")
     return store
 

@@ -38,7 +38,8 @@ class Payload:
 def entry(tmp_path):
     MARKER.unlink(missing_ok=True)
     cache = StageCache(stage="evaluate", module="tasks.evaluate")
-    ref = cache.produce(lambda out, model: {"test_accuracy": 0.843, "test_loss": 0.5}, str(tmp_path), {"model": "m"})
+    ref = cache.produce(lambda out, model: {"test_accuracy": 0.843, "test_loss": 0.5, "test_count": 1,
+                                            "test_sha256": "0" * 64}, str(tmp_path), {"model": "m"})
     yield tmp_path, ref
     MARKER.unlink(missing_ok=True)
 

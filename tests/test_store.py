@@ -8,7 +8,7 @@ FP = "0123456789abcdef"
 
 def _publish(store: ArtifactStore, content: bytes = b"weights") -> None:
     with store.writing("preprocess", FP) as folder:
-        (folder / REF).write_text(PreparedRef(stage="preprocess", fingerprint=FP, train_count=1, test_count=1)
+        (folder / REF).write_text(PreparedRef(stage="preprocess", fingerprint=FP, train_count=1, validation_count=0, test_count=1, test_sha256="0" * 64)
                                   .model_dump_json())
         (folder / "model.bin").write_bytes(content)
         (folder / "sub").mkdir()

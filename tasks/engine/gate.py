@@ -1,8 +1,11 @@
 """The quality gate: a run's model becomes its dataset's champion only if good enough.
 
 As TFX's Evaluator blesses a model: the candidate must reach the accuracy
-threshold, and must not fall behind the current champion by more than the
-tolerance. The champion record lives in the artifact store,
+threshold, and must not fall more than the tolerance below the best test
+accuracy ever promoted on the same test data (by SHA-256). Accuracies measured
+on other test data are never compared: such a run is judged against the
+threshold alone, and its verdict says so. The bar never falls, so a chain of
+promotions cannot drift down. The champion record lives in the artifact store,
 `champions/<dataset>.json`, written atomically.
 """
 
@@ -32,6 +35,7 @@ log = logging.getLogger(__name__)
 
 class GateResult(BaseModel):
     passed: bool
+    # The bar the run was held to: the best test accuracy promoted on the same test data, if any.
     champion_accuracy: Optional[float]
     reason: str
 
@@ -46,25 +50,43 @@ class Champion(BaseModel):
     flow_run_id: str
     # The model's entry relative to the store, so a moved store still finds it.
     model_path: str = ""
+    # SHA-256 of the test split its accuracy was measured on (None in records from before it was kept).
+    test_sha256: Optional[str] = None
+    # The best test accuracy ever promoted, per test data (by SHA-256): the bar, which never falls.
+    best: dict[str, Annotated[float, Field(ge=0, le=1, strict=True)]] = {}
+
+    def bar(self, test_sha256: str) -> Optional[float]:
+        """The best accuracy promoted on this test data, None if none was measured on it."""
+        found = [self.best.get(test_sha256), self.test_accuracy if self.test_sha256 == test_sha256 else None]
+        return max((a for a in found if a is not None), default=None)
 
 
 class ChampionDamaged(ValueError):
     """A champion record that cannot be read: reported, kept as evidence, never trusted."""
 
 
-def judge(accuracy: float, threshold: float, champion_accuracy: Optional[float]) -> GateResult:
-    """Whether a model of test accuracy `accuracy` may replace the champion, and why."""
+def judge(accuracy: float, threshold: float, bar: Optional[float], other_data: bool = False) -> GateResult:
+    """Whether a model of test accuracy `accuracy` may become the champion, and why.
+
+    `bar` is the best accuracy promoted on the same test data; `other_data`
+    says the current champion was measured on other test data.
+    """
     if accuracy < threshold:
-        return GateResult(passed=False, champion_accuracy=champion_accuracy,
+        return GateResult(passed=False, champion_accuracy=bar,
                           reason=f"test accuracy {accuracy:.4f} is under the threshold {threshold:.4f}")
-    if champion_accuracy is not None and accuracy < champion_accuracy - TOLERANCE:
-        return GateResult(passed=False, champion_accuracy=champion_accuracy,
-                          reason=f"test accuracy {accuracy:.4f} is more than {TOLERANCE} under "
-                                 f"the champion's {champion_accuracy:.4f}")
-    return GateResult(passed=True, champion_accuracy=champion_accuracy,
-                      reason=f"test accuracy {accuracy:.4f} reaches the threshold {threshold:.4f}"
-                             + ("" if champion_accuracy is None else
-                                f" and holds against the champion's {champion_accuracy:.4f}"))
+    if bar is not None and accuracy < bar - TOLERANCE:
+        return GateResult(passed=False, champion_accuracy=bar,
+                          reason=f"test accuracy {accuracy:.4f} is more than {TOLERANCE} under {bar:.4f}, "
+                                 "the best promoted on the same test data")
+    if bar is not None:
+        against = f" and holds against {bar:.4f}, the best promoted on the same test data"
+    elif other_data:
+        against = ("; the champion was measured on other test data, so it was judged against the threshold "
+                   "alone")
+    else:
+        against = ""
+    return GateResult(passed=True, champion_accuracy=bar,
+                      reason=f"test accuracy {accuracy:.4f} reaches the threshold {threshold:.4f}{against}")
 
 
 def champion_path(artifacts_dir: str, dataset: str) -> Path:
@@ -106,7 +128,10 @@ def gate_model(artifacts_dir: str, dataset: str, metrics: MetricsRef, threshold:
     except ChampionDamaged as damaged:
         log.warning("%s; judging as if there were no champion", damaged)
         champion = None
-    return judge(metrics.test_accuracy, threshold, champion and champion.test_accuracy)
+    if champion is None:
+        return judge(metrics.test_accuracy, threshold, None)
+    bar = champion.bar(metrics.test_sha256)
+    return judge(metrics.test_accuracy, threshold, bar, other_data=champion.test_sha256 != metrics.test_sha256)
 
 
 def promote(artifacts_dir: str, dataset: str, model: ModelRef, metrics: MetricsRef, flow_run_id: str) -> None:
@@ -124,8 +149,12 @@ def promote(artifacts_dir: str, dataset: str, model: ModelRef, metrics: MetricsR
         champion = None
     if champion is not None and champion.model == model.fingerprint:
         return
+    best = dict(champion.best) if champion is not None else {}
+    if champion is not None and champion.test_sha256 is not None:
+        best[champion.test_sha256] = champion.bar(champion.test_sha256)
+    best[metrics.test_sha256] = max(best.get(metrics.test_sha256, 0.0), metrics.test_accuracy)
     record = Champion(model=model.fingerprint, test_accuracy=metrics.test_accuracy, flow_run_id=flow_run_id,
-                      model_path=f"{model.stage}/{model.fingerprint}")
+                      model_path=f"{model.stage}/{model.fingerprint}", test_sha256=metrics.test_sha256, best=best)
     write_atomically(path, record.model_dump_json(indent=1))
 
 

@@ -58,6 +58,8 @@ class DatasetRef(EntryRef):
     files_sha256: dict[str, str]
     # SHA-256 of the decoded arrays: equal for equal data, however it was stored.
     arrays_sha256: str
+    # The same, of the test split alone: which test data a model's test accuracy was measured on.
+    test_sha256: str
     # Doubts about the data, shown in the report: files whose checksums no registry knows.
     warnings: list[str] = []
 
@@ -70,12 +72,24 @@ class DatasetRef(EntryRef):
 
 
 class PreparedRef(EntryRef):
-    """Scaled float32 images of shape (N, 28, 28, 1), with labels and the sample grid."""
+    """Scaled float32 images of shape (N, 28, 28, 1), with labels and the sample grid.
+
+    Splits: `train`; `validation`, the last part of the training split held out
+    (none when validation_count is 0: training then validates on `test`, as the
+    tutorial does); and `test`, which only evaluate reads.
+    """
 
     SAMPLES: ClassVar[str] = "samples.png"
 
     train_count: int
+    validation_count: int
     test_count: int
+    test_sha256: str
+
+    @property
+    def validated_on(self) -> Literal["validation", "test"]:
+        """The split training validates on."""
+        return "validation" if self.validation_count else "test"
 
     @staticmethod
     def split_files(split: str) -> tuple[str, str]:
@@ -104,6 +118,13 @@ class ModelRef(EntryRef):
     # The batch size trained with: smaller than asked after GPU out-of-memory.
     batch_size: int
     notes: list[str] = []
+    # The images it trained on and validated on; the split its per-epoch validation figures come from,
+    # and the last epoch's.
+    train_count: int
+    validation_count: int
+    validated_on: Literal["validation", "test"]
+    validation_accuracy: float
+    validation_loss: float
 
     @property
     def model_file(self) -> Path:
@@ -138,6 +159,9 @@ class MetricsRef(EntryRef):
 
     test_accuracy: float
     test_loss: float
+    # The test split these figures come from: its size and SHA-256.
+    test_count: int
+    test_sha256: str
 
     def tables(self) -> dict[str, "pd.DataFrame"]:
         import pandas as pd

@@ -15,8 +15,9 @@ from tasks.engine.layout import RUN_LOG
 from tasks.engine.store import StoreError, disk_full
 
 # The columns `mnist-pipeline runs` shows, in order.
-COLUMNS = ["finished", "dataset", "epochs", "batch_size", "learning_rate", "lr_schedule", "train_limit", "seed",
-           "test_accuracy", "gate_passed", "gate_reason", "flow_run_id"]
+COLUMNS = ["finished", "dataset", "test_data", "sizes", "epochs", "batch_size", "learning_rate", "lr_schedule",
+           "train_limit", "validation_split", "seed", "validation_accuracy", "test_accuracy", "gate_passed",
+           "gate_reason", "flow_run_id"]
 
 log = logging.getLogger(__name__)
 
