@@ -107,6 +107,11 @@ class _WithoutExpectedTracebacks(logging.Formatter):
             record.exc_info, record.exc_text = saved
 
 
+def _bookkeeping(record: logging.LogRecord) -> bool:
+    """False for the engine's lines about the hook that counts a stage's tries: nothing a user needs."""
+    return "'count_attempts'" not in record.getMessage()
+
+
 def _quiet_terminal() -> None:
     from prefect.logging.handlers import PrefectConsoleHandler
 
@@ -114,6 +119,7 @@ def _quiet_terminal() -> None:
     for handler in {h for logger in loggers for h in getattr(logger, "handlers", [])}:
         if isinstance(handler, PrefectConsoleHandler) and handler.formatter is not None:
             handler.setFormatter(_WithoutExpectedTracebacks(handler.formatter))
+            handler.addFilter(_bookkeeping)
 
 
 def run(cfg: PipelineConfig, as_json: bool, verbose: bool = False) -> int:

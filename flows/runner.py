@@ -86,6 +86,8 @@ class StageRunner:
         self.locks = FileLockManager(self.store.root / layout.LOCKS).open()
         self.records = EntryRecords(basepath=str(self.store.root))
         self.stages: dict[str, dict[str, Any]] = {}
+        # Task run id: how many times it ran, as Prefect's hooks report it.
+        self.attempts: dict[Any, int] = {}
         if (flow_run.run_count or 0) > 1:
             _crash_leftover_task_runs()
 
@@ -96,6 +98,8 @@ class StageRunner:
             cache_policy=stage_task.cache_policy.configure(
                 isolation_level="SERIALIZABLE", lock_manager=self.locks
             ),
+            on_completion=[self.count_attempts],
+            on_failure=[self.count_attempts],
         )
         # Prefect's record of the result is the stage's entry in this run's store. Set
         # after construction: Task() takes only saved blocks, which a remote worker
@@ -106,7 +110,8 @@ class StageRunner:
         record = {
             "state": state.name,
             "seconds": round(time.perf_counter() - start, 3),
-            "attempts": _attempts(state),
+            # A stage served from cache never runs its hooks: one attempt.
+            "attempts": self.attempts.pop(state.state_details.task_run_id, 1),
             "artifact": None,
         }
         self.stages[stage] = record
@@ -117,6 +122,10 @@ class StageRunner:
         ref: EntryRef = state.result()
         record["artifact"] = str(self.store.path(ref))
         return ref
+
+    def count_attempts(self, task: Task, task_run: Any, state: State) -> None:
+        """Prefect's hook on a stage's final state: its task run's count of tries."""
+        self.attempts[task_run.id] = max(1, task_run.run_count)
 
     def summary(
         self,
@@ -183,14 +192,6 @@ class StageRunner:
             return summary
         # Completed, so nothing is retried; named, so the UI tells it from a promotion.
         return Completed(name=NOT_PROMOTED, message=f"not promoted: {verdict.reason}", data=summary)
-
-
-def _attempts(state: State) -> int:
-    """How many times the stage's task run ran: a stage served from the store counts once."""
-    from prefect import get_client
-
-    with get_client(sync_client=True) as client:
-        return max(1, client.read_task_run(state.state_details.task_run_id).run_count)
 
 
 def write_run_report(artifacts_dir: str, folder: Path, report: ReportRef, metrics: MetricsRef, dataset: str,

@@ -86,7 +86,12 @@ def test_summary_matches_the_contract(run, store):
         assert set(record) == {"state", "seconds", "attempts", "artifact"}
         assert record["attempts"] == 1
         assert record["artifact"].startswith(f"{store}/{stage}/")
-    assert set(summary["train"]) == {"epochs_run", "epoch_seconds", "resumed_from_epoch", "device", "batch_size", "notes"}
+    # The contract's fields, and which split each figure comes from (the README's extension).
+    assert set(summary["train"]) == {"epochs_run", "epoch_seconds", "resumed_from_epoch", "device", "batch_size", "notes",
+                                     "train_count", "validation_count", "validated_on", "validation_accuracy",
+                                     "validation_loss"}
+    assert summary["train"]["validated_on"] == "validation"
+    assert set(summary["metrics"]) == {"test_accuracy", "test_loss", "test_count", "test_sha256"}
     assert 0.0 <= summary["metrics"]["test_accuracy"] <= 1.0
 
 
