@@ -9,7 +9,6 @@ from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator
 
-from tasks import idx
 from tasks.params import BatchSize, Epochs, LearningRate, LrSchedule, Seed, TrainParams
 
 # The TensorFlow Datasets names this pipeline knows: 28x28 grayscale, 10 classes.
@@ -89,6 +88,8 @@ class PipelineConfig(BaseModel):
         # Headers only: a wrong or missing file is refused in milliseconds, and
         # the download stage checks every byte.
         if mirror is not None:
+            from tasks import idx  # NumPy: only when there is a mirror to check
+
             confine(mirror, "mirror")
             idx.check_mirror_headers(Path(mirror))
         return mirror
