@@ -217,7 +217,7 @@ def write_run_report(artifacts_dir: str, folder: Path, report: ReportRef, metric
     for image in entry.glob("*.png"):
         shutil.copyfile(image, folder / image.name)
     write_atomically(folder / reports.REPORT_MD, text)
-    write_atomically(folder / reports.REPORT_HTML, reports.to_html(text, folder, title=text.splitlines()[0][2:]))
+    write_atomically(folder / reports.REPORT_HTML, reports.to_html(text, folder))
 
 
 def report_link(path: Path) -> str:

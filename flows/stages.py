@@ -9,4 +9,4 @@ download_dataset = stage(download.download_dataset, describe_inputs=download.mir
 preprocess_dataset = stage(preprocess.preprocess_dataset)
 train_model = stage(train.train_model)
 evaluate_model = stage(evaluate.evaluate_model)
-build_report = stage(report.build_report, files=sorted(report.TEMPLATES.glob("report.md.j2")))
+build_report = stage(report.build_report, files=[report.TEMPLATES / "report.md.j2"])

@@ -55,8 +55,8 @@ def render(template: str, **context: Any) -> str:
     return _templates().get_template(template).render(**context)
 
 
-def to_html(markdown_text: str, images: Path, title: str) -> str:
-    """The page of `markdown_text`, each image read from `images` and put inside it."""
+def to_html(markdown_text: str, images: Path) -> str:
+    """The page of `markdown_text`, titled by its first heading, each image read from `images` and put inside it."""
     import markdown
     from markdown.extensions import Extension
     from markdown.treeprocessors import Treeprocessor
@@ -74,7 +74,7 @@ def to_html(markdown_text: str, images: Path, title: str) -> str:
             md.treeprocessors.register(InlineImages(md), "inline_images", 0)
 
     body = markdown.markdown(markdown_text, extensions=["tables", "fenced_code", Extend()])
-    return render("page.html.j2", title=title, body=Markup(body))
+    return render("page.html.j2", title=markdown_text.splitlines()[0].lstrip("# "), body=Markup(body))
 
 
 def build_report(out: Path, raw: DatasetRef, data: PreparedRef, model: ModelRef, metrics: MetricsRef,
@@ -103,5 +103,5 @@ def build_report(out: Path, raw: DatasetRef, data: PreparedRef, model: ModelRef,
         files=pd.DataFrame(sorted(raw.files_sha256.items()), columns=["file", "sha256"]),
     )
     (out / REPORT_MD).write_text(text)
-    (out / REPORT_HTML).write_text(to_html(text, out, title=text.splitlines()[0].lstrip("# ")))
+    (out / REPORT_HTML).write_text(to_html(text, out))
     return {"markdown": REPORT_MD, "html": REPORT_HTML}
