@@ -142,7 +142,7 @@ class StageRunner:
         }
         if model is not None:
             summary["train"] = model.model_dump(
-                include={"epochs_run", "epoch_seconds", "resumed_from_epoch", "device", "batch_size", "notes",
+                include={"epochs_run", "epoch_seconds", "resumed_from_epoch", "device", "batch_size", "replicas", "notes",
                          "train_count", "validation_count", "validated_on", "validation_accuracy", "validation_loss"}
             )
         if metrics is not None:

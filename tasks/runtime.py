@@ -7,7 +7,7 @@ import re
 import sys
 import tempfile
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Optional
 
 # What TensorFlow's C++ start-up writes straight to the terminal when a machine has no CUDA driver.
 _NO_DRIVER_NOISE = re.compile(rb"Could not find cuda drivers|failed call to cuInit|"
@@ -43,14 +43,26 @@ def tensorflow():
 
 
 def select_device() -> str:
-    """The tutorial's GPU set-up: the first GPU only, its memory grown as needed."""
+    """Every visible GPU, its memory grown as needed: "GPU", "4 GPUs", or "CPU" when there is none."""
     tf = tensorflow()
     gpus = tf.config.list_physical_devices("GPU")
-    if not gpus:
-        return "CPU"
-    try:
-        tf.config.experimental.set_memory_growth(gpus[0], True)
-        tf.config.set_visible_devices([gpus[0]], "GPU")
-    except RuntimeError:
-        pass  # TensorFlow was initialised earlier in this process; its choice stands
-    return "GPU"
+    for gpu in gpus:
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:
+            pass  # TensorFlow was initialised earlier in this process; its choice stands
+    return "CPU" if not gpus else "GPU" if len(gpus) == 1 else f"{len(gpus)} GPUs"
+
+
+def strategy_name(gpus: int, tf_config: Optional[str]) -> str:
+    """Which `tf.distribute` strategy trains: several hosts (TF_CONFIG), several GPUs, or one device."""
+    if tf_config:
+        return "MultiWorkerMirroredStrategy"
+    return "MirroredStrategy" if gpus > 1 else "default"
+
+
+def distribution():
+    """The strategy of strategy_name() for this machine; "default" is TensorFlow's own, one device."""
+    tf = tensorflow()
+    name = strategy_name(len(tf.config.list_logical_devices("GPU")), os.environ.get("TF_CONFIG"))
+    return tf.distribute.get_strategy() if name == "default" else getattr(tf.distribute, name)()

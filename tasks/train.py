@@ -12,7 +12,7 @@ from tasks import checkpoint
 from tasks.engine.refs import ModelRef, PreparedRef
 from tasks.engine.retries import TransientError
 from tasks.params import TrainParams
-from tasks.runtime import select_device
+from tasks.runtime import distribution, select_device
 
 # In a checkpoint folder: the batch size to use after running out of GPU memory.
 OUT_OF_MEMORY = "out_of_memory.json"
@@ -83,7 +83,12 @@ def lr_schedule(params: TrainParams, steps_per_epoch: int):
     return Schedule()
 
 
-def _compiled_model(params: TrainParams, resume_from: Optional[Path]):
+def _compiled_model(params: TrainParams, resume_from: Optional[Path], strategy):
+    with strategy.scope():  # the variables live on every replica
+        return _model(params, resume_from)
+
+
+def _model(params: TrainParams, resume_from: Optional[Path]):
     import keras
 
     if resume_from is not None:
@@ -103,9 +108,11 @@ def train_model(out: Path, data: PreparedRef, params: TrainParams, *, work: Path
     """Fit the CNN with Adam on the training split, validating on the held-out validation split.
 
     Resumes from the checkpoints in `work` when they hold any. Writes the model,
-    the history of every epoch and the model's summary to `out`.
+    the history of every epoch and the model's summary to `out`. With several
+    GPUs, each takes `params.batch_size` images a step (a MirroredStrategy).
     """
     device = select_device()
+    strategy = distribution()
     import keras
     import pandas as pd
     import tensorflow as tf
@@ -119,12 +126,12 @@ def train_model(out: Path, data: PreparedRef, params: TrainParams, *, work: Path
     resume_from = checkpoint.latest(checkpoints)
     try:
         history = checkpoint.load_history(resume_from) if resume_from else []
-        model = _compiled_model(params, resume_from)
+        model = _compiled_model(params, resume_from, strategy)
     except Exception as error:  # a checkpoint damaged on disk: start over rather than fail for ever
         say(f"checkpoint {resume_from} is unreadable ({type(error).__name__}: {error}); training from epoch 0")
         shutil.rmtree(resume_from, ignore_errors=True)
         resume_from, history = None, []
-        model = _compiled_model(params, None)
+        model = _compiled_model(params, None, strategy)
     if resume_from:
         say(f"resuming after epoch {len(history)}/{params.epochs} from {resume_from}")
     progress(100.0 * len(history) / params.epochs)
@@ -133,14 +140,16 @@ def train_model(out: Path, data: PreparedRef, params: TrainParams, *, work: Path
     validation = make_dataset(x_val, y_val, _EVAL_BATCH)
     first = len(history)
     batch_size = _batch_size(params, checkpoints, attempt)
+    # The batch of one step across the replicas, which split it evenly.
+    global_batch = batch_size * strategy.num_replicas_in_sync
     callbacks = [recorder]
     if params.lr_schedule != "constant":
-        callbacks.insert(0, lr_schedule(params, math.ceil(len(x_train) / batch_size)))
+        callbacks.insert(0, lr_schedule(params, math.ceil(len(x_train) / global_batch)))
     try:
         # One fit call per epoch, so each epoch's order is chosen here, by its number.
         for epoch in range(first, params.epochs):
             model.fit(
-                epoch_order(train, len(x_train), params.seed, epoch, batch_size),
+                epoch_order(train, len(x_train), params.seed, epoch, global_batch),
                 initial_epoch=epoch, epochs=epoch + 1,
                 validation_data=validation, callbacks=callbacks, verbose=0,
                 # The order is epoch_order's; Keras must not (and cannot) shuffle a tf.data pipeline.
@@ -164,6 +173,7 @@ def train_model(out: Path, data: PreparedRef, params: TrainParams, *, work: Path
         "resumed_from_epoch": first if resume_from else None,
         "device": device,
         "batch_size": batch_size,
+        "replicas": strategy.num_replicas_in_sync,
         "notes": notes,
         "train_count": data.train_count,
         "validation_count": data.validation_count if data.validation_count else data.test_count,

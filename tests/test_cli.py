@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -121,6 +122,11 @@ def test_command_runs_then_serves_everything_from_cache(tmp_path, mirror, server
     assert cached["metrics"] == summary["metrics"]
     # A fully cached run computes nothing, so it never imports TensorFlow.
     assert "| tensorflow" not in again.stderr and "| keras" not in again.stderr
+    # The console script skips the interpreter's teardown (entry()), but only after
+    # its log records reached the server: the run's last line is there.
+    logs = httpx.post(f"{server}/logs/filter",
+                      json={"logs": {"flow_run_id": {"any_": [cached["flow_run_id"]]}}}).json()
+    assert any(log["message"].startswith("Finished in state Completed") for log in logs)
 
 
 @pytest.mark.e2e

@@ -87,7 +87,7 @@ def test_summary_matches_the_contract(run, store):
         assert record["attempts"] == 1
         assert record["artifact"].startswith(f"{store}/{stage}/")
     # The contract's fields, and which split each figure comes from (the README's extension).
-    assert set(summary["train"]) == {"epochs_run", "epoch_seconds", "resumed_from_epoch", "device", "batch_size", "notes",
+    assert set(summary["train"]) == {"epochs_run", "epoch_seconds", "resumed_from_epoch", "device", "batch_size", "replicas", "notes",
                                      "train_count", "validation_count", "validated_on", "validation_accuracy",
                                      "validation_loss"}
     assert summary["train"]["validated_on"] == "validation"

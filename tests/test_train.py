@@ -1,3 +1,7 @@
+import json
+import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -206,3 +210,67 @@ def test_a_checkpoint_that_fills_the_disk_leaves_no_temporary_folder(tmp_path, m
     with pytest.raises(StoreError, match="no space left on device while writing the checkpoint of epoch 1"):
         checkpoint.save(tmp_path / "checkpoints", Model(), [{"epoch": 1}])
     assert list((tmp_path / "checkpoints").iterdir()) == []
+
+
+@pytest.mark.parametrize("gpus, tf_config, name", [
+    (0, None, "default"), (1, None, "default"), (2, None, "MirroredStrategy"), (8, "", "MirroredStrategy"),
+    (1, '{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 0}}',
+     "MultiWorkerMirroredStrategy"),
+])
+def test_strategy_follows_the_gpus_and_tf_config(gpus, tf_config, name):
+    from tasks import runtime
+
+    assert runtime.strategy_name(gpus, tf_config) == name
+
+
+def _steps_taken(model_file) -> int:
+    import keras
+
+    return int(keras.models.load_model(model_file).optimizer.iterations.numpy())
+
+
+def test_training_runs_inside_the_distribution_strategy(tmp_path, trained, mirror, monkeypatch):
+    """The path several GPUs take, on CPU with a one-device strategy: the model is built in its scope."""
+    import tensorflow as tf
+
+    store, _ = trained
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    built_under = []
+    build = train.build_model
+    monkeypatch.setattr(train, "distribution", lambda: strategy)
+    monkeypatch.setattr(train, "build_model", lambda: built_under.append(tf.distribute.get_strategy()) or build())
+    info = fit(tmp_path / "out", _prepared(store, mirror), PARAMS.model_copy(update={"epochs": 1}),
+               checkpoints=tmp_path / "work")
+    assert built_under == [strategy]
+    assert info["replicas"] == 1
+    assert _steps_taken(tmp_path / "out" / ModelRef.MODEL) == math.ceil(info["train_count"] / PARAMS.batch_size)
+
+
+_TWO_REPLICAS = """
+import json, sys
+from pathlib import Path
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from tasks import train
+from tests.test_train import fit
+from tasks.engine.refs import PreparedRef
+train.distribution = lambda: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+data = PreparedRef.model_validate_json(sys.argv[1]).at(sys.argv[2])
+print(json.dumps(fit(Path(sys.argv[3]), data, train.PARAMS_FOR_TEST, checkpoints=Path(sys.argv[4]))))
+"""
+
+
+@pytest.mark.e2e
+def test_two_replicas_split_a_global_batch_of_twice_the_batch_size(tmp_path, trained, mirror):
+    """A MirroredStrategy over two logical CPUs: each step takes batch_size images per replica."""
+    store, _ = trained
+    data = _prepared(store, mirror)
+    params = PARAMS.model_copy(update={"epochs": 1})
+    script = _TWO_REPLICAS.replace("train.PARAMS_FOR_TEST", f"train.TrainParams.model_validate_json({params.model_dump_json()!r})")
+    done = subprocess.run([sys.executable, "-c", script, data.model_dump_json(), store, str(tmp_path / "out"),
+                           str(tmp_path / "work")], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert done.returncode == 0, done.stderr[-3000:]
+    info = json.loads(done.stdout.strip().splitlines()[-1])
+    assert info["replicas"] == 2 and info["batch_size"] == params.batch_size
+    assert _steps_taken(tmp_path / "out" / ModelRef.MODEL) == math.ceil(data.train_count / (2 * params.batch_size))

@@ -115,8 +115,10 @@ class ModelRef(EntryRef):
     epoch_seconds: list[float]
     resumed_from_epoch: Optional[int] = None
     device: str
-    # The batch size trained with: smaller than asked after GPU out-of-memory.
+    # The batch size trained with, per replica: smaller than asked after GPU out-of-memory.
     batch_size: int
+    # The devices that trained in step (a MirroredStrategy's replicas): the batch of a step is batch_size x replicas.
+    replicas: int = 1
     notes: list[str] = []
     # The images it trained on and validated on; the split its per-epoch validation figures come from,
     # and the last epoch's.
