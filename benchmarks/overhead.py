@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -80,14 +79,12 @@ def main() -> None:
     table = pd.DataFrame(rows)
     table["outside_stages_s"] = table["wall_s"] - table["stage_s"]
     table["outside_training_s"] = table["wall_s"] - table["epochs_s"]
-    summary = table.groupby("measure", sort=False).agg(["median", "min", "max", "count"]).dropna(axis=1, how="all")
-    print(f"store {store}; {args.repeats} repeats, alternated; medians over the repeats")
-    print(summary.to_markdown(floatfmt=".2f"))
-    print("cached rerun served / temporary (median):",
-          round(statistics.median(table[table.measure.str.contains("served") & table.measure.str.startswith("cached")]
-                                  .wall_s) / statistics.median(
-                    table[table.measure.str.contains("temporary")].wall_s), 2))
-
+    medians = table.groupby("measure", sort=False).median()
+    ranges = table.groupby("measure", sort=False)["wall_s"].agg(["min", "max"]).add_prefix("wall_")
+    print(f"store {store}; {args.repeats} repeats, alternated; medians, and the range of wall times")
+    print(medians.join(ranges).to_markdown(floatfmt=".2f"))
+    cached = medians["wall_s"].filter(like="cached rerun")
+    print("cached rerun, served / temporary server:", round(cached.iloc[0] / cached.iloc[1], 2))
 
 if __name__ == "__main__":
     main()
