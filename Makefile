@@ -11,8 +11,9 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
 PORT ?= 4200
 
-# Debian packages the test suite needs: the browser the UI test drives.
-APT_PACKAGES := chromium
+# Debian packages the test suite needs: the browser the UI test drives, and the
+# PostgreSQL and Redis servers the multi-host tests start on loopback.
+APT_PACKAGES := chromium postgresql redis-server
 
 .PHONY: install system-deps run test test-fast data serve stop clean
 

@@ -20,7 +20,7 @@ from tasks import report as reports
 from tasks.engine import gate, layout, runlog
 from tasks.engine.caching import EntryRecords
 from tasks.engine.gate import GateResult
-from tasks.engine.locking import FileLockManager
+from tasks.engine import locking
 from tasks.engine.refs import EntryRef, MetricsRef, ModelRef, ReportRef
 from tasks.engine.retries import PermanentError, TransientError
 from tasks.engine.store import ArtifactStore, StoreError, write_atomically
@@ -83,7 +83,8 @@ class StageRunner:
         self.artifacts_dir = artifacts_dir
         # Before any stage: an unwritable store fails the run at once, in one sentence.
         self.store = ArtifactStore(artifacts_dir).open()
-        self.locks = FileLockManager(self.store.root / layout.LOCKS).open()
+        # flock(2) in the store, or Redis when configured (locking.REDIS_URL_ENV).
+        self.locks = locking.lock_manager(self.store.root / layout.LOCKS)
         self.records = EntryRecords(basepath=str(self.store.root))
         self.stages: dict[str, dict[str, Any]] = {}
         # Task run id: how many times it ran, as Prefect's hooks report it.
@@ -163,7 +164,7 @@ class StageRunner:
         """
         run_id = str(flow_run.id)
         folder = layout.run_folder(self.artifacts_dir, run_id)
-        with gate.champion_lock(self.artifacts_dir, cfg.dataset), ExitStack() as undo:
+        with gate.champion_lock(self.locks, cfg.dataset), ExitStack() as undo:
             verdict = gate.gate_model(self.artifacts_dir, cfg.dataset, metrics, cfg.threshold)
             summary = self.summary(model=model, metrics=metrics, report=report)
             summary["gate"] = verdict.model_dump()

@@ -62,8 +62,35 @@ PY
   exit 1
 }
 
+# DB=postgres: Prefect's server on a PostgreSQL cluster of the project's own in
+# $PREFECT_HOME/postgres (unless PREFECT_SERVER_DATABASE_CONNECTION_URL names one).
+# REDIS=1: the stages' and the champion's locks in a Redis of its own (unless
+# MNIST_PIPELINE_REDIS_URL names one), for workers on several hosts.
+services() {
+  local url
+  if [ "${DB:-sqlite}" = postgres ] && [ -z "${PREFECT_SERVER_DATABASE_CONNECTION_URL:-}" ]; then
+    url=$("$BIN/python" -m flows.services postgres start "$PREFECT_HOME/postgres" "${PG_PORT:-$((PORT + 2))}") || exit 1
+    echo "$url" >"$RUN_DIR/postgres.url"
+  fi
+  if [ "${REDIS:-0}" = 1 ] && [ -z "${MNIST_PIPELINE_REDIS_URL:-}" ]; then
+    url=$("$BIN/python" -m flows.services redis start "$PREFECT_HOME/redis" "${REDIS_PORT:-$((PORT + 3))}") || exit 1
+    echo "$url" >"$RUN_DIR/redis.url"
+  fi
+}
+
+# The services' URLs, for the server and the worker this start launches.
+service_env() {
+  if [ -f "$RUN_DIR/postgres.url" ]; then
+    export PREFECT_SERVER_DATABASE_CONNECTION_URL=$(cat "$RUN_DIR/postgres.url")
+  fi
+  if [ -f "$RUN_DIR/redis.url" ]; then
+    export MNIST_PIPELINE_REDIS_URL=$(cat "$RUN_DIR/redis.url")
+  fi
+}
+
 start() {
   mkdir -p "$RUN_DIR"
+  service_env
   if alive server; then
     if [ "$(cat "$RUN_DIR/server.port" 2>/dev/null)" != "$PORT" ]; then
       echo "a server from an earlier 'make serve' runs on port $(cat "$RUN_DIR/server.port" 2>/dev/null); 'make stop' first" >&2
@@ -71,6 +98,8 @@ start() {
     fi
     echo "server already running (pid $(cat "$RUN_DIR/server.pid"))"
   else
+    services
+    service_env
     # Prefect's own server, its SQLite writers waiting their turn (flows/prefect_server.py).
     launch server "$BIN/python" -m flows.prefect_server server start --host 127.0.0.1 --port "$PORT"
     echo "$PORT" >"$RUN_DIR/server.port"
@@ -95,11 +124,16 @@ start() {
   # For command-line runs that report to this server (flows/server.py).
   printf 'MNIST_PIPELINE_REPORTS_URL=%s\nMNIST_PIPELINE_REPORTS_ROOT=%s\n' \
     "$MNIST_PIPELINE_REPORTS_URL" "$MNIST_PIPELINE_REPORTS_ROOT" >"$RUN_DIR/reports.env"
+  # The same locks as the worker's runs, or two runs could build one entry at once.
+  if [ -n "${MNIST_PIPELINE_REDIS_URL:-}" ]; then
+    echo "MNIST_PIPELINE_REDIS_URL=$MNIST_PIPELINE_REDIS_URL" >>"$RUN_DIR/reports.env"
+  fi
   echo "Prefect UI: http://127.0.0.1:$PORT"
   echo "Reports: $MNIST_PIPELINE_REPORTS_URL/runs/<flow run id>/report.html (the artifact store, read-only)"
   echo "Runs from the UI read mirrors and keep artifact stores only under: ${MNIST_PIPELINE_ALLOWED_ROOTS//:/, }"
   echo "  (add folders with MNIST_PIPELINE_ALLOWED_ROOTS=/one:/two make serve, after make stop)"
-  echo "For the CLI: export PREFECT_API_URL=$PREFECT_API_URL"
+  [ -z "${PREFECT_SERVER_DATABASE_CONNECTION_URL:-}" ] || echo "Database: ${PREFECT_SERVER_DATABASE_CONNECTION_URL%%://*}://...@${PREFECT_SERVER_DATABASE_CONNECTION_URL##*@}"
+  echo "For the CLI: export PREFECT_API_URL=$PREFECT_API_URL${MNIST_PIPELINE_REDIS_URL:+ MNIST_PIPELINE_REDIS_URL=$MNIST_PIPELINE_REDIS_URL}"
 }
 
 # Every process as "pid ppid pgrp state", read from /proc (procps may be absent).
@@ -188,6 +222,14 @@ stop() {
     rm -f "$RUN_DIR/$name.pid"
   done
   rm -f "$RUN_DIR/server.port" "$RUN_DIR/reports.env"
+  if [ -f "$RUN_DIR/redis.url" ]; then
+    "$BIN/python" -m flows.services redis stop "$PREFECT_HOME/redis" && echo "stopped redis"
+    rm -f "$RUN_DIR/redis.url"
+  fi
+  if [ -f "$RUN_DIR/postgres.url" ]; then
+    "$BIN/python" -m flows.services postgres stop "$PREFECT_HOME/postgres" && echo "stopped postgres"
+    rm -f "$RUN_DIR/postgres.url"
+  fi
 }
 
 case "${1:-}" in

@@ -33,3 +33,36 @@ def mirror(tmp_path_factory) -> Path:
 @pytest.fixture
 def store(tmp_path) -> str:
     return str(tmp_path / "artifacts")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    """A Redis server of the session's own on loopback (Debian's redis-server, see `make system-deps`)."""
+    from flows import services
+
+    folder = Path(tempfile.mkdtemp(prefix="redis-"))
+    url = services.start_redis(folder, _free_port())
+    yield url
+    services.stop_redis(folder)
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A PostgreSQL cluster of the session's own on loopback (Debian's postgresql), removed afterwards."""
+    import shutil
+
+    from flows import services
+
+    folder = Path(tempfile.mkdtemp(prefix="postgres-"))
+    url = services.start_postgres(folder, _free_port())
+    yield url
+    services.stop_postgres(folder)
+    shutil.rmtree(folder, ignore_errors=True)

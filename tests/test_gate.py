@@ -1,6 +1,9 @@
+from pathlib import Path
+
 import pytest
 
 from tasks.engine import gate
+from tasks.engine.locking import FileLockManager
 from tasks.engine.refs import MetricsRef, ModelRef
 
 
@@ -38,7 +41,7 @@ def _decide(store: str, fingerprint: str, accuracy: float, run_id: str,
             test_data: str = TEST_DATA) -> gate.GateResult:
     """The gate's steps as a run takes them: judge, then promote if passed, under the champion's lock."""
     model, metrics = _refs(fingerprint, accuracy, test_data)
-    with gate.champion_lock(store, "mnist"):
+    with gate.champion_lock(FileLockManager(Path(store) / ".locks"), "mnist"):
         verdict = gate.gate_model.fn(store, "mnist", metrics, 0.97)
         if verdict.passed:
             gate.promote(store, "mnist", model, metrics, run_id)
@@ -86,16 +89,13 @@ def test_threshold_defaults_per_dataset(dataset, default):
 
 
 def test_promotion_waits_for_another_runs_judgement(tmp_path):
-    import fcntl
     import threading
     import time
 
     store = str(tmp_path)
-    lock_path = gate.champion_path(store, "mnist").with_suffix(".lock")
-    lock_path.parent.mkdir(parents=True)
     results = []
-    with open(lock_path, "a") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)  # another run is judging right now
+    # Another run (another lock manager: its own open file) is judging right now.
+    with gate.champion_lock(FileLockManager(tmp_path / ".locks"), "mnist"):
         judge = threading.Thread(target=lambda: results.append(_decide(store, "a" * 16, 0.98, "run-1")))
         judge.start()
         time.sleep(0.5)

@@ -5,52 +5,84 @@ import time
 
 import pytest
 
-from tasks.engine.locking import FileLockManager
+from tasks.engine import locking
+from tasks.engine.locking import FileLockManager, lock_manager
 
-KEY = "train/0123456789abcdef/result.json"
+
+@pytest.fixture(params=["flock", "redis"])
+def backend(request, monkeypatch) -> str:
+    """Each lock test on both lock managers: flock(2) in a folder, and Redis (cross-host)."""
+    if request.param == "redis":
+        monkeypatch.setenv(locking.REDIS_URL_ENV, request.getfixturevalue("redis_url"))
+        monkeypatch.setenv(locking.REDIS_LOCK_TTL_ENV, "1.5")
+    else:
+        monkeypatch.delenv(locking.REDIS_URL_ENV, raising=False)
+    return request.param
 
 
-def test_second_holder_waits_until_release(tmp_path):
-    locks = FileLockManager(tmp_path)
-    assert locks.acquire_lock(KEY, "run-a")
-    assert locks.is_locked(KEY) and locks.is_lock_holder(KEY, "run-a")
-    assert not locks.acquire_lock(KEY, "run-b", acquire_timeout=0.2)
+@pytest.fixture
+def key(tmp_path) -> str:
+    # One Redis serves the session: each test its own key.
+    return f"train/{tmp_path.name}/result.json"
+
+
+def _probe(tmp_path, code: str) -> subprocess.Popen:
+    """Another process with the same lock settings (the environment) and folder."""
+    return subprocess.Popen(
+        [sys.executable, "-c", f"from tasks.engine.locking import lock_manager; locks = lock_manager({str(tmp_path)!r}); {code}"],
+        stdout=subprocess.PIPE, text=True)
+
+
+def test_the_setting_chooses_the_lock_manager(backend, tmp_path):
+    locks = lock_manager(tmp_path)
+    assert isinstance(locks, FileLockManager) == (backend == "flock")
+
+
+def test_second_holder_waits_until_release(backend, tmp_path, key):
+    locks = lock_manager(tmp_path)
+    assert locks.acquire_lock(key, "run-a")
+    assert locks.is_locked(key) and locks.is_lock_holder(key, "run-a")
+    assert not locks.acquire_lock(key, "run-b", acquire_timeout=0.2)
 
     got = []
-    waiter = threading.Thread(target=lambda: got.append(locks.acquire_lock(KEY, "run-b")))
+    waiter = threading.Thread(target=lambda: got.append(locks.acquire_lock(key, "run-b")))
     waiter.start()
     time.sleep(0.3)
     assert got == []
-    locks.release_lock(KEY, "run-a")
+    locks.release_lock(key, "run-a")
     waiter.join(timeout=5)
-    assert got == [True] and locks.is_lock_holder(KEY, "run-b")
+    assert got == [True] and locks.is_lock_holder(key, "run-b")
+    locks.release_lock(key, "run-b")
 
 
-def test_other_process_sees_the_lock(tmp_path):
-    locks = FileLockManager(tmp_path)
-    locks.acquire_lock(KEY, "run-a")
-    probe = f"from tasks.engine.locking import FileLockManager; print(FileLockManager({str(tmp_path)!r}).is_locked({KEY!r}))"
-    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() == "True"
-    locks.release_lock(KEY, "run-a")
-    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() == "False"
+def test_other_process_sees_the_lock(backend, tmp_path, key):
+    locks = lock_manager(tmp_path)
+    locks.acquire_lock(key, "run-a")
+    probe = f"print(locks.is_locked({key!r}))"
+    assert _probe(tmp_path, probe).communicate()[0].strip() == "True"
+    locks.release_lock(key, "run-a")
+    assert _probe(tmp_path, probe).communicate()[0].strip() == "False"
 
 
-def test_lock_of_a_killed_process_is_not_stale(tmp_path):
-    holder = subprocess.Popen(
-        [sys.executable, "-c",
-         f"from tasks.engine.locking import FileLockManager; import time; FileLockManager({str(tmp_path)!r}).acquire_lock({KEY!r}, 'doomed'); print('held', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True,
-    )
+def test_lock_of_a_killed_process_is_not_stale(backend, tmp_path, key):
+    holder = _probe(tmp_path, f"import time; locks.acquire_lock({key!r}, 'doomed'); print('held', flush=True); time.sleep(60)")
     assert holder.stdout.readline().strip() == "held"
-    locks = FileLockManager(tmp_path)
-    assert locks.is_locked(KEY)
+    locks = lock_manager(tmp_path)
+    # Alive, its holder keeps it, past the time to live of a Redis lock (renewed).
+    time.sleep(2.5 if backend == "redis" else 0)
+    assert locks.is_locked(key)
+    assert not locks.acquire_lock(key, "survivor", acquire_timeout=0.2)
     holder.kill()
     holder.wait()
-    assert locks.acquire_lock(KEY, "survivor", acquire_timeout=2)
+    # flock: released at once; Redis: within the time to live.
+    assert locks.acquire_lock(key, "survivor", acquire_timeout=3)
+    locks.release_lock(key, "survivor")
 
 
-def test_release_by_a_non_holder_is_refused(tmp_path):
-    locks = FileLockManager(tmp_path)
-    locks.acquire_lock(KEY, "run-a")
-    with pytest.raises(ValueError, match="run-b does not hold"):
-        locks.release_lock(KEY, "run-b")
+def test_release_by_a_non_holder_is_refused(backend, tmp_path, key):
+    locks = lock_manager(tmp_path)
+    locks.acquire_lock(key, "run-a")
+    with pytest.raises(ValueError, match="run-b"):
+        locks.release_lock(key, "run-b")
+    assert locks.is_lock_holder(key, "run-a")
+    locks.release_lock(key, "run-a")

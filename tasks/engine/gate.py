@@ -11,19 +11,18 @@ promotions cannot drift down. The champion record lives in the artifact store,
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Iterator, Optional
+from typing import Annotated, Any, ContextManager, Optional
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tasks.engine import layout
+from tasks.engine.locking import held
 from tasks.engine.refs import Fingerprint, MetricsRef, ModelRef
 from tasks.engine.store import ArtifactStore, write_atomically
 
@@ -158,11 +157,6 @@ def promote(artifacts_dir: str, dataset: str, model: ModelRef, metrics: MetricsR
     write_atomically(path, record.model_dump_json(indent=1))
 
 
-@contextmanager
-def champion_lock(artifacts_dir: str, dataset: str) -> Iterator[None]:
+def champion_lock(locks: Any, dataset: str) -> ContextManager[None]:
     """Held from judging to promotion: two runs finishing together take turns."""
-    path = champion_path(artifacts_dir, dataset).with_suffix(".lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or its process dies
-        yield
+    return held(locks, f"champion/{dataset}")

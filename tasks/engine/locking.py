@@ -1,10 +1,16 @@
-"""A Prefect lock manager on flock(2): a dead holder never leaves a stale lock.
+"""Prefect lock managers whose dead holders never leave a stale lock.
 
 Prefect's SERIALIZABLE isolation takes a lock on a stage's cache key before it
 computes, so two runs with the same inputs compute once: the second waits, then
-finds the record and is served from cache. Prefect's own FileSystemLockManager
-marks a lock with a file that outlives a killed process; here the kernel
-releases the lock the moment its holder's process ends, however it ends.
+finds the record and is served from cache. The champion's lock keeps two runs
+from promoting at once.
+
+- On one machine (the default), flock(2): Prefect's own FileSystemLockManager
+  marks a lock with a file that outlives a killed process; here the kernel
+  releases the lock the moment its holder's process ends, however it ends.
+- Across hosts, when `MNIST_PIPELINE_REDIS_URL` names a Redis server,
+  prefect-redis's RedisLockManager, its locks given a time to live that the
+  holder renews while it lives: a killed holder's lock expires within `ttl`.
 """
 
 from __future__ import annotations
@@ -12,14 +18,43 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import logging
 import os
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Iterator, Optional, Union
+from uuid import uuid4
 
 from tasks.engine.store import StoreError
 
 _POLL_S = 0.1
+REDIS_URL_ENV = "MNIST_PIPELINE_REDIS_URL"
+# Seconds a Redis lock outlives its holder's last renewal (renewed three times as often).
+REDIS_LOCK_TTL_ENV = "MNIST_PIPELINE_REDIS_LOCK_TTL_S"
+REDIS_LOCK_TTL_S = 30.0
+
+log = logging.getLogger(__name__)
+
+
+def lock_manager(directory: Union[str, os.PathLike[str]]) -> Any:
+    """The Redis lock manager when REDIS_URL_ENV is set, else flock(2) locks in `directory`."""
+    url = os.environ.get(REDIS_URL_ENV)
+    if not url:
+        return FileLockManager(directory).open()
+    return renewed_redis_locks(url, float(os.environ.get(REDIS_LOCK_TTL_ENV, REDIS_LOCK_TTL_S)))
+
+
+@contextmanager
+def held(locks: Any, key: str) -> Iterator[None]:
+    """Hold the lock on `key` (waiting as long as it takes) for the block."""
+    holder = f"{os.getpid()}-{uuid4().hex}"
+    locks.acquire_lock(key, holder)
+    try:
+        yield
+    finally:
+        locks.release_lock(key, holder)
 
 
 class FileLockManager:
@@ -118,3 +153,55 @@ class FileLockManager:
 
     async def await_for_lock(self, key: str, timeout: Optional[float] = None) -> bool:
         return self.wait_for_lock(key, timeout)
+
+
+def renewed_redis_locks(url: str, ttl: float = REDIS_LOCK_TTL_S) -> Any:
+    """prefect-redis's RedisLockManager on `url`, with locks that expire `ttl` after their holder dies."""
+    from prefect_redis.locking import RedisLockManager
+
+    class RenewedRedisLockManager(RedisLockManager):
+        """Each lock is taken for `ttl` seconds and renewed by a thread every `ttl / 3` while held."""
+
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.ttl = ttl
+            self._renewals: dict[str, threading.Event] = {}
+
+        def __getstate__(self) -> dict[str, Any]:
+            return {**super().__getstate__(), "ttl": self.ttl}
+
+        def __setstate__(self, state: dict[str, Any]) -> None:
+            super().__setstate__(state)
+            self._renewals = {}
+
+        def acquire_lock(self, key: str, holder: str, acquire_timeout: Optional[float] = None,
+                         hold_timeout: Optional[float] = None) -> bool:
+            if self.is_lock_holder(key, holder):
+                return True
+            if not super().acquire_lock(key, holder, acquire_timeout, hold_timeout=self.ttl):
+                return False
+            stop = self._renewals[key] = threading.Event()
+            lock = self._locks[self._lock_name_for_key(key)]
+            threading.Thread(target=_renew, args=(lock, key, stop, self.ttl / 3), daemon=True,
+                             name=f"lock-renewal-{key}").start()
+            return True
+
+        async def aacquire_lock(self, key: str, holder: str, acquire_timeout: Optional[float] = None,
+                                hold_timeout: Optional[float] = None) -> bool:
+            return self.acquire_lock(key, holder, acquire_timeout, hold_timeout)
+
+        def release_lock(self, key: str, holder: str) -> None:
+            if self.is_lock_holder(key, holder):
+                self._renewals.pop(key).set()
+            super().release_lock(key, holder)
+
+    return RenewedRedisLockManager(connection_url=url)
+
+
+def _renew(lock: Any, key: str, stop: threading.Event, every: float) -> None:
+    while not stop.wait(every):
+        try:
+            lock.reacquire()  # back to the full time to live
+        except Exception as error:  # expired while this process stalled, or Redis unreachable
+            log.warning("could not renew the lock on %s: %s", key, error)
+            return

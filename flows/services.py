@@ -1,0 +1,146 @@
+"""PostgreSQL and Redis of the project's own, from Debian's packages, on 127.0.0.1.
+
+`make serve DB=postgres` and `make serve REDIS=1` start them beside the Prefect
+server, in folders under $PREFECT_HOME; the tests start them in temporary
+folders. Each binds loopback only and keeps all its files in its folder.
+
+    python -m flows.services postgres start FOLDER PORT   # prints the connection URL
+    python -m flows.services postgres stop FOLDER
+    python -m flows.services redis start FOLDER PORT      # prints the redis:// URL
+    python -m flows.services redis stop FOLDER
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+DATABASE = "prefect"
+_POSTGRES_USER = "postgres"  # Debian's account for the server, when this process is root
+
+
+class ServiceError(RuntimeError):
+    """A service did not start; the message says why."""
+
+
+def _postgres_bin(program: str) -> str:
+    found = shutil.which(program) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{program}"),
+                                                      reverse=True)), None)
+    if found is None:
+        raise ServiceError(f"{program} not found: install Debian's postgresql (make system-deps)")
+    return found
+
+
+def _as_server_user(folder: Path) -> Callable[[list[str]], list[str]]:
+    """PostgreSQL refuses to run as root: then its commands run as Debian's `postgres` account."""
+    if os.geteuid() != 0:
+        return lambda command: command
+    account = pwd.getpwnam(_POSTGRES_USER)
+    os.chown(folder, account.pw_uid, account.pw_gid)
+    return lambda command: ["runuser", "-u", _POSTGRES_USER, "--", *command]
+
+
+def _run(command: list[str]) -> None:
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ServiceError(f"{Path(command[-1]).name if command else ''} failed: "
+                           f"{(done.stderr or done.stdout).strip().splitlines()[-1:]}")
+
+
+def postgres_url(port: int) -> str:
+    return f"postgresql+asyncpg://{_POSTGRES_USER}@127.0.0.1:{port}/{DATABASE}"
+
+
+def start_postgres(folder: Path, port: int) -> str:
+    """A cluster in `folder` (created on first use) on 127.0.0.1:`port`, with a `prefect` database.
+
+    Trust authentication on loopback: the folder and the port are this machine's own.
+    Returns the connection URL for PREFECT_SERVER_DATABASE_CONNECTION_URL.
+    """
+    folder = Path(folder).resolve()
+    data = folder / "data"
+    folder.mkdir(parents=True, exist_ok=True)
+    run_as = _as_server_user(folder)
+    if not (data / "PG_VERSION").is_file():
+        _run(run_as([_postgres_bin("initdb"), "--pgdata", str(data), "--username", _POSTGRES_USER,
+                     "--auth", "trust", "--encoding", "UTF8", "--no-instructions"]))
+    options = f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={folder}"
+    _run(run_as([_postgres_bin("pg_ctl"), "--pgdata", str(data), "--log", str(folder / "postgres.log"),
+                 "--options", options, "--wait", "start"]))
+    exists = subprocess.run(run_as([_postgres_bin("psql"), "-h", "127.0.0.1", "-p", str(port), "-U", _POSTGRES_USER,
+                                    "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'"]),
+                            capture_output=True, text=True)
+    if exists.stdout.strip() != "1":
+        _run(run_as([_postgres_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", _POSTGRES_USER, DATABASE]))
+    return postgres_url(port)
+
+
+def stop_postgres(folder: Path) -> None:
+    data = Path(folder).resolve() / "data"
+    if (data / "postmaster.pid").is_file():
+        _run(_as_server_user(Path(folder).resolve())([_postgres_bin("pg_ctl"), "--pgdata", str(data),
+                                                      "--mode", "fast", "--wait", "stop"]))
+
+
+def start_redis(folder: Path, port: int) -> str:
+    """A Redis server on 127.0.0.1:`port` that keeps nothing on disk; returns its redis:// URL."""
+    folder = Path(folder).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    server = shutil.which("redis-server")
+    if server is None:
+        raise ServiceError("redis-server not found: install Debian's redis-server (make system-deps)")
+    _run([server, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(folder), "--daemonize", "yes",
+          "--pidfile", str(folder / "redis.pid"), "--logfile", str(folder / "redis.log"),
+          "--save", "", "--appendonly", "no"])
+    url = f"redis://127.0.0.1:{port}/0"
+    import redis
+
+    client = redis.Redis.from_url(url)
+    for _ in range(100):
+        try:
+            client.ping()
+            return url
+        except redis.ConnectionError:
+            time.sleep(0.1)
+    raise ServiceError(f"redis-server did not answer on {url}; see {folder / 'redis.log'}")
+
+
+def stop_redis(folder: Path) -> None:
+    pidfile = Path(folder).resolve() / "redis.pid"
+    try:
+        pid = int(pidfile.read_text())
+    except (OSError, ValueError):
+        return
+    process = Path(f"/proc/{pid}")
+    if process.exists() and b"redis-server" in (process / "cmdline").read_bytes():  # still ours
+        os.kill(pid, 15)
+        for _ in range(100):
+            if not process.exists():
+                break
+            time.sleep(0.05)
+    pidfile.unlink(missing_ok=True)
+
+
+def main(argv: list[str]) -> int:
+    service, action, folder, *rest = argv
+    try:
+        if action == "start":
+            start = {"postgres": start_postgres, "redis": start_redis}[service]
+            print(start(Path(folder), int(rest[0])))
+        else:
+            {"postgres": stop_postgres, "redis": stop_redis}[service](Path(folder))
+    except ServiceError as error:
+        print(f"{service}: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

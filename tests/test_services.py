@@ -1,0 +1,84 @@
+"""Past one machine: Prefect's server on PostgreSQL, the stages' locks in Redis.
+
+Both services are Debian's, started by the session's fixtures on loopback in
+temporary folders (tests/conftest.py), and stopped afterwards.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from urllib.parse import urlparse
+
+import pytest
+
+from flows import services
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres_server(postgres_url, tmp_path_factory):
+    """`make serve DB=postgres`'s server: Prefect's, on the session's PostgreSQL."""
+    port = _free_port()
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path_factory.mktemp("server-home")),
+           "PREFECT_SERVER_DATABASE_CONNECTION_URL": postgres_url, "PREFECT_SERVER_API_PORT": str(port)}
+    env.pop("PREFECT_API_URL", None)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "flows.prefect_server", "server", "start", "--host", "127.0.0.1", "--port", str(port),
+         "--no-services"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    api = f"http://127.0.0.1:{port}/api"
+    for _ in range(240):
+        try:
+            if urllib.request.urlopen(f"{api}/health", timeout=2).read().strip() == b"true":
+                break
+        except OSError:
+            assert server.poll() is None, server.stderr.read()[-3000:]
+            time.sleep(0.5)
+    yield api
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def _psql(postgres_url: str, query: str) -> str:
+    url = urlparse(postgres_url)
+    done = subprocess.run([services._postgres_bin("psql"), "-h", url.hostname, "-p", str(url.port), "-U",
+                           url.username, "-d", url.path.lstrip("/"), "-tAc", query],
+                          capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
+def test_the_cluster_is_private_and_on_loopback(postgres_url):
+    assert postgres_url.startswith("postgresql+asyncpg://postgres@127.0.0.1:")
+    assert _psql(postgres_url, "SHOW listen_addresses") == "127.0.0.1"
+
+
+@pytest.mark.e2e
+def test_concurrent_runs_on_postgres_and_redis_compute_each_stage_once(postgres_server, postgres_url, redis_url,
+                                                                       mirror, tmp_path):
+    """Two runs at once, same inputs, one store: the Redis locks let one compute while the other waits."""
+    runs = []
+    for i in range(2):
+        env = {**os.environ, "PREFECT_HOME": str(tmp_path / f"home-{i}"), "PREFECT_API_URL": postgres_server,
+               "MNIST_PIPELINE_REDIS_URL": redis_url}
+        runs.append(subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", "run", "--mirror", str(mirror), "--epochs", "2", "--batch-size", "16",
+             "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path))
+    outputs = [run.communicate(timeout=300) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [err[-2000:] for _, err in outputs]
+    summaries = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+    for stage in summaries[0]["stages"]:
+        assert sorted(s["stages"][stage]["state"] for s in summaries) == ["Cached", "Completed"], stage
+    # The locks were Redis's: no lock file in the store.
+    assert not (tmp_path / "artifacts" / ".locks").exists()
+    # Both runs are in PostgreSQL, which the server wrote through.
+    ids = ", ".join(f"'{s['flow_run_id']}'" for s in summaries)
+    assert _psql(postgres_url, f"SELECT count(*) FROM flow_run WHERE id IN ({ids}) AND state_type = 'COMPLETED'") == "2"
