@@ -56,6 +56,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--verbose", action="store_true",
                      help="print the tracebacks of expected failures too (the Prefect UI always has them)")
 
+    sweep = commands.add_parser("sweep", help="train a grid of settings on Dask; the best by validation accuracy "
+                                "goes to the gate", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    config.add_options(sweep, config.SweepGrid, PipelineConfig, exclude=config.GRID_FIELDS)
+    sweep.add_argument("--json", action="store_true", help="print the run summary as JSON last")
+    sweep.add_argument("--verbose", action="store_true", help="print the tracebacks of expected failures too")
+
     predict = commands.add_parser("predict", help="classify PNG or JPEG images")
     predict.add_argument("images", nargs="+", type=Path)
     predict.add_argument("--model", type=Path, help="a .keras model; default: the dataset's champion")
@@ -71,10 +77,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def validate(args: argparse.Namespace) -> PipelineConfig:
+def validate(args: argparse.Namespace) -> dict[str, Any]:
+    """The flow's parameters from the options, checked before Prefect is imported."""
     fields = {k: v for k, v in vars(args).items() if k in PipelineConfig.model_fields}
     try:
-        return PipelineConfig(**fields)
+        if args.command == "sweep":
+            grid = config.SweepGrid(**{k: v for k, v in vars(args).items() if k in config.SweepGrid.model_fields})
+            grid.configs(**fields)
+            return {**grid.model_dump(), **fields}
+        return PipelineConfig(**fields).model_dump()
     except ValidationError as error:
         print(f"{PROG}: error: {config.describe(error, as_option=True)}", file=sys.stderr)
         raise SystemExit(EXIT_INVALID) from None
@@ -141,7 +152,7 @@ def _quiet_terminal() -> None:
             handler.addFilter(_bookkeeping)
 
 
-def run(cfg: PipelineConfig, as_json: bool, verbose: bool = False) -> int:
+def run(parameters: dict[str, Any], as_json: bool, verbose: bool = False, sweep: bool = False) -> int:
     _prefect_defaults()
     last_word = _LastWord()
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -152,7 +163,10 @@ def run(cfg: PipelineConfig, as_json: bool, verbose: bool = False) -> int:
     # started, else a temporary one of the run's own, started while the flow's modules import.
     api_url = PREFECT_API_URL.value() or servers.served_api_url()
     temporary = None if api_url else servers.TemporaryServer()
-    from flows.pipeline import mnist_pipeline
+    if sweep:
+        from flows.sweep import mnist_sweep as flow
+    else:
+        from flows.pipeline import mnist_pipeline as flow
     from flows.runner import StageFailed
 
     if not verbose:
@@ -165,7 +179,7 @@ def run(cfg: PipelineConfig, as_json: bool, verbose: bool = False) -> int:
             return EXIT_FAILED
     server = {"api_url": api_url or temporary.api_url, "temporary": temporary is not None}
     with temporary_settings({PREFECT_API_URL: server["api_url"]}):
-        state = mnist_pipeline(**cfg.model_dump(), return_state=True)
+        state = flow(**parameters, return_state=True)
     outcome: Any = state.result(raise_on_failure=False)
     if state.is_completed():
         _emit({**outcome, "server": server}, as_json)
@@ -236,7 +250,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return predict(args)
         if args.command == "runs":
             return runs(args)
-        return run(validate(args), args.json, args.verbose)
+        return run(validate(args), args.json, args.verbose, sweep=args.command == "sweep")
     finally:
         sys.stdout.flush()
 

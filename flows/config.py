@@ -183,14 +183,21 @@ def train_params(**overrides: Any) -> TrainParams:
     return PipelineConfig(**overrides).train
 
 
-def with_parameters(fn: Any) -> Any:
-    """`fn(**parameters)` given PipelineConfig's fields as its signature and its docstring's Args.
+def _fields(models: tuple[type[BaseModel], ...], exclude: frozenset[str]) -> Any:
+    for model in models:
+        for name, field in model.model_fields.items():
+            if name not in exclude:
+                yield model, name, field
+
+
+def with_parameters(fn: Any, *models: type[BaseModel], exclude: frozenset[str] = frozenset()) -> Any:
+    """`fn(**parameters)` given the fields of `models` (PipelineConfig's by default) as its signature and Args.
 
     Prefect reads both for the flow's parameters: their types, bounds and
     defaults (checked when a run is created) and the form's descriptions.
     """
     parameters, args = [], []
-    for name, field in PipelineConfig.model_fields.items():
+    for _, name, field in _fields(models or (PipelineConfig,), exclude):
         annotation = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
         default = field.default
         if name == "mirror":  # a plain text field in the form, where empty means download
@@ -203,11 +210,37 @@ def with_parameters(fn: Any) -> Any:
     return fn
 
 
-def add_options(parser: Any) -> None:
-    """One option per field of PipelineConfig, `--batch-size` for `batch_size`."""
-    properties = PipelineConfig.model_json_schema()["properties"]
-    for name, field in PipelineConfig.model_fields.items():
-        kinds = {choice.get("type") for choice in properties[name].get("anyOf", [properties[name]])}
+def add_options(parser: Any, *models: type[BaseModel], exclude: frozenset[str] = frozenset()) -> None:
+    """One option per field of `models` (PipelineConfig's by default), `--batch-size` for `batch_size`.
+
+    A list field takes one or more values (`--seeds 0 1 2`).
+    """
+    for model, name, field in _fields(models or (PipelineConfig,), exclude):
+        schema = model.model_json_schema()["properties"][name]
+        many = schema.get("type") == "array"
+        element = schema.get("items", {}) if many else schema
+        kinds = {choice.get("type") for choice in element.get("anyOf", [element])}
         kind = int if "integer" in kinds else float if "number" in kinds else str
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=field.default,
-                            help=field.description)
+                            nargs="+" if many else None, help=field.description)
+
+
+class SweepGrid(BaseModel):
+    """The grid of an `mnist-sweep` run: every combination is trained, as a cached task of its own."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    learning_rates: list[LearningRate] = Field([DEFAULT_LEARNING_RATE, 1e-3], min_length=1,
+                                               description="Adam's learning rates to try.")
+    batch_sizes: list[BatchSize] = Field([DEFAULT_BATCH_SIZE, 128], min_length=1, description="Batch sizes to try.")
+    seeds: list[Seed] = Field([DEFAULT_SEED], min_length=1, description="Seeds to try each combination with.")
+
+    def configs(self, **common: Any) -> dict[str, PipelineConfig]:
+        """Each combination's run settings, by a label such as `lr=0.006 batch=32 seed=0`."""
+        return {f"lr={lr:g} batch={batch} seed={seed}":
+                PipelineConfig(**common, learning_rate=lr, batch_size=batch, seed=seed)
+                for lr in self.learning_rates for batch in self.batch_sizes for seed in self.seeds}
+
+
+# What the sweep's grid sets, and each run's settings leave out.
+GRID_FIELDS = frozenset({"learning_rate", "batch_size", "seed"})

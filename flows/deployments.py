@@ -36,7 +36,8 @@ from pydantic import ValidationError
 
 from flows import config
 
-FLOW = "mnist-pipeline"
+# The flows of prefect.yaml's deployments.
+FLOWS = ["mnist-pipeline", "mnist-sweep"]
 NIGHTLY_ENV = "MNIST_PIPELINE_NIGHTLY"
 ZOMBIES = "mnist-pipeline: crash flow runs whose process died"
 _IN_FLIGHT = [StateType.PENDING, StateType.RUNNING, StateType.CANCELLING]
@@ -63,7 +64,7 @@ def configure() -> list[str]:
     """Close every deployment's parameter schema and set nightly's parameters; returns the deployments' names."""
     nightly = nightly_parameters()
     with get_client(sync_client=True) as client:
-        deployments = client.read_deployments(flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW])))
+        deployments = client.read_deployments(flow_filter=FlowFilter(name=FlowFilterName(any_=FLOWS)))
         for deployment in deployments:
             update = {"parameter_openapi_schema": {**deployment.parameter_openapi_schema,
                                                    "additionalProperties": False}}
@@ -112,7 +113,7 @@ def cancel_in_flight(timeout_s: float = 15) -> int:
     Runs the worker does not end in time are marked Cancelled all the same: `make stop` ends their processes next.
     """
     with get_client(sync_client=True) as client:
-        deployments = client.read_deployments(flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW])))
+        deployments = client.read_deployments(flow_filter=FlowFilter(name=FlowFilterName(any_=FLOWS)))
         in_flight = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=_IN_FLIGHT)))
         of_ours = DeploymentFilter(id=DeploymentFilterId(any_=[d.id for d in deployments]))
         runs = client.read_flow_runs(flow_run_filter=in_flight, deployment_filter=of_ours)

@@ -92,8 +92,7 @@ class StageRunner:
         if (flow_run.run_count or 0) > 1:
             _crash_leftover_task_runs()
 
-    def __call__(self, stage_task: Task, *args: Any) -> Any:
-        stage = stage_task.cache_policy.stage
+    def _bound(self, stage_task: Task) -> Task:
         bound = stage_task.with_options(
             # Runs with the same inputs at once compute each stage once; the others wait.
             cache_policy=stage_task.cache_policy.configure(
@@ -106,8 +105,26 @@ class StageRunner:
         # after construction: Task() takes only saved blocks, which a remote worker
         # could load; this storage serves this process only, as a `Path` would.
         bound.result_storage = self.records
+        return bound
+
+    def __call__(self, stage_task: Task, *args: Any) -> Any:
         start = time.perf_counter()
-        state = bound(self.artifacts_dir, *args, return_state=True)
+        state = self._bound(stage_task)(self.artifacts_dir, *args, return_state=True)
+        return self._record(stage_task.cache_policy.stage, state, start)
+
+    def map(self, stage_task: Task, runs: dict[str, tuple]) -> dict[str, Any]:
+        """The stage once per entry of `runs` (label: arguments), through the flow's task runner (Dask's, say).
+
+        Each is recorded as `stage[label]`; a failure fails them all, once every run has ended.
+        """
+        bound, start = self._bound(stage_task), time.perf_counter()
+        futures = {label: bound.submit(self.artifacts_dir, *args) for label, args in runs.items()}
+        for future in futures.values():
+            future.wait()
+        return {label: self._record(f"{stage_task.cache_policy.stage}[{label}]", future.state, start)
+                for label, future in futures.items()}
+
+    def _record(self, stage: str, state: State, start: float) -> Any:
         record = {
             "state": state.name,
             "seconds": round(time.perf_counter() - start, 3),
@@ -153,14 +170,14 @@ class StageRunner:
         return summary
 
     def finish(self, cfg: PipelineConfig, model: ModelRef, metrics: MetricsRef,
-               report: ReportRef) -> Union[dict[str, Any], State]:
+               report: ReportRef, **extra: Any) -> Union[dict[str, Any], State]:
         """The quality gate, this run's report and its line in the run log, then the promotion.
 
         All under the champion's lock, so two runs finishing together take turns,
         and all or nothing: each step is undone, by removing or truncating (which
         needs no disk space), when a later one fails, so the champion, the run log
-        and the runs folder are left as they were. Returns the run summary, as a
-        state named NotPromoted if the gate refused the model.
+        and the runs folder are left as they were. Returns the run summary, with
+        `extra` in it, as a state named NotPromoted if the gate refused the model.
         """
         run_id = str(flow_run.id)
         folder = layout.run_folder(self.artifacts_dir, run_id)
@@ -168,6 +185,7 @@ class StageRunner:
             verdict = gate.gate_model(self.artifacts_dir, cfg.dataset, metrics, cfg.threshold)
             summary = self.summary(model=model, metrics=metrics, report=report)
             summary["gate"] = verdict.model_dump()
+            summary.update(extra)  # what a flow adds to the summary (a sweep's comparison)
             # The stage's report with what only this run knows (stage times, earlier runs).
             undo.callback(shutil.rmtree, folder, ignore_errors=True)
             write_run_report(self.artifacts_dir, folder, report, metrics, cfg.dataset, verdict, self.stages)

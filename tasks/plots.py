@@ -89,3 +89,14 @@ def per_class_bars(per_class: pd.DataFrame, path: Path) -> Path:
     ax.set_xlabel("class")
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _save(fig, path)
+
+
+def sweep_bars(table: pd.DataFrame, path: Path) -> Path:
+    """Validation accuracy of each combination of a sweep, the best on top."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.4 * len(table)))
+    ordered = table.sort_values("validation_accuracy")
+    ax.barh(ordered["combination"], ordered["validation_accuracy"])
+    ax.set_xlim(max(0.0, ordered["validation_accuracy"].min() - 0.02), 1.0)
+    ax.set_xlabel("validation accuracy (validation split)")
+    return _save(fig, path)

@@ -219,7 +219,7 @@ def test_a_link_inside_the_store_that_leads_outside_is_refused(capsys, tmp_path,
     (allowed / "store" / inside).unlink()
     (allowed / "store" / inside).symlink_to(allowed / "mirror")
     assert cli.validate(cli._parser().parse_args(["run", "--mirror", str(mirror), "--artifacts-dir",
-                                                  str(allowed / "store")])).artifacts_dir == str(allowed / "store")
+                                                  str(allowed / "store")]))["artifacts_dir"] == str(allowed / "store")
 
 
 def test_a_run_from_the_ui_is_refused_in_one_line_naming_the_parameter(tmp_path, monkeypatch):

@@ -1,0 +1,68 @@
+"""`mnist-sweep`: a grid trained on Dask, the data stages once, the best by validation accuracy to the gate."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from flows import cli, config
+from flows.config import SweepGrid
+
+
+def test_the_grid_is_every_combination_with_the_common_settings():
+    grid = SweepGrid(learning_rates=[0.01, 0.001], batch_sizes=[16], seeds=[0, 1])
+    runs = grid.configs(epochs=2, train_limit=64)
+    assert list(runs) == ["lr=0.01 batch=16 seed=0", "lr=0.01 batch=16 seed=1",
+                          "lr=0.001 batch=16 seed=0", "lr=0.001 batch=16 seed=1"]
+    assert {(c.epochs, c.train_limit) for c in runs.values()} == {(2, 64)}
+    assert runs["lr=0.001 batch=16 seed=1"].train.learning_rate == 0.001
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--learning-rates", "0"], "--learning-rates 0.0: Input should be greater than 0"),
+    (["--batch-sizes", "0"], "--batch-sizes 0: Input should be greater than or equal to 1"),
+    (["--epochs", "0"], "--epochs 0: Input should be greater than or equal to 1"),
+])
+def test_a_bad_grid_is_refused_in_one_line_before_prefect(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit:
+        cli.validate(cli._parser().parse_args(["sweep", *argv]))
+    assert exit.value.code == cli.EXIT_INVALID
+    assert capsys.readouterr().err == f"mnist-pipeline: error: {message}\n"
+
+
+def test_the_flows_parameters_are_the_grid_and_the_runs_settings_but_what_the_grid_sets():
+    from flows.sweep import mnist_sweep
+
+    names = set(mnist_sweep.parameters.properties)
+    assert names == set(SweepGrid.model_fields) | set(config.PipelineConfig.model_fields) - config.GRID_FIELDS
+    assert mnist_sweep.parameters.properties["learning_rates"]["type"] == "array"
+
+
+@pytest.mark.e2e
+def test_a_sweep_on_two_dask_workers_trains_the_grid_and_gates_the_best(tmp_path, mirror):
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "home"), "MNIST_PIPELINE_DASK_WORKERS": "2"}
+    env.pop("PREFECT_API_URL", None)
+    command = [sys.executable, "-m", "flows.cli", "sweep", "--mirror", str(mirror), "--epochs", "1",
+               "--learning-rates", "0.01", "0.001", "--batch-sizes", "16", "32", "--json"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    states = {stage: record["state"] for stage, record in summary["stages"].items()}
+    trains = [stage for stage in states if stage.startswith("train[")]
+    assert len(trains) == 4 and len(set(summary["stages"][s]["artifact"] for s in trains)) == 4
+    assert set(states.values()) == {"Completed"}  # download and preprocess: once for all four
+    # The best is the most accurate on the validation split, and that is the model evaluated and gated.
+    table = pd.read_csv(tmp_path / "artifacts" / "runs" / summary["flow_run_id"] / "sweep.csv")
+    best = table.loc[table["validation_accuracy"].idxmax()]
+    assert summary["sweep"]["best"] == best["combination"]
+    assert summary["train"]["batch_size"] == best["batch_size"]
+    assert summary["train"]["validation_accuracy"] == pytest.approx(best["validation_accuracy"])
+    assert "test_accuracy" in summary["metrics"] and "passed" in summary["gate"]
+    assert (tmp_path / "artifacts" / "runs" / summary["flow_run_id"] / "sweep.png").stat().st_size > 0
+
+    again = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {r["state"] for r in json.loads(again.stdout.strip().splitlines()[-1])["stages"].values()} == {"Cached"}
