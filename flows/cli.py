@@ -206,14 +206,15 @@ def _emit(summary: dict[str, Any], as_json: bool) -> None:
 def predict(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from tasks.engine import gate
     from tasks import predict as prediction
+    from tasks.engine import gate, remote
 
     invert = {"auto": None, "yes": True, "no": False}[args.invert]
     try:
         images = [prediction.prepare(path, invert) for path in args.images]
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        model = prediction.load_model(args.model or gate.champion_model(args.artifacts_dir, args.dataset))
+        model = prediction.load_model(args.model or gate.champion_model(remote.store_root(args.artifacts_dir),
+                                                                        args.dataset))
     except (prediction.NotAnImage, prediction.ModelUnreadable, gate.ChampionDamaged, FileNotFoundError) as error:
         print(f"{PROG}: error: {config.shown(str(error))}", file=sys.stderr)
         return EXIT_INVALID
@@ -231,9 +232,9 @@ def predict(args: argparse.Namespace) -> int:
 
 
 def runs(args: argparse.Namespace) -> int:
-    from tasks.engine import runlog
+    from tasks.engine import remote, runlog
 
-    table = runlog.read(args.artifacts_dir)
+    table = runlog.read(remote.store_root(args.artifacts_dir))
     if args.json:
         print(table.to_json(orient="records"))
     elif table.empty:

@@ -97,6 +97,12 @@ class PipelineConfig(BaseModel):
     @field_validator("artifacts_dir")
     @classmethod
     def _store_inside_allowed_roots(cls, artifacts_dir: str) -> str:
+        if artifacts_dir.startswith("s3://"):  # a bucket: its prefix must be an allowed one
+            from tasks.engine.remote import bucket_path
+
+            bucket_path(artifacts_dir)
+            confine_url(artifacts_dir)
+            return artifacts_dir
         confine(artifacts_dir, "artifacts_dir")
         confine_links(artifacts_dir, "artifacts_dir")
         return artifacts_dir
@@ -126,7 +132,28 @@ def shown(value: object) -> str:
 
 
 def _allowed_roots() -> list[Path]:
-    return [Path(os.path.realpath(root)) for root in os.environ.get(ALLOWED_ROOTS_ENV, "").split(os.pathsep) if root]
+    return [Path(os.path.realpath(root)) for root in _allowed() if not root.startswith("s3:")]
+
+
+def _allowed() -> list[str]:
+    # ":" separates the roots, so `s3://bucket/prefix` comes apart at its scheme: joined again here.
+    parts, roots = os.environ.get(ALLOWED_ROOTS_ENV, "").split(os.pathsep), []
+    for part in parts:
+        if roots and roots[-1] == "s3" and part.startswith("//"):
+            roots[-1] = f"s3:{part}"
+        elif part:
+            roots.append(part)
+    return roots
+
+
+def confine_url(url: str) -> str:
+    """Refuse a bucket address outside the allowed `s3://bucket/prefix` roots (when any roots are set)."""
+    roots = _allowed()
+    buckets = [root.rstrip("/") for root in roots if root.startswith("s3://")]
+    if roots and not any(url.rstrip("/") == b or url.startswith(f"{b}/") for b in buckets):
+        raise ValueError(f"{url} is outside the buckets this worker allows ({', '.join(buckets) or 'none'}); "
+                         f"to allow it, add its s3://bucket/prefix to {ALLOWED_ROOTS_ENV} before `make serve`")
+    return url
 
 
 def _inside(path: str, roots: list[Path]) -> bool:

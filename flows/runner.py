@@ -20,7 +20,7 @@ from tasks import report as reports
 from tasks.engine import gate, layout, runlog
 from tasks.engine.caching import EntryRecords
 from tasks.engine.gate import GateResult
-from tasks.engine import locking
+from tasks.engine import locking, remote
 from tasks.engine.refs import EntryRef, MetricsRef, ModelRef, ReportRef
 from tasks.engine.retries import PermanentError, TransientError
 from tasks.engine.store import ArtifactStore, StoreError, write_atomically
@@ -80,9 +80,10 @@ class StageRunner:
     """Calls each stage with its results kept in the artifact store, and times it."""
 
     def __init__(self, artifacts_dir: str):
-        self.artifacts_dir = artifacts_dir
+        # A store in S3 is read and written through its local copy.
+        self.artifacts_dir = remote.store_root(artifacts_dir)
         # Before any stage: an unwritable store fails the run at once, in one sentence.
-        self.store = ArtifactStore(artifacts_dir).open()
+        self.store = ArtifactStore(self.artifacts_dir).open()
         # flock(2) in the store, or Redis when configured (locking.REDIS_URL_ENV).
         self.locks = locking.lock_manager(self.store.root / layout.LOCKS)
         self.records = EntryRecords(basepath=str(self.store.root))

@@ -10,6 +10,8 @@
       runs/<flow run id>/            each run's report
       runs.jsonl                     the run log
       champions/<dataset>.json       each dataset's champion
+      .remote                        in the local copy of a store in S3: the bucket's URL (remote.py)
+      <stage>/.fetch-<fingerprint>-* an entry being fetched from the bucket, never served
 """
 
 from __future__ import annotations

@@ -4,6 +4,10 @@ An entry is `<root>/<stage>/<fingerprint>/`. It is built in a temporary folder
 beside it, sealed with a manifest of SHA-256 checksums, flushed to disk, and
 only then renamed into place, so a crash can leave litter but never an entry
 that looks complete. Every read verifies the manifest first.
+
+A store in S3 is used through a local copy of it (tasks/engine/remote.py): a
+published entry is uploaded too, and one the copy lacks is fetched, then
+verified like any other.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
-from tasks.engine import layout
+from tasks.engine import layout, remote
 from tasks.engine.layout import MANIFEST, REF
 from tasks.engine.refs import REF_TYPES, EntryRef
 
@@ -98,7 +102,10 @@ def disk_full(err: OSError, where: Path) -> bool:
 
 class ArtifactStore:
     def __init__(self, root: Union[str, os.PathLike[str]]):
+        """The store in the folder `root`: on disk, or the local copy of a bucket (see remote.local_root)."""
         self.root = Path(root)
+        marker = self.root / remote.MARKER
+        self.remote = remote.Remote(marker.read_text().strip()) if marker.is_file() else None
 
     def open(self) -> "ArtifactStore":
         """Create the store's folder if needed; a clear error if it cannot be written."""
@@ -125,6 +132,8 @@ class ArtifactStore:
         entry = self.entry(stage, fingerprint)
         if entry.is_symlink():
             return f"{entry} is a symbolic link"
+        if self.remote is not None and not entry.exists():
+            self._fetch(stage, fingerprint)
         try:
             manifest = json.loads((entry / MANIFEST).read_text())
         except FileNotFoundError:
@@ -165,7 +174,19 @@ class ArtifactStore:
         return sha256_file(manifest) if manifest.is_file() else None
 
     def exists(self, stage: str, fingerprint: str) -> bool:
-        return self.entry(stage, fingerprint).exists()
+        return self.entry(stage, fingerprint).exists() or (
+            self.remote is not None and self.remote.has(stage, fingerprint))
+
+    def _fetch(self, stage: str, fingerprint: str) -> None:
+        """The bucket's copy of an entry, into place in the local copy (unverified: problem() does that)."""
+        final = self.entry(stage, fingerprint)
+        tmp = final.with_name(f".fetch-{fingerprint}-{uuid.uuid4().hex[:8]}")
+        tmp.mkdir(parents=True)
+        try:
+            if self.remote.fetch(stage, fingerprint, tmp) and not final.exists():
+                os.rename(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def evict(self, stage: str, fingerprint: str) -> None:
         """Remove an entry: first out of sight by rename, then from disk.
@@ -174,6 +195,8 @@ class ArtifactStore:
         disk) fails the stage: it must never be served, nor built over.
         """
         entry = self.entry(stage, fingerprint)
+        if self.remote is not None:
+            self.remote.remove(stage, fingerprint)
         doomed = entry.with_name(f".evicted-{fingerprint}-{uuid.uuid4().hex[:8]}")
         try:
             entry.rename(doomed)
@@ -229,3 +252,5 @@ class ArtifactStore:
             self.evict(stage, fingerprint)
         os.rename(tmp, final)
         fsync(final.parent)
+        if self.remote is not None:
+            self.remote.upload(final, stage, fingerprint)

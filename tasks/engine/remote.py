@@ -1,0 +1,115 @@
+"""An artifact store in S3 (`s3://bucket/prefix`), used through a local copy.
+
+Entries live in the bucket under the same layout as on disk,
+`<prefix>/<stage>/<fingerprint>/<file>`, uploaded file by file with the
+manifest last: an entry without its manifest does not count. A host keeps a
+local copy of the store (MNIST_PIPELINE_S3_CACHE, `.s3-cache/<bucket>/<prefix>`
+by default), which the stages read and write as a store on disk; the copy's
+`.remote` file names the bucket. An entry missing from the copy is fetched from
+the bucket into a temporary folder, moved into place, and verified against its
+manifest like any other, so a damaged object is never served: the entry is
+evicted, from the copy and the bucket, and computed again.
+
+The connection comes from the standard AWS settings (`AWS_ENDPOINT_URL`,
+`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_DEFAULT_REGION`, or a
+profile): a local S3 API (moto) and AWS differ only in settings. Run logs,
+champions and run reports stay in each host's copy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path, PurePosixPath
+from typing import Any, Union
+
+from tasks.engine.layout import MANIFEST
+
+SCHEME = "s3://"
+CACHE_ENV = "MNIST_PIPELINE_S3_CACHE"
+DEFAULT_CACHE = ".s3-cache"
+# In a local copy: the URL of the store it copies.
+MARKER = ".remote"
+
+
+def is_remote(location: Union[str, os.PathLike[str]]) -> bool:
+    return str(location).startswith(SCHEME)
+
+
+def bucket_path(url: str) -> str:
+    """`bucket/prefix` of `s3://bucket/prefix/`; refused when it has no bucket or climbs with `..`."""
+    rest = url[len(SCHEME):]
+    path = rest.strip("/")
+    parts = PurePosixPath(path).parts
+    if rest.startswith("/") or not parts or any(part in ("..", ".") for part in parts):
+        raise ValueError(f"{url} is not an s3://bucket/prefix address")
+    return path
+
+
+def local_root(url: str) -> Path:
+    """The local copy of the store at `url`, created and marked on first use."""
+    root = Path(os.environ.get(CACHE_ENV, DEFAULT_CACHE)) / bucket_path(url)
+    root.mkdir(parents=True, exist_ok=True)
+    marker = root / MARKER
+    if not marker.is_file() or marker.read_text().strip() != f"{SCHEME}{bucket_path(url)}":
+        marker.write_text(f"{SCHEME}{bucket_path(url)}\n")
+    return root
+
+
+def store_root(artifacts_dir: str) -> str:
+    """Where a run reads and writes the store `artifacts_dir`: itself, or the local copy of a bucket."""
+    return str(local_root(artifacts_dir)) if is_remote(artifacts_dir) else artifacts_dir
+
+
+class Remote:
+    """The bucket side of a store: entries uploaded, fetched and removed, the manifest marking them whole."""
+
+    def __init__(self, url: str):
+        import s3fs
+
+        self.path = bucket_path(url)
+        # No listing cache: another host may have written an entry a moment ago.
+        self.fs: Any = s3fs.S3FileSystem(use_listings_cache=False, skip_instance_cache=True)
+
+    def _key(self, stage: str, fingerprint: str, name: str = "") -> str:
+        return f"{self.path}/{stage}/{fingerprint}" + (f"/{name}" if name else "")
+
+    def has(self, stage: str, fingerprint: str) -> bool:
+        return self.fs.exists(self._key(stage, fingerprint, MANIFEST))
+
+    def upload(self, folder: Path, stage: str, fingerprint: str) -> None:
+        """Every file of the entry `folder`, then its manifest: whole, or not counted."""
+        files = json.loads((folder / MANIFEST).read_text())["files"]
+        for name in files:
+            self.fs.put_file(str(folder / name), self._key(stage, fingerprint, name))
+        self.fs.put_file(str(folder / MANIFEST), self._key(stage, fingerprint, MANIFEST))
+
+    def fetch(self, stage: str, fingerprint: str, into: Path) -> bool:
+        """The entry's manifest and the files it names, into the empty folder `into`; False if it has none."""
+        try:
+            manifest = self.fs.cat_file(self._key(stage, fingerprint, MANIFEST))
+        except FileNotFoundError:
+            return False
+        (into / MANIFEST).write_bytes(manifest)
+        try:
+            names = list(json.loads(manifest)["files"])
+        except (ValueError, KeyError, TypeError):
+            return True  # a malformed manifest: verification says so, and the entry is evicted
+        for name in names:
+            if PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts:
+                return True  # a file outside the entry: refused by verification, never fetched
+            target = into / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.fs.get_file(self._key(stage, fingerprint, name), str(target))
+            except FileNotFoundError:
+                pass  # verification names the missing file
+        return True
+
+    def remove(self, stage: str, fingerprint: str) -> None:
+        """The manifest first (the entry stops counting), then the rest."""
+        for key in (self._key(stage, fingerprint, MANIFEST), self._key(stage, fingerprint)):
+            try:
+                self.fs.rm(key, recursive=True)
+            except FileNotFoundError:
+                pass
