@@ -13,6 +13,8 @@ POOL="local-process"
 
 export PREFECT_HOME="${PREFECT_HOME:-$PWD/.prefect}"
 RUN_DIR="$PREFECT_HOME/run"
+# The PostgreSQL cluster of DB=postgres (its server, when root, runs as Debian's postgres account).
+PG_DIR="${PG_DIR:-$PREFECT_HOME/postgres}"
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
 export PREFECT_SERVER_API_HOST=127.0.0.1
 # The UI asks the API at this port; --port alone would leave it at 4200.
@@ -69,8 +71,9 @@ PY
 services() {
   local url
   if [ "${DB:-sqlite}" = postgres ] && [ -z "${PREFECT_SERVER_DATABASE_CONNECTION_URL:-}" ]; then
-    url=$("$BIN/python" -m flows.services postgres start "$PREFECT_HOME/postgres" "${PG_PORT:-$((PORT + 2))}") || exit 1
+    url=$("$BIN/python" -m flows.services postgres start "$PG_DIR" "${PG_PORT:-$((PORT + 2))}") || exit 1
     echo "$url" >"$RUN_DIR/postgres.url"
+    echo "$PG_DIR" >"$RUN_DIR/postgres.dir"
   fi
   if [ "${REDIS:-0}" = 1 ] && [ -z "${MNIST_PIPELINE_REDIS_URL:-}" ]; then
     url=$("$BIN/python" -m flows.services redis start "$PREFECT_HOME/redis" "${REDIS_PORT:-$((PORT + 3))}") || exit 1
@@ -227,8 +230,9 @@ stop() {
     rm -f "$RUN_DIR/redis.url"
   fi
   if [ -f "$RUN_DIR/postgres.url" ]; then
-    "$BIN/python" -m flows.services postgres stop "$PREFECT_HOME/postgres" && echo "stopped postgres"
-    rm -f "$RUN_DIR/postgres.url"
+    "$BIN/python" -m flows.services postgres stop "$(cat "$RUN_DIR/postgres.dir" 2>/dev/null || echo "$PG_DIR")" \
+      && echo "stopped postgres"
+    rm -f "$RUN_DIR/postgres.url" "$RUN_DIR/postgres.dir"
   fi
 }
 

@@ -443,3 +443,64 @@ def _eventually(probe, timeout: float = 60):
     while not (result := probe()) and time.monotonic() < deadline:
         time.sleep(1)
     return result
+
+
+def test_two_workers_on_postgres_redis_and_s3_share_runs_and_compute_each_stage_once(
+        tmp_path_factory, mirror, s3_settings, monkeypatch):
+    """docs/multi-host.md's set-up on loopback: `make serve DB=postgres REDIS=1`, a store in S3 (moto),
+    a second worker with a local copy of its own (another host), and three runs created at once."""
+    import tempfile
+    import uuid
+
+    from tasks.engine import remote
+
+    home = tmp_path_factory.mktemp("cluster-prefect-home")
+    for name, value in s3_settings.items():
+        monkeypatch.setenv(name, value)  # for this process's look into the bucket
+    bucket = f"mnist-{uuid.uuid4().hex[:12]}"
+    remote.Remote(f"s3://{bucket}").fs.mkdir(bucket)
+    store = f"s3://{bucket}/team"
+    # PostgreSQL's own account must reach its folder: outside pytest's private temporary folder.
+    pg_dir = tempfile.mkdtemp(prefix="cluster-postgres-")
+    with _served(home, DB="postgres", REDIS="1", PG_DIR=pg_dir, PG_PORT=str(_free_port()),
+                 REDIS_PORT=str(_free_port()), MNIST_PIPELINE_S3_CACHE=str(home / "copy-a"),
+                 MNIST_PIPELINE_ALLOWED_ROOTS=f"{home.parent.parent}:{store}", **s3_settings) as served:
+        run_dir = home / "run"
+        second_env = {**served["env"], "PREFECT_API_URL": f"{served['url']}/api", "PROJECT_DIR": str(ROOT),
+                      "MNIST_PIPELINE_REDIS_URL": (run_dir / "redis.url").read_text().strip(),
+                      "MNIST_PIPELINE_S3_CACHE": str(home / "copy-b")}
+        with open(home / "second-worker.log", "w") as log:
+            second = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "worker", "start", "--pool",
+                                       "local-process", "--limit", "1", "--name", "second"],
+                                      env=second_env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+        try:
+            with _PatientClient(base_url=f"{served['url']}/api", timeout=30) as api:
+                same = _tiny(mirror, store)
+                runs = [api.post(f"/deployments/{_deployment(api, name)['id']}/create_flow_run",
+                                 json={"parameters": params}).json()["id"]
+                        for name, params in [("on-demand", same), ("nightly", same),
+                                             ("on-demand", {**same, "epochs": 2})]]
+                finished = [_wait(api, run, timeout=400) for run in runs]
+                assert [r["state"]["type"] for r in finished] == ["COMPLETED"] * 3, [r["state"] for r in finished]
+                task_runs = api.post("/task_runs/filter", json={
+                    "flow_runs": {"id": {"any_": runs}}}).json()
+        finally:
+            os.killpg(second.pid, 15)
+            second.wait(timeout=30)
+        computed = {}
+        for task_run in task_runs:
+            name = next((s for s in STAGE_TASKS if task_run["name"].startswith(s)), None)
+            if name and task_run["state"]["name"] == "Completed":
+                computed[name] = computed.get(name, 0) + 1
+        # Two distinct inputs for training on (1 and 2 epochs), one for the data stages.
+        assert computed == {"download_dataset": 1, "preprocess_dataset": 1, "train_model": 2,
+                            "evaluate_model": 2, "build_report": 2}, computed
+        # Both workers ran some of them.
+        first_log, second_log = (run_dir / "worker.log").read_text(), (home / "second-worker.log").read_text()
+        assert any(run in first_log for run in runs) and any(run in second_log for run in runs)
+        # The entries are in the bucket, each once.
+        manifests = [key for key in remote.Remote(store).fs.find(f"{bucket}/team") if key.endswith("/manifest.json")]
+        assert len(manifests) == 8
+        # And the server's database is PostgreSQL.
+        assert (run_dir / "postgres.url").read_text().startswith("postgresql+asyncpg://")
