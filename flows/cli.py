@@ -17,6 +17,8 @@ from flows import config
 from flows.config import PipelineConfig
 
 PROG = "mnist-pipeline"
+# gc's default: the last N runs of each dataset keep their entries.
+KEEP_RUNS = int(os.environ.get("MNIST_PIPELINE_GC_KEEP_RUNS", "5"))
 EXIT_FAILED = 1
 EXIT_INVALID = 2
 
@@ -70,6 +72,24 @@ def _parser() -> argparse.ArgumentParser:
                          help="dark ink on light paper needs inverting; auto looks at the border")
     predict.add_argument("--artifacts-dir", default=config.DEFAULT_ARTIFACTS_DIR)
     predict.add_argument("--json", action="store_true")
+
+    store = commands.add_parser("store", help="what the artifact store holds: entries by stage, sizes, ages, "
+                                "last runs, champions")
+    store.add_argument("--artifacts-dir", default=config.DEFAULT_ARTIFACTS_DIR)
+    store.add_argument("--keep-runs", type=int, default=KEEP_RUNS, help="how many recent runs per dataset gc keeps")
+    store.add_argument("--all", action="store_true", help="list every path, not the totals per stage and kind")
+    store.add_argument("--json", action="store_true")
+
+    gc = commands.add_parser("gc", help="remove the entries no champion and no recent run needs, and leftovers; "
+                             "prints what would go unless --yes")
+    gc.add_argument("--artifacts-dir", default=config.DEFAULT_ARTIFACTS_DIR)
+    gc.add_argument("--keep-runs", type=int, default=KEEP_RUNS,
+                    help="keep the entries of the last N runs of each dataset (MNIST_PIPELINE_GC_KEEP_RUNS)")
+    gc.add_argument("--older-than", type=float, default=None, metavar="DAYS",
+                    help="remove only what is at least DAYS old")
+    gc.add_argument("--dry-run", action="store_true", help="print what would go and the space freed (the default)")
+    gc.add_argument("--yes", action="store_true", help="remove it")
+    gc.add_argument("--json", action="store_true")
 
     runs = commands.add_parser("runs", help="list past runs with their metrics and gate results")
     runs.add_argument("--artifacts-dir", default=config.DEFAULT_ARTIFACTS_DIR)
@@ -244,6 +264,55 @@ def runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inventory(args: argparse.Namespace) -> Any:
+    from tasks.engine import inventory, remote
+
+    root = Path(remote.store_root(args.artifacts_dir))
+    try:
+        return root, inventory.inventory(root, keep_runs=args.keep_runs)
+    except inventory.NotAStore as error:
+        print(f"{PROG}: error: {config.shown(str(error))}", file=sys.stderr)
+        raise SystemExit(EXIT_INVALID) from None
+
+
+def store(args: argparse.Namespace) -> int:
+    _, table = _inventory(args)
+    if args.json:
+        print(table.drop(columns=["path"]).assign(path=table["path"].map(str)).to_json(orient="records"))
+        return 0
+    if args.all:
+        shown = table.drop(columns=["path"])
+    else:
+        shown = table.groupby(["kind", "stage"], sort=False).agg(
+            count=("bytes", "size"), bytes=("bytes", "sum"), oldest_days=("age_days", "max"),
+            kept_by_champion=("champion", lambda c: int((c != "").sum())),
+            kept_by_recent_run=("recent_run", "sum")).reset_index()
+    print(shown.to_string(index=False))
+    print(f"total: {int(table['bytes'].sum())} bytes ({table['bytes'].sum() / 1e6:.1f} MB) in {args.artifacts_dir}")
+    return 0
+
+
+def gc(args: argparse.Namespace) -> int:
+    from tasks.engine import inventory, layout, locking
+
+    root, table = _inventory(args)
+    doomed = inventory.plan(table, args.older_than)
+    if not args.yes:
+        listing = doomed.drop(columns=["path"])
+        print(listing.to_json(orient="records") if args.json else (
+            listing.to_string(index=False) if len(doomed) else "nothing to remove"))
+        print(f"would free {int(doomed['bytes'].sum())} bytes ({doomed['bytes'].sum() / 1e6:.1f} MB); "
+              "run again with --yes to remove it", file=sys.stderr)
+        return 0
+    freed, skipped = inventory.collect(root, doomed, locking.lock_manager(root / layout.LOCKS))
+    for line in skipped:
+        print(f"skipped {line}", file=sys.stderr)
+    summary = {"removed": len(doomed) - len(skipped), "skipped": len(skipped), "freed_bytes": freed}
+    print(json.dumps(summary) if args.json else
+          f"removed {summary['removed']}, skipped {len(skipped)}, freed {freed} bytes ({freed / 1e6:.1f} MB)")
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -251,6 +320,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return predict(args)
         if args.command == "runs":
             return runs(args)
+        if args.command in ("store", "gc"):
+            return {"store": store, "gc": gc}[args.command](args)
         return run(validate(args), args.json, args.verbose, sweep=args.command == "sweep")
     finally:
         sys.stdout.flush()

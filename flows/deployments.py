@@ -37,7 +37,7 @@ from pydantic import ValidationError
 from flows import config
 
 # The flows of prefect.yaml's deployments.
-FLOWS = ["mnist-pipeline", "mnist-sweep"]
+FLOWS = ["mnist-pipeline", "mnist-sweep", "mnist-store-gc"]
 NIGHTLY_ENV = "MNIST_PIPELINE_NIGHTLY"
 ZOMBIES = "mnist-pipeline: crash flow runs whose process died"
 _IN_FLIGHT = [StateType.PENDING, StateType.RUNNING, StateType.CANCELLING]

@@ -203,6 +203,9 @@ class StageRunner:
                 "test_accuracy": metrics.test_accuracy, "test_loss": metrics.test_loss,
                 "gate_passed": verdict.passed, "gate_reason": verdict.reason,
                 "stages": {stage: record["state"] for stage, record in self.stages.items()},
+                # The entries it used, `<stage>/<fingerprint>`: what `mnist-pipeline gc` keeps for it.
+                "entries": {stage: Path(record["artifact"]).relative_to(self.store.root).as_posix()
+                            for stage, record in self.stages.items() if record["artifact"]},
             }))
             if verdict.passed:
                 gate.promote(self.artifacts_dir, cfg.dataset, model, metrics, run_id)

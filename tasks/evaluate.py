@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from tasks.engine.refs import MetricsRef, ModelRef, PreparedRef
+from tasks.pixels import scaled
 from tasks.runtime import tensorflow
 
 # The tutorial prints the logits of test image 1 (`pre[1]`); keep the first few.
@@ -69,7 +70,7 @@ def evaluate_model(out: Path, model: ModelRef, data: PreparedRef) -> dict[str, A
     """Score the trained model on the test split."""
     tensorflow()
     x_test, y_test = data.split("test")
-    logits = model.load().predict(x_test, batch_size=_PREDICT_BATCH, verbose=0)
+    logits = model.load().predict(scaled(x_test), batch_size=_PREDICT_BATCH, verbose=0)
     scores = score(logits, y_test)
     for name, (file, indexed) in MetricsRef.TABLES.items():
         scores[name].to_csv(out / file, index=indexed)

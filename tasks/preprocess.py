@@ -1,4 +1,8 @@
-"""Stage 2: scale pixels to [0, 1], reshape to (N, 28, 28, 1), draw 20 samples."""
+"""Stage 2: reshape to (N, 28, 28, 1), hold out the validation split, draw 20 samples.
+
+The pixels stay uint8 (0..255) in the entry, a quarter of float32's bytes; the
+stages that feed a model scale them to [0, 1] as they load them (tasks/pixels.py).
+"""
 
 from __future__ import annotations
 
@@ -13,9 +17,9 @@ from tasks.engine.refs import DatasetRef, PreparedRef
 SAMPLE_COUNT = 20
 
 
-def scale(images: np.ndarray) -> np.ndarray:
-    """uint8 (N, 28, 28) to float32 (N, 28, 28, 1) in [0, 1], as the tutorial does."""
-    return (images.astype(np.float32) / 255.0)[..., np.newaxis]
+def reshape(images: np.ndarray) -> np.ndarray:
+    """uint8 (N, 28, 28) to uint8 (N, 28, 28, 1): the channel axis Conv2D expects."""
+    return np.ascontiguousarray(images, dtype=np.uint8)[..., np.newaxis]
 
 
 def validation_size(examples: int, validation_split: float) -> int:
@@ -27,7 +31,7 @@ def validation_size(examples: int, validation_split: float) -> int:
 
 def preprocess_dataset(out: Path, raw: DatasetRef, train_limit: Optional[int] = None,
                        validation_split: float = 0.0) -> dict[str, Any]:
-    """Scale and reshape the splits, hold out the last `validation_split` of training, draw 20 samples."""
+    """Reshape the splits, hold out the last `validation_split` of training, draw 20 samples."""
     arrays = raw.arrays()
     images, labels = arrays["train_images"][:train_limit], arrays["train_labels"][:train_limit]
     held_out = validation_size(len(labels), validation_split)
@@ -38,7 +42,7 @@ def preprocess_dataset(out: Path, raw: DatasetRef, train_limit: Optional[int] = 
         if split == "validation" and not held_out:
             continue
         x_file, y_file = PreparedRef.split_files(split)
-        np.save(out / x_file, scale(x))
+        np.save(out / x_file, reshape(x))
         np.save(out / y_file, y.astype(np.int64))
     plots.image_grid(images[:SAMPLE_COUNT], [str(label) for label in labels[:SAMPLE_COUNT]], out / PreparedRef.SAMPLES)
     return {"train_count": kept, "validation_count": held_out, "test_count": len(arrays["test_labels"]),

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from tasks import checkpoint
+from tasks.pixels import scaled
 from tasks.engine.refs import ModelRef, PreparedRef
 from tasks.engine.retries import TransientError
 from tasks.params import TrainParams
@@ -121,6 +122,7 @@ def train_model(out: Path, data: PreparedRef, params: TrainParams, *, work: Path
     x_train, y_train = data.split("train")
     # The held-out part of the training split; the test split only when none is held out (the tutorial's way).
     x_val, y_val = data.split(data.validated_on)
+    x_train, x_val = scaled(x_train), scaled(x_val)
     checkpoints, say = work, log.info
 
     resume_from = checkpoint.latest(checkpoints)

@@ -44,7 +44,7 @@ def test_editing_a_helper_changes_the_digest(helper_package):
 
 def test_train_depends_on_the_modules_it_runs_and_no_more():
     modules = project_modules("tasks.train")
-    assert set(modules) == {"tasks.train", "tasks.checkpoint", "tasks.params", "tasks.runtime"}
+    assert set(modules) == {"tasks.train", "tasks.checkpoint", "tasks.params", "tasks.pixels", "tasks.runtime"}
 
 
 def test_fingerprint_follows_parameters_and_upstream_not_location():

@@ -132,7 +132,7 @@ def test_serve_twice_keeps_one_of_each(served, api):
     again = _serve("start", served["env"])
     assert again.returncode == 0, again.stderr
     assert {p.name: p.read_text() for p in (served["home"] / "run").glob("*.pid")} == pids
-    assert sorted(d["name"] for d in api.post("/deployments/filter", json={}).json()) == ["nightly", "on-demand", "sweep"]
+    assert sorted(d["name"] for d in api.post("/deployments/filter", json={}).json()) == ["nightly", "on-demand", "sweep", "weekly-gc"]
 
 
 def test_on_demand_run_completes_with_its_parameters(api, mirror, tmp_path):

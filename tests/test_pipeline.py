@@ -114,12 +114,12 @@ def test_unwritable_store_fails_clearly_and_leaves_no_entry(mirror, tmp_path):
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A real 1 MiB file system (tmpfs): room for the download entry, not for preprocess."""
+    """A real 512 KiB file system (tmpfs): room for the download entry (~290 KiB), not for preprocess (~390 KiB)."""
     import subprocess
 
     disk = tmp_path / "small-disk"
     disk.mkdir()
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(disk)],
                            capture_output=True, text=True)
     if mount.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (needs root): {mount.stderr.strip()}")

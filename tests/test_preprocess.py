@@ -1,19 +1,21 @@
 import matplotlib.image
 import numpy as np
 
-from tasks import preprocess
+from tasks import pixels, preprocess
 from flows.stages import download_dataset, preprocess_dataset
 from tasks.engine.refs import PreparedRef
 from tasks.engine.store import ArtifactStore
 
 
-def test_scale_gives_float32_in_unit_range_with_a_channel():
+def test_the_entry_keeps_uint8_pixels_with_a_channel_and_scaling_gives_the_tutorials_floats():
     images = np.array([[[0, 255], [51, 102]]], dtype=np.uint8)
-    scaled = preprocess.scale(images)
-    assert scaled.dtype == np.float32
-    assert scaled.shape == (1, 2, 2, 1)
+    kept = preprocess.reshape(images)
+    assert kept.dtype == np.uint8 and kept.shape == (1, 2, 2, 1)
+    scaled = pixels.scaled(kept)
+    assert scaled.dtype == np.float32 and scaled.shape == (1, 2, 2, 1)
     assert scaled.min() == 0.0 and scaled.max() == 1.0
-    assert np.isclose(scaled[0, 1, 0, 0], 0.2)
+    # Bit for bit what the tutorial computes: x / 255.0 in float32.
+    assert np.array_equal(scaled[..., 0], images.astype("float32") / 255.0)
 
 
 def test_stage_writes_both_splits_and_the_sample_grid(mirror, store):
@@ -24,6 +26,7 @@ def test_stage_writes_both_splits_and_the_sample_grid(mirror, store):
     x_test, _ = ref.at(store).split("test")
     assert (ref.train_count, ref.test_count) == (50, 100)
     assert x_train.shape == (50, 28, 28, 1) and x_test.shape == (100, 28, 28, 1)
+    assert x_train.dtype == np.uint8  # a quarter of float32's bytes
     assert len(y_train) == 50
     grid = matplotlib.image.imread(entry / PreparedRef.SAMPLES)
     assert grid.shape[1] > 2 * grid.shape[0]  # two rows of ten
@@ -44,9 +47,9 @@ def test_the_validation_split_is_the_last_share_of_training_and_holds_no_test_im
     x_val, y_val = ref.split("validation")
     x_test, _ = ref.split("test")
     # The held-out images are the last 20 of the 200 used, and training keeps the first 180.
-    assert np.array_equal(x_val[..., 0], arrays["train_images"][180:200] / np.float32(255))
+    assert np.array_equal(x_val[..., 0], arrays["train_images"][180:200])
     assert np.array_equal(y_val, arrays["train_labels"][180:200])
-    assert np.array_equal(x_train[..., 0], arrays["train_images"][:180] / np.float32(255))
+    assert np.array_equal(x_train[..., 0], arrays["train_images"][:180])
     seen = {image.tobytes() for image in np.concatenate([x_train, x_val])}
     assert not [image for image in x_test if image.tobytes() in seen]
 

@@ -101,9 +101,8 @@ def test_a_diverging_training_fails_and_keeps_no_checkpoint(mirror, tmp_path):
     poisoned.folder.mkdir(parents=True)
     for name in ("train_y.npy", "test_x.npy", "test_y.npy"):
         (poisoned.folder / name).write_bytes((data.folder / name).read_bytes())
-    x = np.load(data.folder / "train_x.npy")
-    x[:] = np.nan  # what an infinite learning rate makes of the weights
-    np.save(poisoned.folder / "train_x.npy", x)
+    # NaN inputs: what an infinite learning rate makes of the weights (pixels as floats, which the loader scales too).
+    np.save(poisoned.folder / "train_x.npy", np.full(np.load(data.folder / "train_x.npy").shape, np.nan, np.float32))
     out = tmp_path / "out"
     with pytest.raises(checkpoint.TrainingDiverged, match="training diverged: the loss is nan after epoch 1"):
         fit(out, poisoned, PARAMS, print, tmp_path / "checkpoints")

@@ -96,7 +96,7 @@ class PreparedRef(EntryRef):
         return f"{split}_x.npy", f"{split}_y.npy"
 
     def split(self, split: str, mmap: bool = False) -> tuple["np.ndarray", "np.ndarray"]:
-        """Images and labels of `train` or `test`; the images memory-mapped if asked."""
+        """Images (uint8, N x 28 x 28 x 1) and labels of a split; the images memory-mapped if asked."""
         import numpy as np
 
         images, labels = self.split_files(split)

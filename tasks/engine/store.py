@@ -197,6 +197,9 @@ class ArtifactStore:
         entry = self.entry(stage, fingerprint)
         if self.remote is not None:
             self.remote.remove(stage, fingerprint)
+        if entry.is_symlink():
+            entry.unlink()  # the link goes, never what it points at
+            return
         doomed = entry.with_name(f".evicted-{fingerprint}-{uuid.uuid4().hex[:8]}")
         try:
             entry.rename(doomed)

@@ -1,0 +1,45 @@
+"""The `mnist-store-gc` flow: `mnist-pipeline gc --yes` with the default policy, on a schedule.
+
+prefect.yaml's `weekly-gc` deployment runs it every Sunday at 03:00 UTC, so a
+server left alone for months keeps its store bounded: each champion's lineage
+and the last `keep_runs` runs of each dataset stay, the rest goes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from pydantic import Field
+
+from flows import config
+from tasks.engine import inventory, layout, locking, remote
+
+
+@flow(name="mnist-store-gc")
+def store_gc(artifacts_dir: Annotated[str, Field(min_length=1)] = config.DEFAULT_ARTIFACTS_DIR,
+             keep_runs: Annotated[int, Field(ge=0)] = int(os.environ.get("MNIST_PIPELINE_GC_KEEP_RUNS", "5")),
+             older_than_days: Annotated[float, Field(ge=0)] = 0.0) -> dict[str, Any]:
+    """Remove the store's entries that no champion and none of the last `keep_runs` runs per dataset need.
+
+    Args:
+        artifacts_dir: The artifact store, on the worker.
+        keep_runs: The last N runs of each dataset keep their entries.
+        older_than_days: Remove only what is at least this many days old.
+    """
+    config.PipelineConfig(artifacts_dir=artifacts_dir)  # the same allowed roots as a run's
+    root = Path(remote.store_root(artifacts_dir))
+    table = inventory.inventory(root, keep_runs=keep_runs)
+    doomed = inventory.plan(table, older_than_days or None)
+    freed, skipped = inventory.collect(root, doomed, locking.lock_manager(root / layout.LOCKS))
+    summary = {"removed": len(doomed) - len(skipped), "skipped": len(skipped), "freed_bytes": freed,
+               "store_bytes": int(table["bytes"].sum()) - freed}
+    for line in skipped:
+        get_run_logger().info("skipped %s", line)
+    create_markdown_artifact(key="mnist-store-gc", markdown=(
+        f"Removed {summary['removed']} paths, freed {freed / 1e6:.1f} MB; the store now holds "
+        f"{summary['store_bytes'] / 1e6:.1f} MB. Skipped (in use): {len(skipped)}.\n"))
+    return summary
