@@ -87,8 +87,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="keep the entries of the last N runs of each dataset (MNIST_PIPELINE_GC_KEEP_RUNS)")
     gc.add_argument("--older-than", type=float, default=None, metavar="DAYS",
                     help="remove only what is at least DAYS old")
-    gc.add_argument("--dry-run", action="store_true", help="print what would go and the space freed (the default)")
-    gc.add_argument("--yes", action="store_true", help="remove it")
+    what = gc.add_mutually_exclusive_group()
+    what.add_argument("--dry-run", action="store_true", help="print what would go and the space freed (the default)")
+    what.add_argument("--yes", action="store_true", help="remove it")
     gc.add_argument("--json", action="store_true")
 
     runs = commands.add_parser("runs", help="list past runs with their metrics and gate results")
@@ -304,7 +305,11 @@ def gc(args: argparse.Namespace) -> int:
         print(f"would free {int(doomed['bytes'].sum())} bytes ({doomed['bytes'].sum() / 1e6:.1f} MB); "
               "run again with --yes to remove it", file=sys.stderr)
         return 0
-    freed, skipped = inventory.collect(root, doomed, locking.lock_manager(root / layout.LOCKS))
+    try:
+        freed, skipped = inventory.collect(root, doomed, locking.lock_manager(root / layout.LOCKS))
+    except inventory.RunsInProgress as error:
+        print(f"{PROG}: error: {error}; try again then", file=sys.stderr)
+        return EXIT_FAILED
     for line in skipped:
         print(f"skipped {line}", file=sys.stderr)
     summary = {"removed": len(doomed) - len(skipped), "skipped": len(skipped), "freed_bytes": freed}

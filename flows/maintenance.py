@@ -34,7 +34,13 @@ def store_gc(artifacts_dir: Annotated[str, Field(min_length=1)] = config.DEFAULT
     root = Path(remote.store_root(artifacts_dir))
     table = inventory.inventory(root, keep_runs=keep_runs)
     doomed = inventory.plan(table, older_than_days or None)
-    freed, skipped = inventory.collect(root, doomed, locking.lock_manager(root / layout.LOCKS))
+    try:
+        freed, skipped = inventory.collect(root, doomed, locking.lock_manager(root / layout.LOCKS))
+    except inventory.RunsInProgress as error:
+        # Not a failure: next week's run will find the store idle, or the one after.
+        get_run_logger().info("%s; nothing removed this time", error)
+        return {"removed": 0, "skipped": len(doomed), "freed_bytes": 0, "store_bytes": int(table["bytes"].sum()),
+                "runs_in_progress": True}
     summary = {"removed": len(doomed) - len(skipped), "skipped": len(skipped), "freed_bytes": freed,
                "store_bytes": int(table["bytes"].sum()) - freed}
     for line in skipped:

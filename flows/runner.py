@@ -93,6 +93,15 @@ class StageRunner:
         if (flow_run.run_count or 0) > 1:
             _crash_leftover_task_runs()
 
+    def __enter__(self) -> "StageRunner":
+        """The run is in progress: `mnist-pipeline gc` removes nothing until it ends (and it waits for a gc)."""
+        self._in_progress = locking.run_in_progress(self.locks, self.store.identity)
+        self._in_progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._in_progress.__exit__(*exc)
+
     def _bound(self, stage_task: Task) -> Task:
         bound = stage_task.with_options(
             # Runs with the same inputs at once compute each stage once; the others wait.

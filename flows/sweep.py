@@ -82,19 +82,19 @@ def mnist_sweep(**parameters: Any) -> Any:
     except ValidationError as error:
         return Failed(message=config.describe(error))
     first = next(iter(runs.values()))
-    run = StageRunner(first.artifacts_dir)
-    raw = run(download_dataset, first.dataset, first.mirror)
-    data = run(preprocess_dataset, raw, first.train_limit, first.validation_split)
-    models = run.map(train_model, {label: (data, cfg.train) for label, cfg in runs.items()})
-    table = comparison(models, runs, run.stages)
-    best = table.iloc[0]["combination"]
-    from prefect.runtime import flow_run
+    with StageRunner(first.artifacts_dir) as run:
+        raw = run(download_dataset, first.dataset, first.mirror)
+        data = run(preprocess_dataset, raw, first.train_limit, first.validation_split)
+        models = run.map(train_model, {label: (data, cfg.train) for label, cfg in runs.items()})
+        table = comparison(models, runs, run.stages)
+        best = table.iloc[0]["combination"]
+        from prefect.runtime import flow_run
 
-    publish_comparison(table, layout.run_folder(first.artifacts_dir, str(flow_run.id)), first.dataset)
-    metrics = run(evaluate_model, models[best], data)
-    report = run(build_report, raw, data, models[best], metrics, runs[best].train)
-    return run.finish(runs[best], models[best], metrics, report,
-                      sweep={"best": best, "combinations": table.to_dict(orient="records")})
+        publish_comparison(table, layout.run_folder(run.artifacts_dir, str(flow_run.id)), first.dataset)
+        metrics = run(evaluate_model, models[best], data)
+        report = run(build_report, raw, data, models[best], metrics, runs[best].train)
+        return run.finish(runs[best], models[best], metrics, report,
+                          sweep={"best": best, "combinations": table.to_dict(orient="records")})
 
 
 mnist_sweep = flow(name="mnist-sweep", task_runner=task_runner())(

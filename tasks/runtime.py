@@ -64,5 +64,7 @@ def strategy_name(gpus: int, tf_config: Optional[str]) -> str:
 def distribution():
     """The strategy of strategy_name() for this machine; "default" is TensorFlow's own, one device."""
     tf = tensorflow()
-    name = strategy_name(len(tf.config.list_logical_devices("GPU")), os.environ.get("TF_CONFIG"))
+    # Physical devices: listing logical ones would start TensorFlow's runtime, after which
+    # MultiWorkerMirroredStrategy can no longer configure its collective ops.
+    name = strategy_name(len(tf.config.list_physical_devices("GPU")), os.environ.get("TF_CONFIG"))
     return tf.distribute.get_strategy() if name == "default" else getattr(tf.distribute, name)()

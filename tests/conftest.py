@@ -43,29 +43,32 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+def _service(name: str, start, stop):
+    """A service of the session's own, in a temporary folder on a free loopback port; stopped and removed after."""
+    import shutil
+
+    folder = Path(tempfile.mkdtemp(prefix=f"{name}-"))
+    try:
+        yield start(folder, _free_port())
+    finally:
+        stop(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def redis_url():
-    """A Redis server of the session's own on loopback (Debian's redis-server, see `make system-deps`)."""
+    """Debian's redis-server (see `make system-deps`): its redis:// URL."""
     from flows import services
 
-    folder = Path(tempfile.mkdtemp(prefix="redis-"))
-    url = services.start_redis(folder, _free_port())
-    yield url
-    services.stop_redis(folder)
+    yield from _service("redis", services.start_redis, services.stop_redis)
 
 
 @pytest.fixture(scope="session")
 def postgres_url():
-    """A PostgreSQL cluster of the session's own on loopback (Debian's postgresql), removed afterwards."""
-    import shutil
-
+    """A cluster of Debian's postgresql: its connection URL for Prefect's server."""
     from flows import services
 
-    folder = Path(tempfile.mkdtemp(prefix="postgres-"))
-    url = services.start_postgres(folder, _free_port())
-    yield url
-    services.stop_postgres(folder)
-    shutil.rmtree(folder, ignore_errors=True)
+    yield from _service("postgres", services.start_postgres, services.stop_postgres)
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ from flows.config import TINY
 from tasks.engine import gate, inventory
 from tasks.engine.caching import record_key
 from tasks.engine.locking import FileLockManager
+from tasks.engine.store import ArtifactStore
 
 STAGES = ["download", "preprocess", "train", "evaluate", "report"]
 
@@ -160,3 +161,52 @@ def test_the_scheduled_clean_up_flow_applies_the_default_policy(history, tmp_pat
     summary = store_gc(artifacts_dir=store, keep_runs=2)
     assert summary["removed"] >= len(expected) > 0 and summary["store_bytes"] == _du(store)
     assert not expected & _entries(store)
+
+
+@pytest.mark.e2e
+def test_a_run_started_during_gc_completes(history, tmp_path, mirror, capsys):
+    """gc after gc, keeping nothing but the champion, while a run goes: whatever the interleaving, the run
+    finds each entry whole or computes it again, and completes."""
+    import os
+    import sys
+    import time
+
+    store = _copy(history[0], tmp_path)
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "home")}
+    env.pop("PREFECT_API_URL", None)
+    run = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--mirror", str(mirror), "--epochs", "1",
+                            "--batch-size", "16", "--train-limit", "200", "--seed", "1", "--accuracy-threshold", "0",
+                            "--artifacts-dir", store, "--json"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    freed, refused = 0, 0
+    while run.poll() is None:
+        code = cli.main(["gc", "--artifacts-dir", store, "--keep-runs", "0", "--yes", "--json"])
+        captured = capsys.readouterr()
+        if code == 0:
+            freed += json.loads(captured.out)["freed_bytes"]
+        else:  # the run holds the store: gc waits for its end
+            assert code == cli.EXIT_FAILED and "a run is in progress in this store" in captured.err
+            refused += 1
+        time.sleep(0.2)
+    out, err = run.communicate()
+    assert run.returncode == 0, err[-3000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["state"] == "Completed" and Path(summary["run_report"]).is_file()
+    assert refused > 0  # gc met the run in progress
+    # What the run used is whole: its lineage went into the run log before the store was let go.
+    for stage, record in summary["stages"].items():
+        assert ArtifactStore(store).problem(stage, Path(record["artifact"]).name) is None
+
+
+@pytest.mark.e2e
+def test_gc_removes_nothing_while_a_run_is_in_progress(history, tmp_path, capsys):
+    from tasks.engine import locking
+
+    store = _copy(history[0], tmp_path)
+    before = _entries(store)
+    with locking.run_in_progress(FileLockManager(Path(store) / ".locks").open(), ArtifactStore(store).identity):
+        assert cli.main(["gc", "--artifacts-dir", store, "--keep-runs", "0", "--yes"]) == cli.EXIT_FAILED
+    assert "a run is in progress in this store: gc removes nothing until it ends" in capsys.readouterr().err
+    assert _entries(store) == before
+    assert cli.main(["gc", "--artifacts-dir", store, "--keep-runs", "0", "--yes"]) == 0
+    assert _entries(store) < before

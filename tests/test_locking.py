@@ -9,7 +9,8 @@ from tasks.engine import locking
 from tasks.engine.locking import FileLockManager, lock_manager
 
 
-@pytest.fixture(params=["flock", "redis"])
+# Redis is a server: out of the fast lane, as the other servers are.
+@pytest.fixture(params=["flock", pytest.param("redis", marks=pytest.mark.e2e)])
 def backend(request, monkeypatch) -> str:
     """Each lock test on both lock managers: flock(2) in a folder, and Redis (cross-host)."""
     if request.param == "redis":
@@ -86,3 +87,24 @@ def test_release_by_a_non_holder_is_refused(backend, tmp_path, key):
         locks.release_lock(key, "run-b")
     assert locks.is_lock_holder(key, "run-a")
     locks.release_lock(key, "run-a")
+
+
+def test_gc_is_kept_out_while_a_run_is_in_progress_and_a_killed_run_lets_it_in(backend, tmp_path):
+    from tasks.engine.locking import run_in_progress, store_exclusively
+
+    store = str(tmp_path / "store")
+    with run_in_progress(lock_manager(tmp_path), store):
+        with store_exclusively(lock_manager(tmp_path), store) as alone:
+            assert not alone
+        with store_exclusively(lock_manager(tmp_path / "another"), store + "-another") as alone:
+            assert alone  # another store's gc is none of this run's business
+    with store_exclusively(lock_manager(tmp_path), store) as alone:
+        assert alone
+    holder = _probe(tmp_path, "import time; from tasks.engine.locking import run_in_progress\n"
+                              f"with run_in_progress(locks, {store!r}):\n print('running', flush=True); time.sleep(60)")
+    assert holder.stdout.readline().strip() == "running"
+    holder.kill()
+    holder.wait()
+    time.sleep(2.5 if backend == "redis" else 0)  # Redis: the run's key expires
+    with store_exclusively(lock_manager(tmp_path), store) as alone:
+        assert alone

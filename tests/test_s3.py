@@ -12,6 +12,8 @@ from tasks.engine import remote
 from tasks.engine.layout import MANIFEST
 from tasks.engine.store import ArtifactStore
 
+pytestmark = pytest.mark.e2e  # moto's S3 server: out of the fast lane
+
 
 @pytest.fixture
 def bucket(s3_settings, monkeypatch, tmp_path) -> str:
@@ -83,7 +85,6 @@ def _run(tmp_path, store: str, cache: str, mirror, s3_settings):
     return {stage: r["state"] for stage, r in json.loads(done.stdout.strip().splitlines()[-1])["stages"].items()}
 
 
-@pytest.mark.e2e
 def test_a_run_on_s3_reruns_all_cached_from_another_hosts_copy_and_recomputes_a_damaged_object(
         bucket, tmp_path, mirror, s3_settings):
     assert set(_run(tmp_path, bucket, "host-a", mirror, s3_settings).values()) == {"Completed"}

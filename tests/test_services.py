@@ -16,6 +16,8 @@ import pytest
 
 from flows import services
 
+pytestmark = pytest.mark.e2e  # servers: out of the fast lane
+
 
 def _free_port() -> int:
     import socket
@@ -61,7 +63,6 @@ def test_the_cluster_is_private_and_on_loopback(postgres_url):
     assert _psql(postgres_url, "SHOW listen_addresses") == "127.0.0.1"
 
 
-@pytest.mark.e2e
 def test_concurrent_runs_on_postgres_and_redis_compute_each_stage_once(postgres_server, postgres_url, redis_url,
                                                                        mirror, tmp_path):
     """Two runs at once, same inputs, one store: the Redis locks let one compute while the other waits."""

@@ -35,12 +35,21 @@ class NotAStore(ValueError):
 
 
 def allocated(path: Path) -> int:
-    """Bytes on disk under `path`, links not followed (each counted as itself), as `du` does."""
-    total = path.lstat().st_blocks * 512
+    """Bytes on disk under `path`, links not followed (each counted as itself), as `du` does.
+
+    What a run removes meanwhile (a temporary folder renamed into place) counts as nothing.
+    """
+    try:
+        total = path.lstat().st_blocks * 512
+    except FileNotFoundError:
+        return 0
     if path.is_dir() and not path.is_symlink():
         for parent, dirs, files in os.walk(path):
             for name in dirs + files:
-                total += os.lstat(os.path.join(parent, name)).st_blocks * 512
+                try:
+                    total += os.lstat(os.path.join(parent, name)).st_blocks * 512
+                except FileNotFoundError:
+                    pass
     return total
 
 
@@ -97,8 +106,12 @@ def inventory(root: Path, keep_runs: int = 5) -> Any:
     for row in _rows(root):
         path = row["path"]
         name = f"{row['stage']}/{row['fingerprint']}"
-        row.update(bytes=path.lstat().st_blocks * 512 if row.pop("folder_only", False) else allocated(path),
-                   age_days=round((now - path.lstat().st_mtime) / 86400, 2),
+        try:
+            stat = path.lstat()
+        except FileNotFoundError:  # gone while listed: a run at work
+            continue
+        row.update(bytes=stat.st_blocks * 512 if row.pop("folder_only", False) else allocated(path),
+                   age_days=round((now - stat.st_mtime) / 86400, 2),
                    last_run=used.get(name, {}).get("last_run", ""),
                    champion=", ".join(sorted(d for d, lineage in champions.items() if name in lineage)),
                    recent_run=name in kept_by_runs)
@@ -140,8 +153,28 @@ def plan(table: Any, older_than_days: Optional[float] = None) -> Any:
     return table[doomed]
 
 
+class RunsInProgress(RuntimeError):
+    """A run is in progress: its entries are not in the run log yet, so nothing may go."""
+
+
 def collect(root: Path, doomed: Any, locks: Any) -> tuple[int, list[str]]:
-    """Remove the planned rows, each under its stage's cache lock; returns bytes freed and what was skipped."""
+    """Remove the planned rows, each under its stage's cache lock; returns bytes freed and what was skipped.
+
+    Only while no run is in progress (the store's lock, held exclusively): a run
+    records its entries when it ends, so until then they look unneeded. Runs
+    that start meanwhile wait. Raises RunsInProgress, having removed nothing.
+    A store in S3 is pruned in this host's copy only: the bucket serves hosts
+    whose runs this host's run log does not know.
+    """
+    from tasks.engine.locking import store_exclusively
+
+    with store_exclusively(locks, ArtifactStore(root).identity) as alone:
+        if not alone:
+            raise RunsInProgress("a run is in progress in this store: gc removes nothing until it ends")
+        return _collect(root, doomed, locks)
+
+
+def _collect(root: Path, doomed: Any, locks: Any) -> tuple[int, list[str]]:
     from tasks.engine.caching import record_key
 
     store, freed, skipped = ArtifactStore(root), 0, []
@@ -154,7 +187,7 @@ def collect(root: Path, doomed: Any, locks: Any) -> tuple[int, list[str]]:
         try:
             path = Path(row["path"])
             if row["kind"] == "entry":
-                store.evict(row["stage"], row["fingerprint"])
+                store.evict(row["stage"], row["fingerprint"], remote=False)
             elif path.is_symlink():
                 path.unlink()  # the link, never its target
             else:

@@ -155,6 +155,70 @@ class FileLockManager:
         return self.wait_for_lock(key, timeout)
 
 
+# The store's own lock: runs hold it shared from start to end, gc exclusively (never waiting).
+STORE_KEY = "store/in-use"
+STORE_LOCK_FILE = "store.lock"
+_RUN_KEYS = "mnist-pipeline:run:"
+
+
+@contextmanager
+def run_in_progress(locks: Any, store: str) -> Iterator[None]:
+    """Held by a run from its start to its end: gc removes nothing meanwhile, and a run waits for a gc to end.
+
+    flock: a shared lock on `.locks/store.lock` (STORE_LOCK_FILE), which dies with its process.
+    Redis: the run's key, registered under the store's lock and renewed while
+    the run lives (it expires `ttl` after a killed run). `store` names the
+    store in Redis's keys (its bucket, or its folder), which several stores share.
+    """
+    if isinstance(locks, FileLockManager):
+        locks.directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(locks.directory / STORE_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # waits while a gc holds it exclusively
+            yield
+        finally:
+            os.close(fd)
+        return
+    key = f"{_RUN_KEYS}{store}:{os.getpid()}-{uuid4().hex}"
+    with held(locks, f"{STORE_KEY}/{store}"):  # not while a gc runs
+        locks.client.set(key, "1", ex=max(1, round(locks.ttl)))
+    stop = threading.Event()
+    threading.Thread(target=_renew_key, args=(locks.client, key, locks.ttl, stop), daemon=True).start()
+    try:
+        yield
+    finally:
+        stop.set()
+        locks.client.delete(key)
+
+
+@contextmanager
+def store_exclusively(locks: Any, store: str) -> Iterator[bool]:
+    """For gc: True, and held for the block, when no run is in progress; False (nothing held) otherwise."""
+    if isinstance(locks, FileLockManager):
+        locks.directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(locks.directory / STORE_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)
+        return
+    with held(locks, f"{STORE_KEY}/{store}"):
+        yield not any(True for _ in locks.client.scan_iter(match=f"{_RUN_KEYS}{store}:*", count=100))
+
+
+def _renew_key(client: Any, key: str, ttl: float, stop: threading.Event) -> None:
+    while not stop.wait(ttl / 3):
+        try:
+            client.expire(key, max(1, round(ttl)))
+        except Exception as error:  # Redis unreachable for a moment: try again at the next turn
+            log.warning("could not renew %s: %s", key, error)
+
+
 def renewed_redis_locks(url: str, ttl: float = REDIS_LOCK_TTL_S) -> Any:
     """prefect-redis's RedisLockManager on `url`, with locks that expire `ttl` after their holder dies."""
     from prefect_redis.locking import RedisLockManager
@@ -199,9 +263,13 @@ def renewed_redis_locks(url: str, ttl: float = REDIS_LOCK_TTL_S) -> Any:
 
 
 def _renew(lock: Any, key: str, stop: threading.Event, every: float) -> None:
+    from redis.exceptions import LockNotOwnedError
+
     while not stop.wait(every):
         try:
             lock.reacquire()  # back to the full time to live
-        except Exception as error:  # expired while this process stalled, or Redis unreachable
-            log.warning("could not renew the lock on %s: %s", key, error)
+        except LockNotOwnedError:  # it expired while this process stalled: another may hold it now
+            log.error("the lock on %s expired while held; another run may be computing the same entry", key)
             return
+        except Exception as error:  # Redis unreachable for a moment: try again at the next turn
+            log.warning("could not renew the lock on %s: %s", key, error)

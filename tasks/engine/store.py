@@ -107,6 +107,11 @@ class ArtifactStore:
         marker = self.root / remote.MARKER
         self.remote = remote.Remote(marker.read_text().strip()) if marker.is_file() else None
 
+    @property
+    def identity(self) -> str:
+        """What names this store to every host: its bucket's URL, or its folder's real path."""
+        return f"s3://{self.remote.path}" if self.remote is not None else os.path.realpath(self.root)
+
     def open(self) -> "ArtifactStore":
         """Create the store's folder if needed; a clear error if it cannot be written."""
         try:
@@ -188,14 +193,15 @@ class ArtifactStore:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def evict(self, stage: str, fingerprint: str) -> None:
+    def evict(self, stage: str, fingerprint: str, remote: bool = True) -> None:
         """Remove an entry: first out of sight by rename, then from disk.
 
         An entry that cannot be moved out of sight (immutable, a read-only
-        disk) fails the stage: it must never be served, nor built over.
+        disk) fails the stage: it must never be served, nor built over. With
+        `remote`, the bucket's copy of a store in S3 goes first.
         """
         entry = self.entry(stage, fingerprint)
-        if self.remote is not None:
+        if remote and self.remote is not None:
             self.remote.remove(stage, fingerprint)
         if entry.is_symlink():
             entry.unlink()  # the link goes, never what it points at
@@ -253,7 +259,8 @@ class ArtifactStore:
             if self.problem(stage, fingerprint) is None:
                 return  # a concurrent run published the same entry first
             self.evict(stage, fingerprint)
+        if self.remote is not None:
+            # First into the bucket: an upload that fails leaves no local entry, and the retry uploads again.
+            self.remote.upload(tmp, stage, fingerprint)
         os.rename(tmp, final)
         fsync(final.parent)
-        if self.remote is not None:
-            self.remote.upload(final, stage, fingerprint)
