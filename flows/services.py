@@ -1,4 +1,4 @@
-"""PostgreSQL and Redis of the project's own, from Debian's packages, on 127.0.0.1.
+"""PostgreSQL and Redis of the project's own, from Debian's packages, on 127.0.0.1, with passwords.
 
 `make serve DB=postgres` and `make serve REDIS=1` start them beside the Prefect
 server, in folders under $PREFECT_HOME; the tests start them in temporary
@@ -15,12 +15,13 @@ from __future__ import annotations
 import glob
 import os
 import pwd
+import secrets
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 DATABASE = "prefect"
 _POSTGRES_USER = "postgres"  # Debian's account for the server, when this process is root
@@ -47,39 +48,58 @@ def _as_server_user(folder: Path) -> Callable[[list[str]], list[str]]:
     return lambda command: ["runuser", "-u", _POSTGRES_USER, "--", *command]
 
 
-def _run(command: list[str]) -> None:
-    done = subprocess.run(command, capture_output=True, text=True)
+def _run(command: list[str], env: Optional[dict[str, str]] = None) -> None:
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise ServiceError(f"{Path(command[-1]).name if command else ''} failed: "
                            f"{(done.stderr or done.stdout).strip().splitlines()[-1:]}")
 
 
-def postgres_url(port: int) -> str:
-    return f"postgresql+asyncpg://{_POSTGRES_USER}@127.0.0.1:{port}/{DATABASE}"
+def postgres_url(port: int, password: str) -> str:
+    return f"postgresql+asyncpg://{_POSTGRES_USER}:{password}@127.0.0.1:{port}/{DATABASE}"
+
+
+def _password(path: Path) -> str:
+    """The service's password, made on first use and readable by its owner only."""
+    if not path.is_file():
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(24))
+    return path.read_text().strip()
 
 
 def start_postgres(folder: Path, port: int) -> str:
     """A cluster in `folder` (created on first use) on 127.0.0.1:`port`, with a `prefect` database.
 
-    Trust authentication on loopback: the folder and the port are this machine's own.
-    Returns the connection URL for PREFECT_SERVER_DATABASE_CONNECTION_URL.
+    Password authentication (SCRAM), the password made on first use and kept in
+    `folder/password` (mode 0600). Returns the connection URL for
+    PREFECT_SERVER_DATABASE_CONNECTION_URL.
     """
     folder = Path(folder).resolve()
     data = folder / "data"
     folder.mkdir(parents=True, exist_ok=True)
+    password = _password(folder / "password")
     run_as = _as_server_user(folder)
     if not (data / "PG_VERSION").is_file():
-        _run(run_as([_postgres_bin("initdb"), "--pgdata", str(data), "--username", _POSTGRES_USER,
-                     "--auth", "trust", "--encoding", "UTF8", "--no-instructions"]))
+        pwfile = folder / "initdb.pw"
+        pwfile.write_text(password)
+        os.chmod(pwfile, 0o644)  # initdb, as the server's account, reads it once
+        try:
+            _run(run_as([_postgres_bin("initdb"), "--pgdata", str(data), "--username", _POSTGRES_USER,
+                         "--auth", "scram-sha-256", "--pwfile", str(pwfile), "--encoding", "UTF8",
+                         "--no-instructions"]))
+        finally:
+            pwfile.unlink()
     options = f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={folder}"
     _run(run_as([_postgres_bin("pg_ctl"), "--pgdata", str(data), "--log", str(folder / "postgres.log"),
                  "--options", options, "--wait", "start"]))
-    exists = subprocess.run(run_as([_postgres_bin("psql"), "-h", "127.0.0.1", "-p", str(port), "-U", _POSTGRES_USER,
-                                    "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'"]),
-                            capture_output=True, text=True)
+    client = {**os.environ, "PGPASSWORD": password}
+    exists = subprocess.run([_postgres_bin("psql"), "-h", "127.0.0.1", "-p", str(port), "-U", _POSTGRES_USER,
+                             "-d", "postgres", "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'"],
+                            capture_output=True, text=True, env=client)
     if exists.stdout.strip() != "1":
-        _run(run_as([_postgres_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", _POSTGRES_USER, DATABASE]))
-    return postgres_url(port)
+        _run([_postgres_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", _POSTGRES_USER, DATABASE],
+             env=client)
+    return postgres_url(port, password)
 
 
 def stop_postgres(folder: Path) -> None:
@@ -90,16 +110,20 @@ def stop_postgres(folder: Path) -> None:
 
 
 def start_redis(folder: Path, port: int) -> str:
-    """A Redis server on 127.0.0.1:`port` that keeps nothing on disk; returns its redis:// URL."""
+    """A Redis server on 127.0.0.1:`port` that keeps nothing on disk, behind a password; returns its redis:// URL."""
     folder = Path(folder).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     server = shutil.which("redis-server")
     if server is None:
         raise ServiceError("redis-server not found: install Debian's redis-server (make system-deps)")
-    _run([server, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(folder), "--daemonize", "yes",
-          "--pidfile", str(folder / "redis.pid"), "--logfile", str(folder / "redis.log"),
+    password = _password(folder / "password")
+    config = folder / "redis.conf"  # the password in a file of its owner's, not on the command line
+    config.touch(mode=0o600)
+    config.write_text(f"requirepass {password}\n")
+    _run([server, str(config), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(folder),
+          "--daemonize", "yes", "--pidfile", str(folder / "redis.pid"), "--logfile", str(folder / "redis.log"),
           "--save", "", "--appendonly", "no"])
-    url = f"redis://127.0.0.1:{port}/0"
+    url = f"redis://:{password}@127.0.0.1:{port}/0"
     import redis
 
     client = redis.Redis.from_url(url)
@@ -109,7 +133,7 @@ def start_redis(folder: Path, port: int) -> str:
             return url
         except redis.ConnectionError:
             time.sleep(0.1)
-    raise ServiceError(f"redis-server did not answer on {url}; see {folder / 'redis.log'}")
+    raise ServiceError(f"redis-server did not answer on 127.0.0.1:{port}; see {folder / 'redis.log'}")
 
 
 def stop_redis(folder: Path) -> None:

@@ -72,12 +72,12 @@ services() {
   local url
   if [ "${DB:-sqlite}" = postgres ] && [ -z "${PREFECT_SERVER_DATABASE_CONNECTION_URL:-}" ]; then
     url=$("$BIN/python" -m flows.services postgres start "$PG_DIR" "${PG_PORT:-$((PORT + 2))}") || exit 1
-    echo "$url" >"$RUN_DIR/postgres.url"
+    (umask 077; echo "$url" >"$RUN_DIR/postgres.url")  # it holds the password
     echo "$PG_DIR" >"$RUN_DIR/postgres.dir"
   fi
   if [ "${REDIS:-0}" = 1 ] && [ -z "${MNIST_PIPELINE_REDIS_URL:-}" ]; then
     url=$("$BIN/python" -m flows.services redis start "$PREFECT_HOME/redis" "${REDIS_PORT:-$((PORT + 3))}") || exit 1
-    echo "$url" >"$RUN_DIR/redis.url"
+    (umask 077; echo "$url" >"$RUN_DIR/redis.url")
   fi
 }
 

@@ -39,6 +39,20 @@ def test_the_setting_chooses_the_lock_manager(backend, tmp_path):
     assert isinstance(locks, FileLockManager) == (backend == "flock")
 
 
+@pytest.mark.e2e
+def test_a_store_locked_in_redis_keeps_every_process_on_redis(redis_url, tmp_path, monkeypatch):
+    from tasks.engine.store import StoreError
+
+    monkeypatch.setenv(locking.REDIS_URL_ENV, redis_url)
+    lock_manager(tmp_path)
+    assert (tmp_path / locking.REDIS_RECORD).stat().st_mode & 0o777 == 0o600
+    monkeypatch.delenv(locking.REDIS_URL_ENV)  # `mnist-pipeline gc` from a shell without the setting
+    assert not isinstance(lock_manager(tmp_path), FileLockManager)
+    monkeypatch.setenv(locking.REDIS_URL_ENV, "redis://127.0.0.1:1/0")
+    with pytest.raises(StoreError, match="this store's locks are in the Redis named in"):
+        lock_manager(tmp_path)
+
+
 def test_second_holder_waits_until_release(backend, tmp_path, key):
     locks = lock_manager(tmp_path)
     assert locks.acquire_lock(key, "run-a")

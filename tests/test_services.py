@@ -54,13 +54,28 @@ def _psql(postgres_url: str, query: str) -> str:
     url = urlparse(postgres_url)
     done = subprocess.run([services._postgres_bin("psql"), "-h", url.hostname, "-p", str(url.port), "-U",
                            url.username, "-d", url.path.lstrip("/"), "-tAc", query],
-                          capture_output=True, text=True, check=True)
+                          capture_output=True, text=True, check=True, env={**os.environ, "PGPASSWORD": url.password})
     return done.stdout.strip()
 
 
-def test_the_cluster_is_private_and_on_loopback(postgres_url):
-    assert postgres_url.startswith("postgresql+asyncpg://postgres@127.0.0.1:")
+def test_the_cluster_is_on_loopback_behind_a_password(postgres_url):
+    url = urlparse(postgres_url)
+    assert url.hostname == "127.0.0.1" and len(url.password) >= 24
     assert _psql(postgres_url, "SHOW listen_addresses") == "127.0.0.1"
+    wrong = subprocess.run([services._postgres_bin("psql"), "-h", "127.0.0.1", "-p", str(url.port), "-U", "postgres",
+                            "-d", "prefect", "-tAc", "SELECT 1"], capture_output=True, text=True,
+                           env={**os.environ, "PGPASSWORD": "guess"})
+    assert wrong.returncode != 0 and "password authentication failed" in wrong.stderr
+
+
+def test_redis_refuses_a_client_without_its_password(redis_url):
+    import redis
+
+    url = urlparse(redis_url)
+    assert url.hostname == "127.0.0.1"
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(host="127.0.0.1", port=url.port).ping()
+    assert redis.Redis.from_url(redis_url).ping()
 
 
 def test_concurrent_runs_on_postgres_and_redis_compute_each_stage_once(postgres_server, postgres_url, redis_url,
@@ -78,8 +93,8 @@ def test_concurrent_runs_on_postgres_and_redis_compute_each_stage_once(postgres_
     summaries = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
     for stage in summaries[0]["stages"]:
         assert sorted(s["stages"][stage]["state"] for s in summaries) == ["Cached", "Completed"], stage
-    # The locks were Redis's: no lock file in the store.
-    assert not (tmp_path / "artifacts" / ".locks").exists()
+    # The locks were Redis's: no lock file in the store, only the record of which Redis.
+    assert [p.name for p in (tmp_path / "artifacts" / ".locks").iterdir()] == ["redis.url"]
     # Both runs are in PostgreSQL, which the server wrote through.
     ids = ", ".join(f"'{s['flow_run_id']}'" for s in summaries)
     assert _psql(postgres_url, f"SELECT count(*) FROM flow_run WHERE id IN ({ids}) AND state_type = 'COMPLETED'") == "2"

@@ -31,6 +31,8 @@ from tasks.engine.store import StoreError
 
 _POLL_S = 0.1
 REDIS_URL_ENV = "MNIST_PIPELINE_REDIS_URL"
+# In a store's lock folder: the Redis its locks are in.
+REDIS_RECORD = "redis.url"
 # Seconds a Redis lock outlives its holder's last renewal (renewed three times as often).
 REDIS_LOCK_TTL_ENV = "MNIST_PIPELINE_REDIS_LOCK_TTL_S"
 REDIS_LOCK_TTL_S = 30.0
@@ -39,10 +41,32 @@ log = logging.getLogger(__name__)
 
 
 def lock_manager(directory: Union[str, os.PathLike[str]]) -> Any:
-    """The Redis lock manager when REDIS_URL_ENV is set, else flock(2) locks in `directory`."""
+    """The Redis lock manager when REDIS_URL_ENV is set or the store's locks are in Redis, else flock(2) locks.
+
+    A store whose runs lock in Redis says so in `directory/redis.url` (mode
+    0600: the URL may hold a password), so that a process started without the
+    setting (`mnist-pipeline gc`, a run from another shell) takes the same
+    locks; a setting naming another Redis is refused.
+    """
+    directory = Path(directory)
+    recorded = directory / REDIS_RECORD
     url = os.environ.get(REDIS_URL_ENV)
+    if recorded.is_file():
+        kept = recorded.read_text().strip()
+        if url and url != kept:
+            raise StoreError(f"this store's locks are in the Redis named in {recorded}; {REDIS_URL_ENV} names "
+                             "another: set it to that one, or remove the file once no run uses the store")
+        url = kept
     if not url:
         return FileLockManager(directory).open()
+    if not recorded.is_file():
+        FileLockManager(directory).open()  # the folder, or a clear error
+        try:
+            fd = os.open(recorded, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process recorded one a moment ago
+            return lock_manager(directory)
+        with os.fdopen(fd, "w") as record:
+            record.write(url + "\n")
     return renewed_redis_locks(url, float(os.environ.get(REDIS_LOCK_TTL_ENV, REDIS_LOCK_TTL_S)))
 
 
