@@ -129,6 +129,7 @@ start() {
     "$MNIST_PIPELINE_REPORTS_URL" "$MNIST_PIPELINE_REPORTS_ROOT" >"$RUN_DIR/reports.env"
   # The same locks as the worker's runs, or two runs could build one entry at once.
   if [ -n "${MNIST_PIPELINE_REDIS_URL:-}" ]; then
+    chmod 600 "$RUN_DIR/reports.env"  # the URL holds Redis's password
     echo "MNIST_PIPELINE_REDIS_URL=$MNIST_PIPELINE_REDIS_URL" >>"$RUN_DIR/reports.env"
   fi
   echo "Prefect UI: http://127.0.0.1:$PORT"
