@@ -68,3 +68,23 @@ def distribution():
     # MultiWorkerMirroredStrategy can no longer configure its collective ops.
     name = strategy_name(len(tf.config.list_physical_devices("GPU")), os.environ.get("TF_CONFIG"))
     return tf.distribute.get_strategy() if name == "default" else getattr(tf.distribute, name)()
+
+
+def visible_gpus() -> int:
+    """NVIDIA GPUs this process may use, without importing TensorFlow.
+
+    The driver's list (/proc/driver/nvidia/gpus), narrowed by CUDA_VISIBLE_DEVICES.
+    """
+    try:
+        found = len(os.listdir("/proc/driver/nvidia/gpus"))
+    except OSError:
+        return 0
+    chosen = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if chosen is None:
+        return found
+    listed = []
+    for device in chosen.split(","):
+        if not device.strip() or device.strip().startswith("-"):
+            break  # CUDA stops at the first invalid entry
+        listed.append(device)
+    return min(found, len(listed))

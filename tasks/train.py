@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -13,7 +14,7 @@ from tasks.pixels import scaled
 from tasks.engine.refs import ModelRef, PreparedRef
 from tasks.engine.retries import TransientError
 from tasks.params import TrainParams
-from tasks.runtime import distribution, select_device
+from tasks.runtime import distribution, select_device, visible_gpus
 
 # In a checkpoint folder: the batch size to use after running out of GPU memory.
 OUT_OF_MEMORY = "out_of_memory.json"
@@ -22,6 +23,20 @@ _EVAL_BATCH = 1024
 _SUMMARY_WIDTH = 72
 # Spaces the per-epoch shuffle seeds of different run seeds apart.
 _EPOCH_SEEDS = 100_003
+
+
+def replicas(inputs: Any) -> dict[str, Any]:
+    """Key material besides the inputs: how many replicas would train together, when more than one.
+
+    Several GPUs, or several hosts (TF_CONFIG), make a step's batch that many
+    times the batch size, and so another model. One device adds nothing, so
+    the keys of CPU and single-GPU runs stay as they were.
+    """
+    gpus = visible_gpus()
+    extra: dict[str, Any] = {"replicas": gpus} if gpus > 1 else {}
+    if os.environ.get("TF_CONFIG"):
+        extra["tf_config"] = json.loads(os.environ["TF_CONFIG"]).get("cluster", {})
+    return extra
 
 
 def build_model():

@@ -273,3 +273,35 @@ def test_two_replicas_split_a_global_batch_of_twice_the_batch_size(tmp_path, tra
     info = json.loads(done.stdout.strip().splitlines()[-1])
     assert info["replicas"] == 2 and info["batch_size"] == params.batch_size
     assert _steps_taken(tmp_path / "out" / ModelRef.MODEL) == math.ceil(data.train_count / (2 * params.batch_size))
+
+
+def test_several_replicas_make_another_training_and_one_device_changes_no_key(monkeypatch):
+    from flows.stages import train_model
+    from tasks.engine.refs import PreparedRef
+    from tests.stages import PARAMS
+
+    data = PreparedRef(stage="preprocess", fingerprint="0" * 16, train_count=10, validation_count=1, test_count=5,
+                       test_sha256="a" * 64)
+    key = lambda: train_model.cache_policy.fingerprint({"artifacts_dir": "a", "data": data, "params": PARAMS})
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    monkeypatch.setattr(train, "visible_gpus", lambda: 0)
+    on_cpu = key()
+    monkeypatch.setattr(train, "visible_gpus", lambda: 1)
+    assert key() == on_cpu
+    monkeypatch.setattr(train, "visible_gpus", lambda: 4)
+    assert key() != on_cpu
+
+
+@pytest.mark.parametrize("listed, chosen, visible", [
+    (4, None, 4), (4, "0,1", 2), (4, "", 0), (4, "-1", 0), (2, "0,1,2,3", 2), (0, "0", 0), (4, "1,-1,2", 1),
+])
+def test_visible_gpus_follows_the_driver_and_cuda_visible_devices(listed, chosen, visible, monkeypatch, tmp_path):
+    from tasks import runtime
+
+    monkeypatch.setattr(runtime.os, "listdir", lambda path: [f"gpu{i}" for i in range(listed)] if listed
+                        else (_ for _ in ()).throw(FileNotFoundError(path)))
+    if chosen is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", chosen)
+    assert runtime.visible_gpus() == visible
