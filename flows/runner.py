@@ -102,6 +102,11 @@ class StageRunner:
     def __exit__(self, *exc: Any) -> None:
         self._in_progress.__exit__(*exc)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickled with the hooks of the tasks sent to other processes (Dask's workers):
+        # the hold on the store stays with the run's own process.
+        return {name: value for name, value in self.__dict__.items() if name != "_in_progress"}
+
     def _bound(self, stage_task: Task) -> Task:
         bound = stage_task.with_options(
             # Runs with the same inputs at once compute each stage once; the others wait.

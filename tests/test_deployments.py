@@ -432,7 +432,7 @@ def test_basic_auth_guards_the_server_and_serve_uses_it(tmp_path):
         url = f"{server['url']}/api/deployments/filter"
         assert client.post(url, json={}).status_code == 401
         deployments = client.post(url, json={}, auth=("admin", "s3cret")).json()
-        assert sorted(d["name"] for d in deployments) == ["nightly", "on-demand"]
+        assert sorted(d["name"] for d in deployments) == ["nightly", "on-demand", "sweep", "weekly-gc"]
         assert _eventually(lambda: client.post(
             f"{server['url']}/api/work_pools/local-process/workers/filter", json={}, auth=("admin", "s3cret"),
         ).json()), "the worker never reached the server"
