@@ -134,7 +134,8 @@ start() {
   fi
   echo "Prefect UI: http://127.0.0.1:$PORT"
   echo "Reports: $MNIST_PIPELINE_REPORTS_URL/runs/<flow run id>/report.html (the artifact store, read-only)"
-  echo "Runs from the UI read mirrors and keep artifact stores only under: ${MNIST_PIPELINE_ALLOWED_ROOTS//:/, }"
+  roots=${MNIST_PIPELINE_ALLOWED_ROOTS//:/, }
+  echo "Runs from the UI read mirrors and keep artifact stores only under: ${roots//s3, \/\//s3://}"
   echo "  (add folders with MNIST_PIPELINE_ALLOWED_ROOTS=/one:/two make serve, after make stop)"
   [ -z "${PREFECT_SERVER_DATABASE_CONNECTION_URL:-}" ] || echo "Database: ${PREFECT_SERVER_DATABASE_CONNECTION_URL%%://*}://...@${PREFECT_SERVER_DATABASE_CONNECTION_URL##*@}"
   echo "For the CLI: export PREFECT_API_URL=$PREFECT_API_URL${MNIST_PIPELINE_REDIS_URL:+ MNIST_PIPELINE_REDIS_URL=$MNIST_PIPELINE_REDIS_URL}"
