@@ -31,7 +31,8 @@ class ServerError(RuntimeError):
     """The temporary server did not come up."""
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
@@ -72,7 +73,7 @@ class TemporaryServer:
     """Prefect's API (no UI) on a free loopback port, as a child that dies with this process."""
 
     def __init__(self) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.api_url = f"http://127.0.0.1:{self.port}/api"
         # The settings Prefect gives its own temporary server.
         env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",

@@ -16,6 +16,7 @@ from typing import Any
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
 from prefect.states import Failed
 from prefect_dask import DaskTaskRunner
 from pydantic import ValidationError
@@ -88,8 +89,6 @@ def mnist_sweep(**parameters: Any) -> Any:
         models = run.map(train_model, {label: (data, cfg.train) for label, cfg in runs.items()})
         table = comparison(models, runs, run.stages)
         best = table.iloc[0]["combination"]
-        from prefect.runtime import flow_run
-
         publish_comparison(table, layout.run_folder(run.artifacts_dir, str(flow_run.id)), first.dataset)
         metrics = run(evaluate_model, models[best], data)
         report = run(build_report, raw, data, models[best], metrics, runs[best].train)

@@ -14,6 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import pytest  # noqa: E402
 
 from tests.synthetic import write_mirror  # noqa: E402
+from flows.server import free_port  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -35,21 +36,13 @@ def store(tmp_path) -> str:
     return str(tmp_path / "artifacts")
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _service(name: str, start, stop):
     """A service of the session's own, in a temporary folder on a free loopback port; stopped and removed after."""
     import shutil
 
     folder = Path(tempfile.mkdtemp(prefix=f"{name}-"))
     try:
-        yield start(folder, _free_port())
+        yield start(folder, free_port())
     finally:
         stop(folder)
         shutil.rmtree(folder, ignore_errors=True)
@@ -76,7 +69,7 @@ def s3_settings():
     """A real S3 API on loopback (moto's server), and the standard AWS settings that reach it."""
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     yield {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",

@@ -10,7 +10,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -21,17 +20,12 @@ import httpx
 import pytest
 
 from flows.config import TINY
+from flows.server import free_port
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parent.parent
 STAGE_TASKS = ["download_dataset", "preprocess_dataset", "train_model", "evaluate_model", "build_report"]
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _serve(command: str, env: dict) -> subprocess.CompletedProcess:
@@ -41,8 +35,8 @@ def _serve(command: str, env: dict) -> subprocess.CompletedProcess:
 
 @contextmanager
 def _served(home: Path, **extra_env: str):
-    port = _free_port()
-    env = {**os.environ, "PREFECT_HOME": str(home), "PORT": str(port), "REPORTS_PORT": str(_free_port()),
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PORT": str(port), "REPORTS_PORT": str(free_port()),
            "BIN": str(Path(sys.executable).parent), "PREFECT_WORKER_QUERY_SECONDS": "1",
            # The tests' mirrors and stores live under pytest's temporary folder.
            "MNIST_PIPELINE_ALLOWED_ROOTS": str(home.parent.parent),
@@ -463,8 +457,8 @@ def test_two_workers_on_postgres_redis_and_s3_share_runs_and_compute_each_stage_
     store = f"s3://{bucket}/team"
     # PostgreSQL's own account must reach its folder: outside pytest's private temporary folder.
     pg_dir = tempfile.mkdtemp(prefix="cluster-postgres-")
-    with _served(home, DB="postgres", REDIS="1", PG_DIR=pg_dir, PG_PORT=str(_free_port()),
-                 REDIS_PORT=str(_free_port()), MNIST_PIPELINE_S3_CACHE=str(home / "copy-a"),
+    with _served(home, DB="postgres", REDIS="1", PG_DIR=pg_dir, PG_PORT=str(free_port()),
+                 REDIS_PORT=str(free_port()), MNIST_PIPELINE_S3_CACHE=str(home / "copy-a"),
                  MNIST_PIPELINE_ALLOWED_ROOTS=f"{home.parent.parent}:{store}", **s3_settings) as served:
         run_dir = home / "run"
         second_env = {**served["env"], "PREFECT_API_URL": f"{served['url']}/api", "PROJECT_DIR": str(ROOT),

@@ -15,22 +15,15 @@ from urllib.parse import urlparse
 import pytest
 
 from flows import services
+from flows.server import free_port
 
 pytestmark = pytest.mark.e2e  # servers: out of the fast lane
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def postgres_server(postgres_url, tmp_path_factory):
     """`make serve DB=postgres`'s server: Prefect's, on the session's PostgreSQL."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PREFECT_HOME": str(tmp_path_factory.mktemp("server-home")),
            "PREFECT_SERVER_DATABASE_CONNECTION_URL": postgres_url, "PREFECT_SERVER_API_PORT": str(port)}
     env.pop("PREFECT_API_URL", None)

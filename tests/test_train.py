@@ -256,7 +256,8 @@ from tests.test_train import fit
 from tasks.engine.refs import PreparedRef
 train.distribution = lambda: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 data = PreparedRef.model_validate_json(sys.argv[1]).at(sys.argv[2])
-print(json.dumps(fit(Path(sys.argv[3]), data, train.PARAMS_FOR_TEST, checkpoints=Path(sys.argv[4]))))
+params = train.TrainParams.model_validate_json(sys.argv[5])
+print(json.dumps(fit(Path(sys.argv[3]), data, params, checkpoints=Path(sys.argv[4]))))
 """
 
 
@@ -266,9 +267,8 @@ def test_two_replicas_split_a_global_batch_of_twice_the_batch_size(tmp_path, tra
     store, _ = trained
     data = _prepared(store, mirror)
     params = PARAMS.model_copy(update={"epochs": 1})
-    script = _TWO_REPLICAS.replace("train.PARAMS_FOR_TEST", f"train.TrainParams.model_validate_json({params.model_dump_json()!r})")
-    done = subprocess.run([sys.executable, "-c", script, data.model_dump_json(), store, str(tmp_path / "out"),
-                           str(tmp_path / "work")], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    done = subprocess.run([sys.executable, "-c", _TWO_REPLICAS, data.model_dump_json(), store, str(tmp_path / "out"),
+                           str(tmp_path / "work"), params.model_dump_json()], capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert done.returncode == 0, done.stderr[-3000:]
     info = json.loads(done.stdout.strip().splitlines()[-1])
     assert info["replicas"] == 2 and info["batch_size"] == params.batch_size
