@@ -335,3 +335,36 @@ def test_the_flow_and_the_command_line_take_the_configs_fields():
         name: field.description for name, field in PipelineConfig.model_fields.items()}
     options = vars(cli._parser().parse_args(["run"]))
     assert {name: options[name] for name in fields} == fields
+
+
+def test_a_command_line_run_sends_heartbeats_without_waiting_for_their_thread(monkeypatch):
+    """The flow's end does not join Prefect's heartbeat thread, which sleeps in one-second steps."""
+    import logging
+    import threading
+
+    from prefect import flow_engine
+
+    monkeypatch.setattr(flow_engine, "_send_heartbeats", flow_engine._send_heartbeats)  # undone after the test
+    cli._unjoined_heartbeats()
+    sent = threading.Event()
+
+    class Engine:
+        """What the heartbeat context reads of Prefect's flow-run engine."""
+
+        heartbeat_seconds = 30
+        flow_run = None
+        logger = logging.getLogger(__name__)
+
+        def _build_heartbeat_event_template(self):
+            return None, None
+
+        def _emit_flow_run_heartbeat(self, resource, related):
+            sent.set()
+
+    before = set(threading.enumerate())
+    with flow_engine._send_heartbeats(Engine()):
+        assert sent.wait(10), "no heartbeat was sent"
+        (beating,) = set(threading.enumerate()) - before
+    assert beating.is_alive(), "the end of the run waited for the heartbeat thread"
+    beating.join(timeout=5)  # it stops by itself at its next one-second step
+    assert not beating.is_alive()

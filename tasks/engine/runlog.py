@@ -6,13 +6,15 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional
 
-import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tasks.engine.layout import RUN_LOG
 from tasks.engine.store import StoreError, disk_full
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # The columns `mnist-pipeline runs` shows, in order.
 COLUMNS = ["finished", "dataset", "test_data", "sizes", "epochs", "batch_size", "learning_rate", "lr_schedule",
@@ -58,6 +60,8 @@ def append(artifacts_dir: str, record: dict[str, Any]) -> Callable[[], None]:
 
 def read(artifacts_dir: str) -> pd.DataFrame:
     """Every logged run, oldest first; a line that is not a run is skipped with a warning."""
+    import pandas as pd
+
     path = Path(artifacts_dir) / RUN_LOG
     records = []
     for number, line in enumerate(path.read_text(errors="replace").splitlines() if path.is_file() else [], 1):
