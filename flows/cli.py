@@ -17,8 +17,6 @@ from flows import config
 from flows.config import PipelineConfig
 
 PROG = "mnist-pipeline"
-# gc's default: the last N runs of each dataset keep their entries.
-KEEP_RUNS = int(os.environ.get("MNIST_PIPELINE_GC_KEEP_RUNS", "5"))
 EXIT_FAILED = 1
 EXIT_INVALID = 2
 
@@ -76,14 +74,15 @@ def _parser() -> argparse.ArgumentParser:
     store = commands.add_parser("store", help="what the artifact store holds: entries by stage, sizes, ages, "
                                 "last runs, champions")
     store.add_argument("--artifacts-dir", default=config.DEFAULT_ARTIFACTS_DIR)
-    store.add_argument("--keep-runs", type=int, default=KEEP_RUNS, help="how many recent runs per dataset gc keeps")
+    store.add_argument("--keep-runs", type=int, default=config.GC_KEEP_RUNS,
+                       help="how many recent runs per dataset gc keeps")
     store.add_argument("--all", action="store_true", help="list every path, not the totals per stage and kind")
     store.add_argument("--json", action="store_true")
 
     gc = commands.add_parser("gc", help="remove the entries no champion and no recent run needs, and leftovers; "
                              "prints what would go unless --yes")
     gc.add_argument("--artifacts-dir", default=config.DEFAULT_ARTIFACTS_DIR)
-    gc.add_argument("--keep-runs", type=int, default=KEEP_RUNS,
+    gc.add_argument("--keep-runs", type=int, default=config.GC_KEEP_RUNS,
                     help="keep the entries of the last N runs of each dataset (MNIST_PIPELINE_GC_KEEP_RUNS)")
     gc.add_argument("--older-than", type=float, default=None, metavar="DAYS",
                     help="remove only what is at least DAYS old")
@@ -265,19 +264,21 @@ def runs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _inventory(args: argparse.Namespace) -> Any:
+def _in_store(args: argparse.Namespace, inspect: Any, *more: Any, **options: Any) -> Any:
+    """`inspect(root, ...)` on the store of `--artifacts-dir`; a folder that is not a store refused in one line."""
     from tasks.engine import inventory, remote
 
-    root = Path(remote.store_root(args.artifacts_dir))
     try:
-        return root, inventory.inventory(root, keep_runs=args.keep_runs)
+        return inspect(Path(remote.store_root(args.artifacts_dir)), *more, **options)
     except inventory.NotAStore as error:
         print(f"{PROG}: error: {config.shown(str(error))}", file=sys.stderr)
         raise SystemExit(EXIT_INVALID) from None
 
 
 def store(args: argparse.Namespace) -> int:
-    _, table = _inventory(args)
+    from tasks.engine import inventory
+
+    table = _in_store(args, inventory.inventory, keep_runs=args.keep_runs)
     if args.json:
         print(table.drop(columns=["path"]).assign(path=table["path"].map(str)).to_json(orient="records"))
         return 0
@@ -294,10 +295,9 @@ def store(args: argparse.Namespace) -> int:
 
 
 def gc(args: argparse.Namespace) -> int:
-    from tasks.engine import inventory, layout, locking
+    from tasks.engine import inventory
 
-    root, table = _inventory(args)
-    doomed = inventory.plan(table, args.older_than)
+    doomed, summary = _in_store(args, inventory.clean, args.keep_runs, args.older_than, remove=args.yes)
     if not args.yes:
         listing = doomed.drop(columns=["path"])
         print(listing.to_json(orient="records") if args.json else (
@@ -305,16 +305,14 @@ def gc(args: argparse.Namespace) -> int:
         print(f"would free {int(doomed['bytes'].sum())} bytes ({doomed['bytes'].sum() / 1e6:.1f} MB); "
               "run again with --yes to remove it", file=sys.stderr)
         return 0
-    try:
-        freed, skipped = inventory.collect(root, doomed, locking.lock_manager(root / layout.LOCKS))
-    except inventory.RunsInProgress as error:
-        print(f"{PROG}: error: {error}; try again then", file=sys.stderr)
+    if "runs_in_progress" in summary:
+        print(f"{PROG}: error: {summary['runs_in_progress']}; try again then", file=sys.stderr)
         return EXIT_FAILED
-    for line in skipped:
+    for line in summary["in_use"]:
         print(f"skipped {line}", file=sys.stderr)
-    summary = {"removed": len(doomed) - len(skipped), "skipped": len(skipped), "freed_bytes": freed}
-    print(json.dumps(summary) if args.json else
-          f"removed {summary['removed']}, skipped {len(skipped)}, freed {freed} bytes ({freed / 1e6:.1f} MB)")
+    freed = summary["freed_bytes"]
+    print(json.dumps({key: summary[key] for key in ("removed", "skipped", "freed_bytes")}) if args.json else
+          f"removed {summary['removed']}, skipped {summary['skipped']}, freed {freed} bytes ({freed / 1e6:.1f} MB)")
     return 0
 
 

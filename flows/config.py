@@ -47,6 +47,8 @@ DEFAULT_ARTIFACTS_DIR = "artifacts"
 # Set on a worker (`make serve` does): the only folders, separated by ":", in which
 # runs created from the UI or the API may read a mirror or keep an artifact store.
 ALLOWED_ROOTS_ENV = "MNIST_PIPELINE_ALLOWED_ROOTS"
+# `gc`'s and the weekly clean-up's default: the last N runs of each dataset keep their entries.
+GC_KEEP_RUNS = int(os.environ.get("MNIST_PIPELINE_GC_KEEP_RUNS", "5"))
 
 # A few seconds of work end to end: what the tests and quick local checks run.
 TINY = {"epochs": 1, "batch_size": 16, "train_limit": 256}
