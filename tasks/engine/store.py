@@ -76,6 +76,22 @@ def write_atomically(path: Path, text: str) -> None:
         raise
 
 
+@contextmanager
+def store_errors(failure: str) -> Iterator[None]:
+    """An OSError in the block as StoreError(`failure: why`)."""
+    try:
+        yield
+    except OSError as err:
+        raise StoreError(f"{failure}: {err.strerror or err}") from err
+
+
+def make_folder(path: Path) -> None:
+    """`path` as a folder, made if missing: NotADirectoryError if something else is there."""
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "Not a directory")
+    path.mkdir(parents=True, exist_ok=True)
+
+
 def fsync(path: Path) -> None:
     """Flush a file or folder to disk."""
     fd = os.open(path, os.O_RDONLY)
@@ -114,15 +130,11 @@ class ArtifactStore:
 
     def open(self) -> "ArtifactStore":
         """Create the store's folder if needed; a clear error if it cannot be written."""
-        try:
-            if self.root.exists() and not self.root.is_dir():
-                raise NotADirectoryError(errno.ENOTDIR, "Not a directory")
-            self.root.mkdir(parents=True, exist_ok=True)
+        with store_errors(f"cannot write to the artifact store {self.root}"):
+            make_folder(self.root)
             probe = self.root / f".probe-{uuid.uuid4().hex[:8]}"
             probe.write_bytes(b"")
             probe.unlink()
-        except OSError as err:
-            raise StoreError(f"cannot write to the artifact store {self.root}: {err.strerror or err}") from err
         return self
 
     def entry(self, stage: str, fingerprint: str) -> Path:
@@ -225,10 +237,8 @@ class ArtifactStore:
         for stale in final.parent.glob(f".tmp-{fingerprint}-*"):
             shutil.rmtree(stale, ignore_errors=True)
         tmp = final.with_name(f".tmp-{fingerprint}-{uuid.uuid4().hex[:8]}")
-        try:
+        with store_errors(f"cannot write to the artifact store {self.root}"):
             tmp.mkdir(parents=True)
-        except OSError as err:
-            raise StoreError(f"cannot write to the artifact store {self.root}: {err.strerror or err}") from err
         try:
             yield tmp
             self._seal(tmp, stage, fingerprint)
