@@ -49,51 +49,49 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="The MNIST CNN tutorial as a cached Prefect pipeline.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    run = commands.add_parser("run", help="run the whole pipeline once",
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    config.add_options(run)
-    run.add_argument("--json", action="store_true", help="print the run summary as JSON last")
-    run.add_argument("--verbose", action="store_true",
-                     help="print the tracebacks of expected failures too (the Prefect UI always has them)")
+    for name, summary, models in (
+            ("run", "run the whole pipeline once", ()),
+            ("sweep", "train a grid of settings on Dask; the best by validation accuracy goes to the gate",
+             (config.SweepGrid, PipelineConfig))):
+        flow = commands.add_parser(name, help=summary, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        config.add_options(flow, *models, exclude=config.GRID_FIELDS if models else frozenset())
+        flow.add_argument("--json", action="store_true", help="print the run summary as JSON last")
+        flow.add_argument("--verbose", action="store_true",
+                          help="print the tracebacks of expected failures too (the Prefect UI always has them)")
+        flow.set_defaults(handler=lambda args: run(validate(args), args.json, args.verbose, args.command == "sweep"))
+    # The options of the commands that read the store.
+    in_store = argparse.ArgumentParser(add_help=False)
+    in_store.add_argument("--artifacts-dir", default=config.DEFAULT_ARTIFACTS_DIR)
+    in_store.add_argument("--json", action="store_true")
 
-    sweep = commands.add_parser("sweep", help="train a grid of settings on Dask; the best by validation accuracy "
-                                "goes to the gate", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    config.add_options(sweep, config.SweepGrid, PipelineConfig, exclude=config.GRID_FIELDS)
-    sweep.add_argument("--json", action="store_true", help="print the run summary as JSON last")
-    sweep.add_argument("--verbose", action="store_true", help="print the tracebacks of expected failures too")
+    predict_ = commands.add_parser("predict", parents=[in_store], help="classify PNG or JPEG images")
+    predict_.add_argument("images", nargs="+", type=Path)
+    predict_.add_argument("--model", type=Path, help="a .keras model; default: the dataset's champion")
+    predict_.add_argument("--dataset", default=config.DEFAULT_DATASET, choices=["mnist", "fashion_mnist"])
+    predict_.add_argument("--invert", choices=["auto", "yes", "no"], default="auto",
+                          help="dark ink on light paper needs inverting; auto looks at the border")
+    predict_.set_defaults(handler=predict)
 
-    predict = commands.add_parser("predict", help="classify PNG or JPEG images")
-    predict.add_argument("images", nargs="+", type=Path)
-    predict.add_argument("--model", type=Path, help="a .keras model; default: the dataset's champion")
-    predict.add_argument("--dataset", default=config.DEFAULT_DATASET, choices=["mnist", "fashion_mnist"])
-    predict.add_argument("--invert", choices=["auto", "yes", "no"], default="auto",
-                         help="dark ink on light paper needs inverting; auto looks at the border")
-    predict.add_argument("--artifacts-dir", default=config.DEFAULT_ARTIFACTS_DIR)
-    predict.add_argument("--json", action="store_true")
+    store_ = commands.add_parser("store", parents=[in_store], help="what the artifact store holds: entries by "
+                                 "stage, sizes, ages, last runs, champions")
+    store_.add_argument("--keep-runs", type=int, default=config.GC_KEEP_RUNS,
+                        help="how many recent runs per dataset gc keeps")
+    store_.add_argument("--all", action="store_true", help="list every path, not the totals per stage and kind")
+    store_.set_defaults(handler=store)
 
-    store = commands.add_parser("store", help="what the artifact store holds: entries by stage, sizes, ages, "
-                                "last runs, champions")
-    store.add_argument("--artifacts-dir", default=config.DEFAULT_ARTIFACTS_DIR)
-    store.add_argument("--keep-runs", type=int, default=config.GC_KEEP_RUNS,
-                       help="how many recent runs per dataset gc keeps")
-    store.add_argument("--all", action="store_true", help="list every path, not the totals per stage and kind")
-    store.add_argument("--json", action="store_true")
-
-    gc = commands.add_parser("gc", help="remove the entries no champion and no recent run needs, and leftovers; "
-                             "prints what would go unless --yes")
-    gc.add_argument("--artifacts-dir", default=config.DEFAULT_ARTIFACTS_DIR)
-    gc.add_argument("--keep-runs", type=int, default=config.GC_KEEP_RUNS,
-                    help="keep the entries of the last N runs of each dataset (MNIST_PIPELINE_GC_KEEP_RUNS)")
-    gc.add_argument("--older-than", type=float, default=None, metavar="DAYS",
-                    help="remove only what is at least DAYS old")
-    what = gc.add_mutually_exclusive_group()
+    gc_ = commands.add_parser("gc", parents=[in_store], help="remove the entries no champion and no recent run "
+                              "needs, and leftovers; prints what would go unless --yes")
+    gc_.add_argument("--keep-runs", type=int, default=config.GC_KEEP_RUNS,
+                     help="keep the entries of the last N runs of each dataset (MNIST_PIPELINE_GC_KEEP_RUNS)")
+    gc_.add_argument("--older-than", type=float, default=None, metavar="DAYS",
+                     help="remove only what is at least DAYS old")
+    what = gc_.add_mutually_exclusive_group()
     what.add_argument("--dry-run", action="store_true", help="print what would go and the space freed (the default)")
     what.add_argument("--yes", action="store_true", help="remove it")
-    gc.add_argument("--json", action="store_true")
+    gc_.set_defaults(handler=gc)
 
-    runs = commands.add_parser("runs", help="list past runs with their metrics and gate results")
-    runs.add_argument("--artifacts-dir", default=config.DEFAULT_ARTIFACTS_DIR)
-    runs.add_argument("--json", action="store_true")
+    commands.add_parser("runs", parents=[in_store], help="list past runs with their metrics and gate results"
+                        ).set_defaults(handler=runs)
     return parser
 
 
@@ -117,21 +115,6 @@ def _prefect_defaults() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # TensorFlow's start-up notices (oneDNN, CPU features) hide the progress lines.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-
-
-class _LastWord:
-    """A message printed at exit, after the temporary Prefect server logs its shutdown.
-
-    Registered before that server starts: exit handlers run last-in, first-out.
-    """
-
-    def __init__(self) -> None:
-        self.message: Optional[str] = None
-        atexit.register(self._emit)
-
-    def _emit(self) -> None:
-        if self.message:
-            print(self.message, file=sys.stderr, flush=True)
 
 
 class _WithoutExpectedTracebacks(logging.Formatter):
@@ -174,7 +157,10 @@ def _quiet_terminal() -> None:
 
 def run(parameters: dict[str, Any], as_json: bool, verbose: bool = False, sweep: bool = False) -> int:
     _prefect_defaults()
-    last_word = _LastWord()
+    # Printed at exit, after the temporary Prefect server logs its shutdown: registered
+    # before that server starts, as exit handlers run last-in, first-out.
+    last_word: list[str] = []
+    atexit.register(lambda: last_word and print(*last_word, file=sys.stderr, flush=True))
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from flows import server as servers
@@ -195,7 +181,7 @@ def run(parameters: dict[str, Any], as_json: bool, verbose: bool = False, sweep:
         try:
             temporary.wait_until_healthy()
         except servers.ServerError as error:
-            last_word.message = f"{PROG}: error: {error}"
+            last_word.append(f"{PROG}: error: {error}")
             return EXIT_FAILED
     server = {"api_url": api_url or temporary.api_url, "temporary": temporary is not None}
     with temporary_settings({PREFECT_API_URL: server["api_url"]}):
@@ -210,7 +196,7 @@ def run(parameters: dict[str, Any], as_json: bool, verbose: bool = False, sweep:
     else:
         # Failed outside any stage (an unwritable store, say): its first line is the sentence.
         reason = f"flow {state.name.lower()}: " + (str(outcome).strip().splitlines() or [type(outcome).__name__])[0]
-    last_word.message = f"{PROG}: error: {reason}"
+    last_word.append(f"{PROG}: error: {reason}")
     return EXIT_FAILED
 
 
@@ -319,13 +305,7 @@ def gc(args: argparse.Namespace) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.command == "predict":
-            return predict(args)
-        if args.command == "runs":
-            return runs(args)
-        if args.command in ("store", "gc"):
-            return {"store": store, "gc": gc}[args.command](args)
-        return run(validate(args), args.json, args.verbose, sweep=args.command == "sweep")
+        return args.handler(args)
     finally:
         sys.stdout.flush()
 
