@@ -71,8 +71,7 @@ def write_atomically(path: Path, text: str) -> None:
         os.replace(tmp, path)
     except OSError as err:
         tmp.unlink(missing_ok=True)
-        if disk_full(err, path.parent):
-            raise StoreError(f"the artifact store is full: no space left on device while writing {path}") from err
+        raise_if_full(err, path.parent, str(path))
         raise
 
 
@@ -101,19 +100,19 @@ def fsync(path: Path) -> None:
         os.close(fd)
 
 
-def disk_full(err: OSError, where: Path) -> bool:
-    """Whether `err`, raised while writing under `where`, comes from the store's disk being full."""
+def raise_if_full(err: OSError, where: Path, writing: str, store: str = "the artifact store") -> None:
+    """StoreError if `err`, raised while writing `writing` under `where`, comes from the store's disk being full."""
     # NumPy reports a short write without an errno: "N requested and M written".
-    no_space = err.errno in (errno.ENOSPC, errno.EDQUOT) or (
-        err.errno is None and re.search(r"\d+ requested and \d+ written", str(err)) is not None)
-    if not no_space:
-        return False
+    if err.errno not in (errno.ENOSPC, errno.EDQUOT) and (
+            err.errno is not None or re.search(r"\d+ requested and \d+ written", str(err)) is None):
+        return
     try:
         stats = os.statvfs(where)
     except OSError:
-        return True
+        stats = None
     # A quota or another disk (a temporary folder elsewhere) can be what is full.
-    return stats.f_bavail * stats.f_frsize < _NEARLY_FULL or err.errno == errno.EDQUOT
+    if stats is None or stats.f_bavail * stats.f_frsize < _NEARLY_FULL or err.errno == errno.EDQUOT:
+        raise StoreError(f"{store} is full: no space left on device while writing {writing}") from err
 
 
 class ArtifactStore:
@@ -244,9 +243,7 @@ class ArtifactStore:
             self._seal(tmp, stage, fingerprint)
             self._publish(tmp, final, stage, fingerprint)
         except OSError as err:
-            if disk_full(err, tmp):
-                raise StoreError(f"the artifact store {self.root} is full: no space left on device "
-                                 f"while writing the {stage} entry") from err
+            raise_if_full(err, tmp, f"the {stage} entry", store=f"the artifact store {self.root}")
             raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
