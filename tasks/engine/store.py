@@ -252,10 +252,7 @@ class ArtifactStore:
         files = {}
         for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
             fsync(path)
-            files[path.relative_to(tmp).as_posix()] = {
-                "sha256": sha256_file(path),
-                "bytes": path.stat().st_size,
-            }
+            files[path.relative_to(tmp).as_posix()] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
         manifest = {"stage": stage, "fingerprint": fingerprint, "files": files}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
         fsync(tmp / MANIFEST)
