@@ -109,14 +109,6 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(EXIT_INVALID) from None
 
 
-def _prefect_defaults() -> None:
-    # Keep Prefect's database and results beside the project, and offline-quiet.
-    os.environ.setdefault("PREFECT_HOME", str(Path(".prefect").resolve()))
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # TensorFlow's start-up notices (oneDNN, CPU features) hide the progress lines.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-
-
 class _WithoutExpectedTracebacks(logging.Formatter):
     """The terminal's log format, less the tracebacks of the project's own errors.
 
@@ -156,7 +148,11 @@ def _quiet_terminal() -> None:
 
 
 def run(parameters: dict[str, Any], as_json: bool, verbose: bool = False, sweep: bool = False) -> int:
-    _prefect_defaults()
+    # Keep Prefect's database and results beside the project, and offline-quiet.
+    os.environ.setdefault("PREFECT_HOME", str(Path(".prefect").resolve()))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # TensorFlow's start-up notices (oneDNN, CPU features) hide the progress lines.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     # Printed at exit, after the temporary Prefect server logs its shutdown: registered
     # before that server starts, as exit handlers run last-in, first-out.
     last_word: list[str] = []
