@@ -19,8 +19,6 @@ from flows import config
 from flows.config import PipelineConfig
 
 PROG = "mnist-pipeline"
-# gc's default: the last N runs of each dataset keep their entries.
-KEEP_RUNS = int(os.environ.get("MNIST_PIPELINE_GC_KEEP_RUNS", "5"))
 EXIT_FAILED = 1
 EXIT_INVALID = 2
 
@@ -53,50 +51,49 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="The MNIST CNN tutorial as a cached Prefect pipeline.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    run = commands.add_parser("run", help="run the whole pipeline once",
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    config.add_options(run)
-    run.add_argument("--json", action="store_true", help="print the run summary as JSON last")
-    run.add_argument("--verbose", action="store_true",
-                     help="print the tracebacks of expected failures too (the Prefect UI always has them)")
+    for name, summary, models in (
+            ("run", "run the whole pipeline once", ()),
+            ("sweep", "train a grid of settings on Dask; the best by validation accuracy goes to the gate",
+             (config.SweepGrid, PipelineConfig))):
+        flow = commands.add_parser(name, help=summary, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        config.add_options(flow, *models, exclude=config.GRID_FIELDS if models else frozenset())
+        flow.add_argument("--json", action="store_true", help="print the run summary as JSON last")
+        flow.add_argument("--verbose", action="store_true",
+                          help="print the tracebacks of expected failures too (the Prefect UI always has them)")
+        flow.set_defaults(handler=lambda args: run(validate(args), args.json, args.verbose, args.command == "sweep"))
+    # The options of the commands that read the store.
+    in_store = argparse.ArgumentParser(add_help=False)
+    in_store.add_argument("--artifacts-dir", default=config.DEFAULT_ARTIFACTS_DIR)
+    in_store.add_argument("--json", action="store_true")
 
-    sweep = commands.add_parser("sweep", help="train a grid of settings on Dask; the best by validation accuracy "
-                                "goes to the gate", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    config.add_options(sweep, config.SweepGrid, PipelineConfig, exclude=config.GRID_FIELDS)
-    sweep.add_argument("--json", action="store_true", help="print the run summary as JSON last")
-    sweep.add_argument("--verbose", action="store_true", help="print the tracebacks of expected failures too")
+    predict_ = commands.add_parser("predict", parents=[in_store], help="classify PNG or JPEG images")
+    predict_.add_argument("images", nargs="+", type=Path)
+    predict_.add_argument("--model", type=Path, help="a .keras model; default: the dataset's champion")
+    predict_.add_argument("--dataset", default=config.DEFAULT_DATASET, choices=["mnist", "fashion_mnist"])
+    predict_.add_argument("--invert", choices=["auto", "yes", "no"], default="auto",
+                          help="dark ink on light paper needs inverting; auto looks at the border")
+    predict_.set_defaults(handler=predict)
 
-    predict = commands.add_parser("predict", help="classify PNG or JPEG images")
-    predict.add_argument("images", nargs="+", type=Path)
-    predict.add_argument("--model", type=Path, help="a .keras model; default: the dataset's champion")
-    predict.add_argument("--dataset", default=config.DEFAULT_DATASET, choices=["mnist", "fashion_mnist"])
-    predict.add_argument("--invert", choices=["auto", "yes", "no"], default="auto",
-                         help="dark ink on light paper needs inverting; auto looks at the border")
-    predict.add_argument("--artifacts-dir", default=config.DEFAULT_ARTIFACTS_DIR)
-    predict.add_argument("--json", action="store_true")
+    store_ = commands.add_parser("store", parents=[in_store], help="what the artifact store holds: entries by "
+                                 "stage, sizes, ages, last runs, champions")
+    store_.add_argument("--keep-runs", type=int, default=config.GC_KEEP_RUNS,
+                        help="how many recent runs per dataset gc keeps")
+    store_.add_argument("--all", action="store_true", help="list every path, not the totals per stage and kind")
+    store_.set_defaults(handler=store)
 
-    store = commands.add_parser("store", help="what the artifact store holds: entries by stage, sizes, ages, "
-                                "last runs, champions")
-    store.add_argument("--artifacts-dir", default=config.DEFAULT_ARTIFACTS_DIR)
-    store.add_argument("--keep-runs", type=int, default=KEEP_RUNS, help="how many recent runs per dataset gc keeps")
-    store.add_argument("--all", action="store_true", help="list every path, not the totals per stage and kind")
-    store.add_argument("--json", action="store_true")
-
-    gc = commands.add_parser("gc", help="remove the entries no champion and no recent run needs, and leftovers; "
-                             "prints what would go unless --yes")
-    gc.add_argument("--artifacts-dir", default=config.DEFAULT_ARTIFACTS_DIR)
-    gc.add_argument("--keep-runs", type=int, default=KEEP_RUNS,
-                    help="keep the entries of the last N runs of each dataset (MNIST_PIPELINE_GC_KEEP_RUNS)")
-    gc.add_argument("--older-than", type=float, default=None, metavar="DAYS",
-                    help="remove only what is at least DAYS old")
-    what = gc.add_mutually_exclusive_group()
+    gc_ = commands.add_parser("gc", parents=[in_store], help="remove the entries no champion and no recent run "
+                              "needs, and leftovers; prints what would go unless --yes")
+    gc_.add_argument("--keep-runs", type=int, default=config.GC_KEEP_RUNS,
+                     help="keep the entries of the last N runs of each dataset (MNIST_PIPELINE_GC_KEEP_RUNS)")
+    gc_.add_argument("--older-than", type=float, default=None, metavar="DAYS",
+                     help="remove only what is at least DAYS old")
+    what = gc_.add_mutually_exclusive_group()
     what.add_argument("--dry-run", action="store_true", help="print what would go and the space freed (the default)")
     what.add_argument("--yes", action="store_true", help="remove it")
-    gc.add_argument("--json", action="store_true")
+    gc_.set_defaults(handler=gc)
 
-    runs = commands.add_parser("runs", help="list past runs with their metrics and gate results")
-    runs.add_argument("--artifacts-dir", default=config.DEFAULT_ARTIFACTS_DIR)
-    runs.add_argument("--json", action="store_true")
+    commands.add_parser("runs", parents=[in_store], help="list past runs with their metrics and gate results"
+                        ).set_defaults(handler=runs)
     return parser
 
 
@@ -114,14 +111,6 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(EXIT_INVALID) from None
 
 
-def _prefect_defaults() -> None:
-    # Keep Prefect's database and results beside the project, and offline-quiet.
-    os.environ.setdefault("PREFECT_HOME", str(Path(".prefect").resolve()))
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # TensorFlow's start-up notices (oneDNN, CPU features) hide the progress lines.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-
-
 def _unjoined_heartbeats() -> None:
     """The flow run's heartbeats, without waiting for their thread when the flow ends.
 
@@ -137,21 +126,6 @@ def _unjoined_heartbeats() -> None:
     heartbeats = flow_engine._send_heartbeats
     if "join_on_exit" in inspect.signature(heartbeats).parameters:
         flow_engine._send_heartbeats = functools.partial(heartbeats, join_on_exit=False)
-
-
-class _LastWord:
-    """A message printed at exit, after the temporary Prefect server logs its shutdown.
-
-    Registered before that server starts: exit handlers run last-in, first-out.
-    """
-
-    def __init__(self) -> None:
-        self.message: Optional[str] = None
-        atexit.register(self._emit)
-
-    def _emit(self) -> None:
-        if self.message:
-            print(self.message, file=sys.stderr, flush=True)
 
 
 class _WithoutExpectedTracebacks(logging.Formatter):
@@ -193,8 +167,15 @@ def _quiet_terminal() -> None:
 
 
 def run(parameters: dict[str, Any], as_json: bool, verbose: bool = False, sweep: bool = False) -> int:
-    _prefect_defaults()
-    last_word = _LastWord()
+    # Keep Prefect's database and results beside the project, and offline-quiet.
+    os.environ.setdefault("PREFECT_HOME", str(Path(".prefect").resolve()))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # TensorFlow's start-up notices (oneDNN, CPU features) hide the progress lines.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    # Printed at exit, after the temporary Prefect server logs its shutdown: registered
+    # before that server starts, as exit handlers run last-in, first-out.
+    last_word: list[str] = []
+    atexit.register(lambda: last_word and print(*last_word, file=sys.stderr, flush=True))
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from flows import server as servers
@@ -216,7 +197,7 @@ def run(parameters: dict[str, Any], as_json: bool, verbose: bool = False, sweep:
         try:
             temporary.wait_until_healthy()
         except servers.ServerError as error:
-            last_word.message = f"{PROG}: error: {error}"
+            last_word.append(f"{PROG}: error: {error}")
             return EXIT_FAILED
     server = {"api_url": api_url or temporary.api_url, "temporary": temporary is not None}
     with temporary_settings({PREFECT_API_URL: server["api_url"]}):
@@ -231,7 +212,7 @@ def run(parameters: dict[str, Any], as_json: bool, verbose: bool = False, sweep:
     else:
         # Failed outside any stage (an unwritable store, say): its first line is the sentence.
         reason = f"flow {state.name.lower()}: " + (str(outcome).strip().splitlines() or [type(outcome).__name__])[0]
-    last_word.message = f"{PROG}: error: {reason}"
+    last_word.append(f"{PROG}: error: {reason}")
     return EXIT_FAILED
 
 
@@ -285,19 +266,21 @@ def runs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _inventory(args: argparse.Namespace) -> Any:
+def _in_store(args: argparse.Namespace, inspect: Any, *more: Any, **options: Any) -> Any:
+    """`inspect(root, ...)` on the store of `--artifacts-dir`; a folder that is not a store refused in one line."""
     from tasks.engine import inventory, remote
 
-    root = Path(remote.store_root(args.artifacts_dir))
     try:
-        return root, inventory.inventory(root, keep_runs=args.keep_runs)
+        return inspect(Path(remote.store_root(args.artifacts_dir)), *more, **options)
     except inventory.NotAStore as error:
         print(f"{PROG}: error: {config.shown(str(error))}", file=sys.stderr)
         raise SystemExit(EXIT_INVALID) from None
 
 
 def store(args: argparse.Namespace) -> int:
-    _, table = _inventory(args)
+    from tasks.engine import inventory
+
+    table = _in_store(args, inventory.inventory, keep_runs=args.keep_runs)
     if args.json:
         print(table.drop(columns=["path"]).assign(path=table["path"].map(str)).to_json(orient="records"))
         return 0
@@ -314,10 +297,9 @@ def store(args: argparse.Namespace) -> int:
 
 
 def gc(args: argparse.Namespace) -> int:
-    from tasks.engine import inventory, layout, locking
+    from tasks.engine import inventory
 
-    root, table = _inventory(args)
-    doomed = inventory.plan(table, args.older_than)
+    doomed, summary = _in_store(args, inventory.clean, args.keep_runs, args.older_than, remove=args.yes)
     if not args.yes:
         listing = doomed.drop(columns=["path"])
         print(listing.to_json(orient="records") if args.json else (
@@ -325,29 +307,21 @@ def gc(args: argparse.Namespace) -> int:
         print(f"would free {int(doomed['bytes'].sum())} bytes ({doomed['bytes'].sum() / 1e6:.1f} MB); "
               "run again with --yes to remove it", file=sys.stderr)
         return 0
-    try:
-        freed, skipped = inventory.collect(root, doomed, locking.lock_manager(root / layout.LOCKS))
-    except inventory.RunsInProgress as error:
-        print(f"{PROG}: error: {error}; try again then", file=sys.stderr)
+    if "runs_in_progress" in summary:
+        print(f"{PROG}: error: {summary['runs_in_progress']}; try again then", file=sys.stderr)
         return EXIT_FAILED
-    for line in skipped:
+    for line in summary["in_use"]:
         print(f"skipped {line}", file=sys.stderr)
-    summary = {"removed": len(doomed) - len(skipped), "skipped": len(skipped), "freed_bytes": freed}
-    print(json.dumps(summary) if args.json else
-          f"removed {summary['removed']}, skipped {len(skipped)}, freed {freed} bytes ({freed / 1e6:.1f} MB)")
+    freed = summary["freed_bytes"]
+    print(json.dumps({key: summary[key] for key in ("removed", "skipped", "freed_bytes")}) if args.json else
+          f"removed {summary['removed']}, skipped {summary['skipped']}, freed {freed} bytes ({freed / 1e6:.1f} MB)")
     return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.command == "predict":
-            return predict(args)
-        if args.command == "runs":
-            return runs(args)
-        if args.command in ("store", "gc"):
-            return {"store": store, "gc": gc}[args.command](args)
-        return run(validate(args), args.json, args.verbose, sweep=args.command == "sweep")
+        return args.handler(args)
     finally:
         sys.stdout.flush()
 

@@ -47,6 +47,8 @@ DEFAULT_ARTIFACTS_DIR = "artifacts"
 # Set on a worker (`make serve` does): the only folders, separated by ":", in which
 # runs created from the UI or the API may read a mirror or keep an artifact store.
 ALLOWED_ROOTS_ENV = "MNIST_PIPELINE_ALLOWED_ROOTS"
+# `gc`'s and the weekly clean-up's default: the last N runs of each dataset keep their entries.
+GC_KEEP_RUNS = int(os.environ.get("MNIST_PIPELINE_GC_KEEP_RUNS", "5"))
 
 # A few seconds of work end to end: what the tests and quick local checks run.
 TINY = {"epochs": 1, "batch_size": 16, "train_limit": 256}
@@ -90,7 +92,7 @@ class PipelineConfig(BaseModel):
         if mirror is not None:
             from tasks import idx  # NumPy: only when there is a mirror to check
 
-            confine(mirror, "mirror")
+            confine(mirror)
             idx.check_mirror_headers(Path(mirror))
         return mirror
 
@@ -103,27 +105,20 @@ class PipelineConfig(BaseModel):
             bucket_path(artifacts_dir)
             confine_url(artifacts_dir)
             return artifacts_dir
-        confine(artifacts_dir, "artifacts_dir")
-        confine_links(artifacts_dir, "artifacts_dir")
+        confine(artifacts_dir)
+        confine_links(artifacts_dir)
         return artifacts_dir
 
     @property
     def threshold(self) -> float:
         """The quality gate's bar: as given, else the dataset's default."""
-        if self.accuracy_threshold is not None:
-            return self.accuracy_threshold
-        return DEFAULT_ACCURACY_THRESHOLD[self.dataset]
+        default = DEFAULT_ACCURACY_THRESHOLD[self.dataset]
+        return default if self.accuracy_threshold is None else self.accuracy_threshold
 
     @property
     def train(self) -> TrainParams:
-        """What the train stage takes."""
-        return TrainParams(
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            learning_rate=self.learning_rate,
-            lr_schedule=self.lr_schedule,
-            seed=self.seed,
-        )
+        """What the train stage takes: the fields of TrainParams."""
+        return TrainParams(**self.model_dump(include=set(TrainParams.model_fields)))
 
 
 def shown(value: object) -> str:
@@ -146,14 +141,13 @@ def _allowed() -> list[str]:
     return roots
 
 
-def confine_url(url: str) -> str:
+def confine_url(url: str) -> None:
     """Refuse a bucket address outside the allowed `s3://bucket/prefix` roots (when any roots are set)."""
     roots = _allowed()
     buckets = [root.rstrip("/") for root in roots if root.startswith("s3://")]
     if roots and not any(url.rstrip("/") == b or url.startswith(f"{b}/") for b in buckets):
         raise ValueError(f"{url} is outside the buckets this worker allows ({', '.join(buckets) or 'none'}); "
                          f"to allow it, add its s3://bucket/prefix to {ALLOWED_ROOTS_ENV} before `make serve`")
-    return url
 
 
 def _inside(path: str, roots: list[Path]) -> bool:
@@ -166,15 +160,14 @@ def _outside(roots: list[Path]) -> str:
             f"add its folder to {ALLOWED_ROOTS_ENV} (folders separated by ':') before `make serve`")
 
 
-def confine(path: str, what: str) -> str:
+def confine(path: str) -> None:
     """Refuse `path` when it resolves outside the allowed roots (if any are set)."""
     roots = _allowed_roots()
     if roots and not _inside(path, roots):
         raise ValueError(f"{path} is {_outside(roots)}")
-    return path
 
 
-def confine_links(folder: str, what: str) -> None:
+def confine_links(folder: str) -> None:
     """Refuse a folder holding a symbolic link that leads outside the allowed roots (if any are set).
 
     Every path a run opens in the artifact store lies under it, so none leads out.

@@ -7,7 +7,6 @@ and the last `keep_runs` runs of each dataset stay, the rest goes.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,12 +15,12 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import Field
 
 from flows import config
-from tasks.engine import inventory, layout, locking, remote
+from tasks.engine import inventory, remote
 
 
 @flow(name="mnist-store-gc")
 def store_gc(artifacts_dir: Annotated[str, Field(min_length=1)] = config.DEFAULT_ARTIFACTS_DIR,
-             keep_runs: Annotated[int, Field(ge=0)] = int(os.environ.get("MNIST_PIPELINE_GC_KEEP_RUNS", "5")),
+             keep_runs: Annotated[int, Field(ge=0)] = config.GC_KEEP_RUNS,
              older_than_days: Annotated[float, Field(ge=0)] = 0.0) -> dict[str, Any]:
     """Remove the store's entries that no champion and none of the last `keep_runs` runs per dataset need.
 
@@ -31,21 +30,14 @@ def store_gc(artifacts_dir: Annotated[str, Field(min_length=1)] = config.DEFAULT
         older_than_days: Remove only what is at least this many days old.
     """
     config.PipelineConfig(artifacts_dir=artifacts_dir)  # the same allowed roots as a run's
-    root = Path(remote.store_root(artifacts_dir))
-    table = inventory.inventory(root, keep_runs=keep_runs)
-    doomed = inventory.plan(table, older_than_days or None)
-    try:
-        freed, skipped = inventory.collect(root, doomed, locking.lock_manager(root / layout.LOCKS))
-    except inventory.RunsInProgress as error:
-        # Not a failure: next week's run will find the store idle, or the one after.
-        get_run_logger().info("%s; nothing removed this time", error)
-        return {"removed": 0, "skipped": len(doomed), "freed_bytes": 0, "store_bytes": int(table["bytes"].sum()),
-                "runs_in_progress": True}
-    summary = {"removed": len(doomed) - len(skipped), "skipped": len(skipped), "freed_bytes": freed,
-               "store_bytes": int(table["bytes"].sum()) - freed}
-    for line in skipped:
+    _, summary = inventory.clean(Path(remote.store_root(artifacts_dir)), keep_runs, older_than_days or None)
+    for line in summary.pop("in_use"):
         get_run_logger().info("skipped %s", line)
+    if "runs_in_progress" in summary:
+        # Not a failure: next week's run will find the store idle, or the one after.
+        get_run_logger().info("%s; nothing removed this time", summary["runs_in_progress"])
+        return {**summary, "runs_in_progress": True}
     create_markdown_artifact(key="mnist-store-gc", markdown=(
-        f"Removed {summary['removed']} paths, freed {freed / 1e6:.1f} MB; the store now holds "
-        f"{summary['store_bytes'] / 1e6:.1f} MB. Skipped (in use): {len(skipped)}.\n"))
+        f"Removed {summary['removed']} paths, freed {summary['freed_bytes'] / 1e6:.1f} MB; the store now holds "
+        f"{summary['store_bytes'] / 1e6:.1f} MB. Skipped (in use): {summary['skipped']}.\n"))
     return summary

@@ -17,10 +17,9 @@ from prefect.states import Completed, State
 
 from flows.config import PipelineConfig
 from tasks import report as reports
-from tasks.engine import gate, layout, runlog
+from tasks.engine import gate, layout, locking, remote, runlog
 from tasks.engine.caching import EntryRecords
 from tasks.engine.gate import GateResult
-from tasks.engine import locking, remote
 from tasks.engine.refs import EntryRef, MetricsRef, ModelRef, ReportRef
 from tasks.engine.retries import PermanentError, TransientError
 from tasks.engine.store import ArtifactStore, StoreError, write_atomically
@@ -40,9 +39,7 @@ class StageFailed(RuntimeError):
     def __init__(self, stage: str, cause: BaseException, summary: dict[str, Any]):
         reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
         super().__init__(f"stage {stage} failed: {reason}")
-        self.stage = stage
-        self.cause = cause
-        self.summary = summary
+        self.stage, self.cause, self.summary = stage, cause, summary
 
 
 def _crash_leftover_task_runs() -> None:
@@ -110,12 +107,8 @@ class StageRunner:
     def _bound(self, stage_task: Task) -> Task:
         bound = stage_task.with_options(
             # Runs with the same inputs at once compute each stage once; the others wait.
-            cache_policy=stage_task.cache_policy.configure(
-                isolation_level="SERIALIZABLE", lock_manager=self.locks
-            ),
-            on_completion=[self.count_attempts],
-            on_failure=[self.count_attempts],
-        )
+            cache_policy=stage_task.cache_policy.configure(isolation_level="SERIALIZABLE", lock_manager=self.locks),
+            on_completion=[self.count_attempts], on_failure=[self.count_attempts])
         # Prefect's record of the result is the stage's entry in this run's store. Set
         # after construction: Task() takes only saved blocks, which a remote worker
         # could load; this storage serves this process only, as a `Path` would.
@@ -140,14 +133,10 @@ class StageRunner:
                 for label, future in futures.items()}
 
     def _record(self, stage: str, state: State, start: float) -> Any:
-        record = {
-            "state": state.name,
-            "seconds": round(time.perf_counter() - start, 3),
-            # A stage served from cache never runs its hooks: one attempt.
-            "attempts": self.attempts.pop(state.state_details.task_run_id, 1),
-            "artifact": None,
-        }
-        self.stages[stage] = record
+        # A stage served from cache never runs its hooks: one attempt.
+        record = self.stages[stage] = {"state": state.name, "seconds": round(time.perf_counter() - start, 3),
+                                       "attempts": self.attempts.pop(state.state_details.task_run_id, 1),
+                                       "artifact": None}
         if not state.is_completed():  # Failed, or Crashed
             cause = state.result(raise_on_failure=False)
             raise StageFailed(stage, cause if isinstance(cause, BaseException) else RuntimeError(state.message),
@@ -160,24 +149,14 @@ class StageRunner:
         """Prefect's hook on a stage's final state: its task run's count of tries."""
         self.attempts[task_run.id] = max(1, task_run.run_count)
 
-    def summary(
-        self,
-        state: str = "Completed",
-        model: Optional[ModelRef] = None,
-        metrics: Optional[MetricsRef] = None,
-        report: Optional[ReportRef] = None,
-    ) -> dict[str, Any]:
+    def summary(self, state: str = "Completed", model: Optional[ModelRef] = None,
+                metrics: Optional[MetricsRef] = None, report: Optional[ReportRef] = None) -> dict[str, Any]:
         """The run summary of CONTRACT.md, as far as the run got."""
-        summary: dict[str, Any] = {
-            "flow_run_id": str(flow_run.id),
-            "state": state,
-            "stages": self.stages,
-        }
+        summary: dict[str, Any] = {"flow_run_id": str(flow_run.id), "state": state, "stages": self.stages}
         if model is not None:
-            summary["train"] = model.model_dump(
-                include={"epochs_run", "epoch_seconds", "resumed_from_epoch", "device", "batch_size", "replicas", "notes",
-                         "train_count", "validation_count", "validated_on", "validation_accuracy", "validation_loss"}
-            )
+            summary["train"] = model.model_dump(include={
+                "epochs_run", "epoch_seconds", "resumed_from_epoch", "device", "batch_size", "replicas", "notes",
+                "train_count", "validation_count", "validated_on", "validation_accuracy", "validation_loss"})
         if metrics is not None:
             summary["metrics"] = metrics.model_dump(include={"test_accuracy", "test_loss", "test_count", "test_sha256"})
         if report is not None:
@@ -282,20 +261,13 @@ def publish_report(artifacts_dir: str, folder: Path, metrics: MetricsRef, datase
                 f"{'promoted to champion' if gate.passed else 'not promoted'}: {gate.reason}. "
                 f"Full report with images: [report.html]({link})")
     # The UI cannot reach the store's PNG files: images stay in report.html.
-    create_markdown_artifact(
-        key=f"{key}-report",
-        markdown=headline + "\n\n" + "\n".join(line for line in (folder / reports.REPORT_MD).read_text().splitlines()
-                                               if not line.startswith("![")) + "\n",
-        description="The pipeline's report (images in report.html).",
-    )
-    create_link_artifact(
-        key=f"{key}-report-html", link=link,
-        # Markdown in the description: the Artifacts tab's card links to the report itself.
-        link_text="report.html", description=f"Open [report.html]({link}): this run's self-contained report.",
-    )
+    lines = (folder / reports.REPORT_MD).read_text().splitlines()
+    text = "\n".join(line for line in lines if not line.startswith("!["))
+    create_markdown_artifact(key=f"{key}-report", markdown=f"{headline}\n\n{text}\n",
+                             description="The pipeline's report (images in report.html).")
+    # Markdown in the description: the Artifacts tab's card links to the report itself.
+    create_link_artifact(key=f"{key}-report-html", link=link, link_text="report.html",
+                         description=f"Open [report.html]({link}): this run's self-contained report.")
     per_class = metrics.at(artifacts_dir).tables()["per_class"]
-    create_table_artifact(
-        key=f"{key}-metrics",
-        table=per_class.reset_index().round(4).to_dict(orient="records"),
-        description=f"Per-class scores; test accuracy {metrics.test_accuracy:.4f}.",
-    )
+    create_table_artifact(key=f"{key}-metrics", table=per_class.reset_index().round(4).to_dict(orient="records"),
+                          description=f"Per-class scores; test accuracy {metrics.test_accuracy:.4f}.")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from tasks.engine.retries import PermanentError
-from tasks.engine.store import StoreError, disk_full, fsync
+from tasks.engine.store import fsync, raise_if_full
 
 MODEL = "model.keras"
 STATE = "state.json"
@@ -56,9 +56,7 @@ def save(folder: Path, model, history: list[dict[str, Any]]) -> Path:
         os.rename(tmp, final)
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        if disk_full(err, folder):
-            raise StoreError(f"the artifact store is full: no space left on device while writing "
-                             f"the checkpoint of epoch {len(history)} in {folder}") from err
+        raise_if_full(err, folder, f"the checkpoint of epoch {len(history)} in {folder}")
         raise
     for old in folder.glob(f"{_PREFIX}*"):
         if old != final:

@@ -115,14 +115,10 @@ def _host_port(url: str) -> tuple[str, int]:
     return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
 
 
-def _is_prepared(data_dir: Path, dataset: str) -> bool:
-    return any(data_dir.glob(f"{dataset}/*/dataset_info.json"))
-
-
 def load_tfds(dataset: str, data_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Download and prepare `dataset` with TensorFlow Datasets, then read both splits."""
     urls = registered_urls(dataset)
-    if not _is_prepared(data_dir, dataset):
+    if not any(data_dir.glob(f"{dataset}/*/dataset_info.json")):  # not prepared yet
         check_reachable(list(urls), dataset)
     import tensorflow_datasets as tfds
 

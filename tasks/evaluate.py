@@ -36,14 +36,9 @@ def score(logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     hits = pd.Series(np.diag(confusion), index=classes)
     precision = hits / confusion.sum(axis=0).replace(0, np.nan)
     recall = hits / confusion.sum(axis=1).replace(0, np.nan)
-    per_class = pd.DataFrame(
-        {
-            "precision": precision,
-            "recall": recall,
-            "f1": 2 * precision * recall / (precision + recall),
-            "support": confusion.sum(axis=1),
-        }
-    ).fillna(0.0)
+    f1 = 2 * precision * recall / (precision + recall)
+    per_class = pd.DataFrame({"precision": precision, "recall": recall, "f1": f1,
+                              "support": confusion.sum(axis=1)}).fillna(0.0)
     per_class.index.name = "class"
 
     confidence = np.exp(log_probs.max(axis=1))

@@ -41,8 +41,7 @@ def image_grid(images: np.ndarray, captions: Sequence[str], path: Path, columns:
     fig = plt.figure(figsize=(columns, 1.25 * rows + 0.2))
     for i, (image, caption) in enumerate(zip(images, captions)):
         ax = fig.add_subplot(rows, columns, i + 1)
-        ax.set_xticks([])
-        ax.set_yticks([])
+        ax.set(xticks=[], yticks=[])
         ax.grid(False)
         # plt.cm.binary draws ink dark on white, as in the tutorial.
         ax.imshow(np.squeeze(image), cmap=plt.cm.binary)
@@ -57,8 +56,7 @@ def training_curves(history: pd.DataFrame, path: Path) -> Path:
     for ax, metric in zip(axes, ("loss", "accuracy")):
         ax.plot(history["epoch"], history[metric], marker="o", label="train")
         ax.plot(history["epoch"], history[f"val_{metric}"], marker="o", label="validation")
-        ax.set_xlabel("epoch")
-        ax.set_title(metric)
+        ax.set(xlabel="epoch", title=metric)
         ax.legend()
     return _save(fig, path)
 
@@ -70,8 +68,7 @@ def confusion_heatmap(confusion: pd.DataFrame, path: Path) -> Path:
     image = ax.imshow(confusion.to_numpy(), cmap="Blues")
     ax.set_xticks(range(len(confusion.columns)), confusion.columns)
     ax.set_yticks(range(len(confusion.index)), confusion.index)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    ax.set(xlabel="predicted", ylabel="true")
     threshold = confusion.to_numpy().max() / 2
     for (row, col), count in np.ndenumerate(confusion.to_numpy()):
         color = "white" if count > threshold else "black"

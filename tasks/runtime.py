@@ -7,6 +7,7 @@ import re
 import sys
 import tempfile
 from contextlib import contextmanager
+from itertools import takewhile
 from typing import Iterator, Optional
 
 # What TensorFlow's C++ start-up writes straight to the terminal when a machine has no CUDA driver.
@@ -82,9 +83,6 @@ def visible_gpus() -> int:
     chosen = os.environ.get("CUDA_VISIBLE_DEVICES")
     if chosen is None:
         return found
-    listed = []
-    for device in chosen.split(","):
-        if not device.strip() or device.strip().startswith("-"):
-            break  # CUDA stops at the first invalid entry
-        listed.append(device)
-    return min(found, len(listed))
+    # CUDA stops at the first invalid entry.
+    listed = takewhile(lambda device: device.strip() and not device.strip().startswith("-"), chosen.split(","))
+    return min(found, len(list(listed)))

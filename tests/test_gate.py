@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.engine import gate
+from tasks.engine import gate, layout
 from tasks.engine.locking import FileLockManager
 from tasks.engine.refs import MetricsRef, ModelRef
 
@@ -67,7 +67,7 @@ def test_champion_record_follows_the_gate(tmp_path):
                                     '{"model": "aaaaaaaaaaaaaaaa", "test_accuracy": "0.99", "flow_run_id": "r"}'])
 def test_a_damaged_champion_record_is_judged_as_none_and_kept_as_evidence(tmp_path, caplog, record):
     store = str(tmp_path)
-    path = gate.champion_path(store, "mnist")
+    path = layout.champion(store, "mnist")
     path.parent.mkdir(parents=True)
     path.write_text(record)
     with pytest.raises(gate.ChampionDamaged, match=f"the mnist champion record {path} is damaged"):

@@ -28,7 +28,10 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 from prefect import Task, task
 from prefect.cache_policies import CachePolicy
+from prefect.context import TaskRunContext
 from prefect.filesystems import LocalFileSystem
+from prefect.logging import get_run_logger
+from prefect.transactions import get_transaction
 from pydantic import BaseModel
 
 from tasks.engine import layout, retries
@@ -36,8 +39,6 @@ from tasks.engine.refs import REF_TYPES, EntryRef
 from tasks.engine.store import ArtifactStore
 from tasks.engine.versions import library_versions
 
-# Task inputs that say where the store is, not what goes into it.
-_LOCATION_INPUTS = frozenset({"artifacts_dir"})
 RECORD = "result.json"
 _PROGRESS_KEYS = {"train": "training-progress"}
 # The machinery: its changes reach the keys through layout.STORE_VERSION only.
@@ -54,14 +55,10 @@ def project_modules(root: str, package: str = _PACKAGE) -> list[str]:
     seen, todo = set(), [root]
     while todo:
         name = todo.pop()
-        if name not in seen and not _is_machinery(name):
+        if name not in seen and name != _MACHINERY and not name.startswith(f"{_MACHINERY}."):
             seen.add(name)
             todo.extend(_imports(name, package))
     return sorted(seen)
-
-
-def _is_machinery(module: str) -> bool:
-    return module == _MACHINERY or module.startswith(f"{_MACHINERY}.")
 
 
 def _imports(module: str, package: str) -> set[str]:
@@ -132,7 +129,7 @@ class StageCache(CachePolicy):
     def fingerprint(self, inputs: Mapping[str, Any]) -> str:
         """The stage's key for `inputs`: the task's arguments, `artifacts_dir` included."""
         store = ArtifactStore(inputs["artifacts_dir"]) if "artifacts_dir" in inputs else None
-        relevant = {k: v for k, v in inputs.items() if k not in _LOCATION_INPUTS}
+        relevant = {k: v for k, v in inputs.items() if k != "artifacts_dir"}  # where, not what
         if self.describe_inputs is not None:
             relevant.update(self.describe_inputs(relevant))
         material = {
@@ -160,8 +157,12 @@ class StageCache(CachePolicy):
         # Prefect computed it a moment ago, for its record's key.
         fingerprint = _fingerprint_of_this_task_run(self.stage) or self.fingerprint(
             {"artifacts_dir": artifacts_dir, **inputs})
-        if store.exists(self.stage, fingerprint) and not _discard_if_broken(store, self.stage, fingerprint):
-            return store.load_ref(self.stage, fingerprint)
+        if store.exists(self.stage, fingerprint):
+            problem = store.problem(self.stage, fingerprint)
+            if problem is None:
+                return store.load_ref(self.stage, fingerprint)
+            run_logger().warning("Recomputing %s: %s", self.stage, problem)
+            store.evict(self.stage, fingerprint)
         located = {k: v.at(store.root) if isinstance(v, EntryRef) else v for k, v in inputs.items()}
         work = layout.work(store.root, self.stage, fingerprint)
         extras = {"work": lambda: work, "downloads": lambda: store.root / layout.TFDS, "log": run_logger,
@@ -223,15 +224,11 @@ def stage(compute: Callable[..., Mapping[str, Any]], *,
 
 def _attempt() -> int:
     """Which try of its task run this is: 1 for the first, and outside Prefect."""
-    from prefect.context import TaskRunContext
-
     context = TaskRunContext.get()
     return max(1, context.task_run.run_count) if context is not None else 1
 
 
 def _fingerprint_of_this_task_run(stage: str) -> Optional[str]:
-    from prefect.transactions import get_transaction
-
     transaction = get_transaction()
     match = _RECORD_KEY.match(transaction.key or "") if transaction is not None else None
     return match[2] if match is not None and match[1] == stage else None
@@ -239,8 +236,6 @@ def _fingerprint_of_this_task_run(stage: str) -> Optional[str]:
 
 def _progress_artifact(stage: str) -> Callable[[float], None]:
     """Percent done, as an artifact the UI shows live; made at the first report, so it never goes backwards."""
-    from prefect.context import TaskRunContext
-
     if TaskRunContext.get() is None:  # called outside a task run: nobody to show it to
         return lambda percent: None
     from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -305,21 +300,6 @@ class EntryRecords(LocalFileSystem):
         return self.write_path(path, content)
 
 
-def _discard_if_broken(store: ArtifactStore, stage: str, fingerprint: str) -> bool:
-    """Evict an entry that fails verification; True if one was evicted."""
-    if not store.exists(stage, fingerprint):
-        return False
-    problem = store.problem(stage, fingerprint)
-    if problem is None:
-        return False
-    run_logger().warning("Recomputing %s: %s", stage, problem)
-    store.evict(stage, fingerprint)
-    return True
-
-
 def run_logger() -> Union[logging.Logger, logging.LoggerAdapter]:
     """Prefect's run logger inside a task run (the UI shows it), else a plain logger."""
-    from prefect.context import TaskRunContext
-    from prefect.logging import get_run_logger
-
     return get_run_logger() if TaskRunContext.get() else log

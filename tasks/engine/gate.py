@@ -88,13 +88,9 @@ def judge(accuracy: float, threshold: float, bar: Optional[float], other_data: b
                       reason=f"test accuracy {accuracy:.4f} reaches the threshold {threshold:.4f}{against}")
 
 
-def champion_path(artifacts_dir: str, dataset: str) -> Path:
-    return layout.champion(artifacts_dir, dataset)
-
-
 def read_champion(artifacts_dir: str, dataset: str) -> Optional[Champion]:
     """The dataset's champion, None if there is none; ChampionDamaged if its record is unreadable."""
-    path = champion_path(artifacts_dir, dataset)
+    path = layout.champion(artifacts_dir, dataset)
     try:
         return Champion.model_validate_json(path.read_bytes())
     except FileNotFoundError:
@@ -129,8 +125,8 @@ def gate_model(artifacts_dir: str, dataset: str, metrics: MetricsRef, threshold:
         champion = None
     if champion is None:
         return judge(metrics.test_accuracy, threshold, None)
-    bar = champion.bar(metrics.test_sha256)
-    return judge(metrics.test_accuracy, threshold, bar, other_data=champion.test_sha256 != metrics.test_sha256)
+    return judge(metrics.test_accuracy, threshold, champion.bar(metrics.test_sha256),
+                 other_data=champion.test_sha256 != metrics.test_sha256)
 
 
 def promote(artifacts_dir: str, dataset: str, model: ModelRef, metrics: MetricsRef, flow_run_id: str) -> None:
@@ -139,7 +135,7 @@ def promote(artifacts_dir: str, dataset: str, model: ModelRef, metrics: MetricsR
     The same model again (a cached rerun) leaves the record as it is. A damaged
     record is moved aside first, kept as evidence beside the new one.
     """
-    path = champion_path(artifacts_dir, dataset)
+    path = layout.champion(artifacts_dir, dataset)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         champion = read_champion(artifacts_dir, dataset)

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from tasks.engine import layout, runlog
+from tasks.engine import layout, locking, runlog
 from tasks.engine.refs import REF_TYPES
 from tasks.engine.store import ArtifactStore
 
@@ -166,33 +166,48 @@ def collect(root: Path, doomed: Any, locks: Any) -> tuple[int, list[str]]:
     A store in S3 is pruned in this host's copy only: the bucket serves hosts
     whose runs this host's run log does not know.
     """
-    from tasks.engine.locking import store_exclusively
-
-    with store_exclusively(locks, ArtifactStore(root).identity) as alone:
-        if not alone:
-            raise RunsInProgress("a run is in progress in this store: gc removes nothing until it ends")
-        return _collect(root, doomed, locks)
-
-
-def _collect(root: Path, doomed: Any, locks: Any) -> tuple[int, list[str]]:
     from tasks.engine.caching import record_key
 
-    store, freed, skipped = ArtifactStore(root), 0, []
-    for _, row in doomed.iterrows():
-        key = record_key(row["stage"], row["fingerprint"])
-        holder = f"gc-{os.getpid()}"
-        if not locks.acquire_lock(key, holder, acquire_timeout=0):
-            skipped.append(f"{row['path']} (in use by a run)")
-            continue
-        try:
-            path = Path(row["path"])
-            if row["kind"] == "entry":
-                store.evict(row["stage"], row["fingerprint"], remote=False)
-            elif path.is_symlink():
-                path.unlink()  # the link, never its target
-            else:
-                shutil.rmtree(path, ignore_errors=True)
-            freed += int(row["bytes"])
-        finally:
-            locks.release_lock(key, holder)
+    store, freed, skipped, holder = ArtifactStore(root), 0, [], f"gc-{os.getpid()}"
+    with locking.store_exclusively(locks, store.identity) as alone:
+        if not alone:
+            raise RunsInProgress("a run is in progress in this store: gc removes nothing until it ends")
+        for _, row in doomed.iterrows():
+            key = record_key(row["stage"], row["fingerprint"])
+            if not locks.acquire_lock(key, holder, acquire_timeout=0):
+                skipped.append(f"{row['path']} (in use by a run)")
+                continue
+            try:
+                path = Path(row["path"])
+                if row["kind"] == "entry":
+                    store.evict(row["stage"], row["fingerprint"], remote=False)
+                elif path.is_symlink():
+                    path.unlink()  # the link, never its target
+                else:
+                    shutil.rmtree(path, ignore_errors=True)
+                freed += int(row["bytes"])
+            finally:
+                locks.release_lock(key, holder)
     return freed, skipped
+
+
+def clean(root: Path, keep_runs: int, older_than_days: Optional[float] = None,
+          remove: bool = True) -> tuple[Any, dict[str, Any]]:
+    """`gc`: the rows plan() picks for the policy and, if `remove`, their removal by collect().
+
+    Returns those rows and the summary: how many were removed and skipped, the
+    bytes freed, the bytes the store holds after, and `in_use`, each skipped
+    path and why. While a run is in progress nothing goes: every row counts as
+    skipped, and `runs_in_progress` says why.
+    """
+    table = inventory(root, keep_runs=keep_runs)
+    doomed = plan(table, older_than_days)
+    summary = {"removed": 0, "skipped": 0, "freed_bytes": 0, "store_bytes": int(table["bytes"].sum()), "in_use": []}
+    if not remove:
+        return doomed, summary
+    try:
+        freed, skipped = collect(root, doomed, locking.lock_manager(root / layout.LOCKS))
+    except RunsInProgress as error:
+        return doomed, {**summary, "skipped": len(doomed), "runs_in_progress": str(error)}
+    return doomed, {"removed": len(doomed) - len(skipped), "skipped": len(skipped), "freed_bytes": freed,
+                    "store_bytes": summary["store_bytes"] - freed, "in_use": skipped}

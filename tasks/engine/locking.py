@@ -15,7 +15,6 @@ from promoting at once.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import hashlib
 import logging
@@ -24,10 +23,10 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Union
 from uuid import uuid4
 
-from tasks.engine.store import StoreError
+from tasks.engine.store import StoreError, make_folder, store_errors
 
 _POLL_S = 0.1
 REDIS_URL_ENV = "MNIST_PIPELINE_REDIS_URL"
@@ -94,40 +93,21 @@ class FileLockManager:
 
         Locks that could not be taken would let two runs build one entry at once.
         """
-        try:
-            if self.directory.exists() and not self.directory.is_dir():
-                raise NotADirectoryError(errno.ENOTDIR, "Not a directory")
-            self.directory.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise StoreError(f"cannot keep locks in {self.directory}: {err.strerror or err}") from err
+        with store_errors(f"cannot keep locks in {self.directory}"):
+            make_folder(self.directory)
         return self
 
     def _path(self, key: str) -> Path:
         # Keys hold slashes (`train/<fingerprint>/result.json`): hash to a flat name.
         return self.directory / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.lock"
 
-    def _try_lock(self, key: str) -> Optional[int]:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self._path(key), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        return fd
-
-    def acquire_lock(
-        self,
-        key: str,
-        holder: str,
-        acquire_timeout: Optional[float] = None,
-        hold_timeout: Optional[float] = None,
-    ) -> bool:
+    def acquire_lock(self, key: str, holder: str, acquire_timeout: Optional[float] = None,
+                     hold_timeout: Optional[float] = None) -> bool:
         """Wait for the lock (for ever by default); `hold_timeout` is moot, see above."""
         if self.is_lock_holder(key, holder):
             return True
         deadline = None if acquire_timeout is None else time.monotonic() + acquire_timeout
-        while (fd := self._try_lock(key)) is None:
+        while (fd := _flocked(self._path(key), fcntl.LOCK_EX | fcntl.LOCK_NB)) is None:
             if deadline is not None and time.monotonic() >= deadline:
                 return False
             time.sleep(_POLL_S)
@@ -136,14 +116,8 @@ class FileLockManager:
         self._held[key] = (holder, fd)
         return True
 
-    async def aacquire_lock(
-        self,
-        key: str,
-        holder: str,
-        acquire_timeout: Optional[float] = None,
-        hold_timeout: Optional[float] = None,
-    ) -> bool:
-        return self.acquire_lock(key, holder, acquire_timeout, hold_timeout)
+    async def aacquire_lock(self, *args: Any, **kwargs: Any) -> bool:
+        return self.acquire_lock(*args, **kwargs)
 
     def release_lock(self, key: str, holder: str) -> None:
         if not self.is_lock_holder(key, holder):
@@ -157,11 +131,10 @@ class FileLockManager:
             return True
         if not self._path(key).exists():
             return False
-        fd = self._try_lock(key)
+        fd = _flocked(self._path(key), fcntl.LOCK_EX | fcntl.LOCK_NB)
         if fd is None:
             return True
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+        os.close(fd)  # which releases the lock
         return False
 
     def is_lock_holder(self, key: str, holder: str) -> bool:
@@ -175,8 +148,22 @@ class FileLockManager:
             time.sleep(_POLL_S)
         return True
 
-    async def await_for_lock(self, key: str, timeout: Optional[float] = None) -> bool:
-        return self.wait_for_lock(key, timeout)
+    async def await_for_lock(self, *args: Any, **kwargs: Any) -> bool:
+        return self.wait_for_lock(*args, **kwargs)
+
+
+def _flocked(path: Path, operation: int) -> Optional[int]:
+    """A descriptor of `path` (created if need be) that holds flock(2) `operation`; None if LOCK_NB found it held."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, operation)
+    except BaseException as error:
+        os.close(fd)
+        if isinstance(error, BlockingIOError):
+            return None
+        raise
+    return fd
 
 
 # The store's own lock: runs hold it shared from start to end, gc exclusively (never waiting).
@@ -195,10 +182,8 @@ def run_in_progress(locks: Any, store: str) -> Iterator[None]:
     store in Redis's keys (its bucket, or its folder), which several stores share.
     """
     if isinstance(locks, FileLockManager):
-        locks.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(locks.directory / STORE_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _flocked(locks.directory / STORE_LOCK_FILE, fcntl.LOCK_SH)  # waits while a gc holds it exclusively
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH)  # waits while a gc holds it exclusively
             yield
         finally:
             os.close(fd)
@@ -206,8 +191,7 @@ def run_in_progress(locks: Any, store: str) -> Iterator[None]:
     key = f"{_RUN_KEYS}{store}:{os.getpid()}-{uuid4().hex}"
     with held(locks, f"{STORE_KEY}/{store}"):  # not while a gc runs
         locks.client.set(key, "1", ex=max(1, round(locks.ttl)))
-    stop = threading.Event()
-    threading.Thread(target=_renew_key, args=(locks.client, key, locks.ttl, stop), daemon=True).start()
+    stop = _renewing(lambda: locks.client.expire(key, max(1, round(locks.ttl))), key, locks.ttl / 3)
     try:
         yield
     finally:
@@ -219,28 +203,34 @@ def run_in_progress(locks: Any, store: str) -> Iterator[None]:
 def store_exclusively(locks: Any, store: str) -> Iterator[bool]:
     """For gc: True, and held for the block, when no run is in progress; False (nothing held) otherwise."""
     if isinstance(locks, FileLockManager):
-        locks.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(locks.directory / STORE_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _flocked(locks.directory / STORE_LOCK_FILE, fcntl.LOCK_EX | fcntl.LOCK_NB)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            yield True
+            yield fd is not None
         finally:
-            os.close(fd)
+            if fd is not None:
+                os.close(fd)
         return
     with held(locks, f"{STORE_KEY}/{store}"):
         yield not any(True for _ in locks.client.scan_iter(match=f"{_RUN_KEYS}{store}:*", count=100))
 
 
-def _renew_key(client: Any, key: str, ttl: float, stop: threading.Event) -> None:
-    while not stop.wait(ttl / 3):
-        try:
-            client.expire(key, max(1, round(ttl)))
-        except Exception as error:  # Redis unreachable for a moment: try again at the next turn
-            log.warning("could not renew %s: %s", key, error)
+def _renewing(renew: Callable[[], Any], what: str, every: float) -> threading.Event:
+    """A thread that calls `renew()` every `every` seconds, until the event it returns is set."""
+    from redis.exceptions import LockNotOwnedError
+
+    def loop() -> None:
+        while not stop.wait(every):
+            try:
+                renew()  # back to the full time to live
+            except LockNotOwnedError:  # it expired while this process stalled: another may hold it now
+                log.error("%s expired while held; another run may be computing the same entry", what)
+                return
+            except Exception as error:  # Redis unreachable for a moment: try again at the next turn
+                log.warning("could not renew %s: %s", what, error)
+
+    stop = threading.Event()
+    threading.Thread(target=loop, daemon=True, name=f"renewal of {what}").start()
+    return stop
 
 
 def renewed_redis_locks(url: str, ttl: float = REDIS_LOCK_TTL_S) -> Any:
@@ -268,15 +258,12 @@ def renewed_redis_locks(url: str, ttl: float = REDIS_LOCK_TTL_S) -> Any:
                 return True
             if not super().acquire_lock(key, holder, acquire_timeout, hold_timeout=self.ttl):
                 return False
-            stop = self._renewals[key] = threading.Event()
             lock = self._locks[self._lock_name_for_key(key)]
-            threading.Thread(target=_renew, args=(lock, key, stop, self.ttl / 3), daemon=True,
-                             name=f"lock-renewal-{key}").start()
+            self._renewals[key] = _renewing(lock.reacquire, f"the lock on {key}", self.ttl / 3)
             return True
 
-        async def aacquire_lock(self, key: str, holder: str, acquire_timeout: Optional[float] = None,
-                                hold_timeout: Optional[float] = None) -> bool:
-            return self.acquire_lock(key, holder, acquire_timeout, hold_timeout)
+        async def aacquire_lock(self, *args: Any, **kwargs: Any) -> bool:
+            return self.acquire_lock(*args, **kwargs)
 
         def release_lock(self, key: str, holder: str) -> None:
             if self.is_lock_holder(key, holder):
@@ -285,15 +272,3 @@ def renewed_redis_locks(url: str, ttl: float = REDIS_LOCK_TTL_S) -> Any:
 
     return RenewedRedisLockManager(connection_url=url)
 
-
-def _renew(lock: Any, key: str, stop: threading.Event, every: float) -> None:
-    from redis.exceptions import LockNotOwnedError
-
-    while not stop.wait(every):
-        try:
-            lock.reacquire()  # back to the full time to live
-        except LockNotOwnedError:  # it expired while this process stalled: another may hold it now
-            log.error("the lock on %s expired while held; another run may be computing the same entry", key)
-            return
-        except Exception as error:  # Redis unreachable for a moment: try again at the next turn
-            log.warning("could not renew the lock on %s: %s", key, error)

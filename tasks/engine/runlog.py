@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tasks.engine.layout import RUN_LOG
-from tasks.engine.store import StoreError, disk_full
+from tasks.engine.store import raise_if_full
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -50,8 +50,7 @@ def append(artifacts_dir: str, record: dict[str, Any]) -> Callable[[], None]:
                 raise OSError("a short write to the run log")
         except OSError as err:
             os.ftruncate(fd, size)
-            if disk_full(err, path.parent):
-                raise StoreError(f"the artifact store is full: no space left on device while writing {path}") from err
+            raise_if_full(err, path.parent, str(path))
             raise
     finally:
         os.close(fd)

@@ -71,9 +71,24 @@ def write_atomically(path: Path, text: str) -> None:
         os.replace(tmp, path)
     except OSError as err:
         tmp.unlink(missing_ok=True)
-        if disk_full(err, path.parent):
-            raise StoreError(f"the artifact store is full: no space left on device while writing {path}") from err
+        raise_if_full(err, path.parent, str(path))
         raise
+
+
+@contextmanager
+def store_errors(failure: str) -> Iterator[None]:
+    """An OSError in the block as StoreError(`failure: why`)."""
+    try:
+        yield
+    except OSError as err:
+        raise StoreError(f"{failure}: {err.strerror or err}") from err
+
+
+def make_folder(path: Path) -> None:
+    """`path` as a folder, made if missing: NotADirectoryError if something else is there."""
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "Not a directory")
+    path.mkdir(parents=True, exist_ok=True)
 
 
 def fsync(path: Path) -> None:
@@ -85,19 +100,19 @@ def fsync(path: Path) -> None:
         os.close(fd)
 
 
-def disk_full(err: OSError, where: Path) -> bool:
-    """Whether `err`, raised while writing under `where`, comes from the store's disk being full."""
+def raise_if_full(err: OSError, where: Path, writing: str, store: str = "the artifact store") -> None:
+    """StoreError if `err`, raised while writing `writing` under `where`, comes from the store's disk being full."""
     # NumPy reports a short write without an errno: "N requested and M written".
-    no_space = err.errno in (errno.ENOSPC, errno.EDQUOT) or (
-        err.errno is None and re.search(r"\d+ requested and \d+ written", str(err)) is not None)
-    if not no_space:
-        return False
+    if err.errno not in (errno.ENOSPC, errno.EDQUOT) and (
+            err.errno is not None or re.search(r"\d+ requested and \d+ written", str(err)) is None):
+        return
     try:
         stats = os.statvfs(where)
     except OSError:
-        return True
+        stats = None
     # A quota or another disk (a temporary folder elsewhere) can be what is full.
-    return stats.f_bavail * stats.f_frsize < _NEARLY_FULL or err.errno == errno.EDQUOT
+    if stats is None or stats.f_bavail * stats.f_frsize < _NEARLY_FULL or err.errno == errno.EDQUOT:
+        raise StoreError(f"{store} is full: no space left on device while writing {writing}") from err
 
 
 class ArtifactStore:
@@ -114,15 +129,11 @@ class ArtifactStore:
 
     def open(self) -> "ArtifactStore":
         """Create the store's folder if needed; a clear error if it cannot be written."""
-        try:
-            if self.root.exists() and not self.root.is_dir():
-                raise NotADirectoryError(errno.ENOTDIR, "Not a directory")
-            self.root.mkdir(parents=True, exist_ok=True)
+        with store_errors(f"cannot write to the artifact store {self.root}"):
+            make_folder(self.root)
             probe = self.root / f".probe-{uuid.uuid4().hex[:8]}"
             probe.write_bytes(b"")
             probe.unlink()
-        except OSError as err:
-            raise StoreError(f"cannot write to the artifact store {self.root}: {err.strerror or err}") from err
         return self
 
     def entry(self, stage: str, fingerprint: str) -> Path:
@@ -225,18 +236,14 @@ class ArtifactStore:
         for stale in final.parent.glob(f".tmp-{fingerprint}-*"):
             shutil.rmtree(stale, ignore_errors=True)
         tmp = final.with_name(f".tmp-{fingerprint}-{uuid.uuid4().hex[:8]}")
-        try:
+        with store_errors(f"cannot write to the artifact store {self.root}"):
             tmp.mkdir(parents=True)
-        except OSError as err:
-            raise StoreError(f"cannot write to the artifact store {self.root}: {err.strerror or err}") from err
         try:
             yield tmp
             self._seal(tmp, stage, fingerprint)
             self._publish(tmp, final, stage, fingerprint)
         except OSError as err:
-            if disk_full(err, tmp):
-                raise StoreError(f"the artifact store {self.root} is full: no space left on device "
-                                 f"while writing the {stage} entry") from err
+            raise_if_full(err, tmp, f"the {stage} entry", store=f"the artifact store {self.root}")
             raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -245,10 +252,7 @@ class ArtifactStore:
         files = {}
         for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
             fsync(path)
-            files[path.relative_to(tmp).as_posix()] = {
-                "sha256": sha256_file(path),
-                "bytes": path.stat().st_size,
-            }
+            files[path.relative_to(tmp).as_posix()] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
         manifest = {"stage": stage, "fingerprint": fingerprint, "files": files}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
         fsync(tmp / MANIFEST)
