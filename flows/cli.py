@@ -166,12 +166,20 @@ def _quiet_terminal() -> None:
             handler.addFilter(_bookkeeping)
 
 
-def run(parameters: dict[str, Any], as_json: bool, verbose: bool = False, sweep: bool = False) -> int:
+def _environment() -> None:
+    """The settings a command-line run starts with, unless the caller's environment sets them."""
     # Keep Prefect's database and results beside the project, and offline-quiet.
     os.environ.setdefault("PREFECT_HOME", str(Path(".prefect").resolve()))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # TensorFlow's start-up notices (oneDNN, CPU features) hide the progress lines.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    # A heartbeat as often as the worker's runs send theirs (scripts/serve.sh): `make serve`'s
+    # zombie automation marks Crashed any run silent for 90 s, and Prefect's default is 180 s.
+    os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "30")
+
+
+def run(parameters: dict[str, Any], as_json: bool, verbose: bool = False, sweep: bool = False) -> int:
+    _environment()
     # Printed at exit, after the temporary Prefect server logs its shutdown: registered
     # before that server starts, as exit handlers run last-in, first-out.
     last_word: list[str] = []

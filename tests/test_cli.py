@@ -368,3 +368,14 @@ def test_a_command_line_run_sends_heartbeats_without_waiting_for_their_thread(mo
     assert beating.is_alive(), "the end of the run waited for the heartbeat thread"
     beating.join(timeout=5)  # it stops by itself at its next one-second step
     assert not beating.is_alive()
+
+
+def test_a_command_line_run_beats_within_the_zombie_automations_window(monkeypatch):
+    """A run reporting to `make serve`'s server is not marked Crashed while it lives: Prefect's default is 180 s."""
+    from flows import deployments
+
+    environment = {k: v for k, v in os.environ.items() if k != "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"}
+    monkeypatch.setattr(os, "environ", environment)
+    cli._environment()
+    window = deployments._zombie_automation().trigger.within.total_seconds()
+    assert 2 * int(os.environ["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"]) < window
