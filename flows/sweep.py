@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from prefect import flow, task
+from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Failed
@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from flows import config
 from flows.config import GRID_FIELDS, PipelineConfig, SweepGrid
-from flows.runner import StageRunner, report_link
+from flows.runner import JsonFlow, StageRunner, report_link
 from flows.stages import build_report, download_dataset, evaluate_model, preprocess_dataset, train_model
 from tasks.engine import layout
 
@@ -96,5 +96,5 @@ def mnist_sweep(**parameters: Any) -> Any:
                           sweep={"best": best, "combinations": table.to_dict(orient="records")})
 
 
-mnist_sweep = flow(name="mnist-sweep", task_runner=task_runner())(
-    config.with_parameters(mnist_sweep, SweepGrid, PipelineConfig, exclude=GRID_FIELDS))
+mnist_sweep = JsonFlow(config.with_parameters(mnist_sweep, SweepGrid, PipelineConfig, exclude=GRID_FIELDS),
+                       name="mnist-sweep", task_runner=task_runner())

@@ -31,8 +31,15 @@ IMAGES = {"samples": PreparedRef.SAMPLES, "curves": "curves.png", "per_class": "
 MISCLASSIFIED_SHOWN = 20
 
 
-def table(frame: "pd.DataFrame") -> str:
-    """A pipe table; integer columns stay integers, row numbers are left out."""
+def table(frame: "pd.DataFrame | list[dict[str, Any]]") -> str:
+    """A pipe table of a frame or of rows (dicts, one key per column); integers stay integers, row numbers are left out.
+
+    Rows need no pandas: a run's own report is made of them, and a cached rerun need not import it.
+    """
+    if isinstance(frame, list):
+        from tabulate import tabulate  # what pandas' to_markdown calls
+
+        return tabulate(frame, headers="keys", tablefmt="pipe", floatfmt=".4f")
     import pandas as pd
 
     meaningful_index = not isinstance(frame.index, pd.RangeIndex) or frame.index.name is not None

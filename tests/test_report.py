@@ -73,3 +73,17 @@ def test_a_report_links_through_the_file_server_that_serves_its_store(tmp_path, 
     assert runner.report_link(page) == "http://127.0.0.1:4201/runs/abc/report.html"
     elsewhere = tmp_path / "other" / "report.html"
     assert runner.report_link(elsewhere) == elsewhere.resolve().as_uri()
+
+
+@pytest.mark.parametrize("scores, best", [([0.91, None, 0.95], "0.9500"), ([None], "none recorded")])
+def test_the_run_part_names_the_best_earlier_score_of_those_recorded(scores, best):
+    from types import SimpleNamespace
+
+    from tasks.engine.gate import GateResult
+
+    earlier = [{"finished": f"2026-11-0{i + 1}", "test_accuracy": score} for i, score in enumerate(scores)]
+    text = report.render("run.md.j2", gate=GateResult(passed=False, champion_accuracy=None, reason="r"),
+                         timing=[{"stage": "train", "state": "Cached", "seconds": 0.5, "attempts": 1}],
+                         dataset="mnist", metrics=SimpleNamespace(test_accuracy=0.9), earlier=earlier)
+    assert f"the best of the {len(scores)} runs before it: {best}." in text
+    assert "| train   | Cached  |    0.5000 |          1 |" in text

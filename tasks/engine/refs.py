@@ -7,6 +7,8 @@ entry's files: stages learn nothing of each other's file names.
 
 from __future__ import annotations
 
+import csv
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Optional
 
@@ -170,6 +172,12 @@ class MetricsRef(EntryRef):
 
         return {name: pd.read_csv(self.folder / file, index_col=0 if indexed else None)
                 for name, (file, indexed) in self.TABLES.items()}
+
+    def per_class_rows(self) -> list[dict[str, Any]]:
+        """The per-class table as rows of numbers, floats to 4 places, read without pandas."""
+        with open(self.folder / self.TABLES["per_class"][0], newline="") as f:
+            rows = [{k: json.loads(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        return [{k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()} for row in rows]
 
 
 class ReportRef(EntryRef):

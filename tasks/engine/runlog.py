@@ -57,20 +57,26 @@ def append(artifacts_dir: str, record: dict[str, Any]) -> Callable[[], None]:
     return lambda: os.truncate(path, size)
 
 
-def read(artifacts_dir: str) -> pd.DataFrame:
-    """Every logged run, oldest first; a line that is not a run is skipped with a warning."""
-    import pandas as pd
-
+def records(artifacts_dir: str) -> list[dict[str, Any]]:
+    """Every logged run, oldest first, as dicts; a line that is not a run is skipped with a warning."""
     path = Path(artifacts_dir) / RUN_LOG
-    records = []
+    runs = []
     for number, line in enumerate(path.read_text(errors="replace").splitlines() if path.is_file() else [], 1):
         try:
-            records.append(_Line.model_validate_json(line).model_dump())
+            runs.append(_Line.model_validate_json(line).model_dump())
         except ValidationError as err:
             # A line cut short (a full disk, a crash) or altered: the others still count.
             log.warning("%s line %d is not a run record (%s); skipped", path, number, err.errors()[0]["msg"])
-    runs = pd.DataFrame.from_records(records) if records else pd.DataFrame(columns=COLUMNS)
-    runs = runs.reindex(columns=COLUMNS + [c for c in runs.columns if c not in COLUMNS])
-    # Runs logged before the schedule was a setting trained at a constant rate.
-    runs["lr_schedule"] = runs["lr_schedule"].astype(object).fillna("constant")
+            continue
+        # Runs logged before the schedule was a setting trained at a constant rate.
+        runs[-1]["lr_schedule"] = runs[-1].get("lr_schedule") or "constant"
     return runs
+
+
+def read(artifacts_dir: str) -> pd.DataFrame:
+    """records() as a table, COLUMNS first."""
+    import pandas as pd
+
+    runs = records(artifacts_dir)
+    runs = pd.DataFrame.from_records(runs) if runs else pd.DataFrame(columns=COLUMNS)
+    return runs.reindex(columns=COLUMNS + [c for c in runs.columns if c not in COLUMNS])
