@@ -274,6 +274,9 @@ def test_a_custom_run_on_the_data_folder_links_its_report_from_the_ui(served, ap
     # The run's Artifacts tab: its report.html card opens the link artifact, whose link opens the report.
     page.get_by_role("link", name="mnist-report-html").first.click(timeout=30_000)
     page.wait_for_url("**/v2/artifacts/artifact/**")
+    # A single-page app: the address changes before the artifact's page replaces the run's,
+    # whose card holds a "report.html" link too. Its details panel ("Key") is the artifact page's own.
+    page.get_by_text("Key", exact=True).wait_for(timeout=30_000)
     _screenshot(page, "ui-report-link.png")
     page.get_by_role("link", name="report.html", exact=True).first.click(timeout=30_000)
     page.wait_for_url(f"http://127.0.0.1:{served['env']['REPORTS_PORT']}/runs/{done['id']}/report.html")
