@@ -34,16 +34,16 @@ MISCLASSIFIED_SHOWN = 20
 def table(frame: "pd.DataFrame | list[dict[str, Any]]") -> str:
     """A pipe table of a frame or of rows (dicts, one key per column); integers stay integers, row numbers are left out.
 
-    Rows need no pandas: a run's own report is made of them, and a cached rerun need not import it.
+    The call pandas' to_markdown makes, so rows need no pandas: a run's own report is made of them.
     """
-    if isinstance(frame, list):
-        from tabulate import tabulate  # what pandas' to_markdown calls
+    from tabulate import tabulate
 
+    if isinstance(frame, list):
         return tabulate(frame, headers="keys", tablefmt="pipe", floatfmt=".4f")
     import pandas as pd
 
     meaningful_index = not isinstance(frame.index, pd.RangeIndex) or frame.index.name is not None
-    return frame.astype(object).to_markdown(floatfmt=".4f", index=meaningful_index)
+    return tabulate(frame.astype(object), headers="keys", tablefmt="pipe", floatfmt=".4f", showindex=meaningful_index)
 
 
 @lru_cache(maxsize=None)

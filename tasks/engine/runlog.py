@@ -63,13 +63,13 @@ def records(artifacts_dir: str) -> list[dict[str, Any]]:
     runs = []
     for number, line in enumerate(path.read_text(errors="replace").splitlines() if path.is_file() else [], 1):
         try:
-            runs.append(_Line.model_validate_json(line).model_dump())
+            run = _Line.model_validate_json(line).model_dump()
         except ValidationError as err:
             # A line cut short (a full disk, a crash) or altered: the others still count.
             log.warning("%s line %d is not a run record (%s); skipped", path, number, err.errors()[0]["msg"])
             continue
         # Runs logged before the schedule was a setting trained at a constant rate.
-        runs[-1]["lr_schedule"] = runs[-1].get("lr_schedule") or "constant"
+        runs.append({**run, "lr_schedule": run.get("lr_schedule") or "constant"})
     return runs
 
 
