@@ -6,7 +6,7 @@
 Each lever is one way of running the same model (tasks/train.py's build_model,
 Adam, sparse cross-entropy) over the same images: a batch size, XLA
 (`jit_compile`), `steps_per_execution`, TensorFlow's thread settings, a cached
-tf.data pipeline. Each runs in a fresh process (thread settings and XLA are
+tf.data pipeline, TensorFlow's oneDNN kernels (`TF_ENABLE_ONEDNN_OPTS`). Each runs in a fresh process (thread settings and XLA are
 per process), the levers in a rotated order on each repeat, and reports
 training images per second over two epochs after a warm-up, as GFLOP/s
 (about 14.8 MFLOP per image, forward and backward) against a matmul peak
@@ -33,18 +33,27 @@ _HERE = Path(__file__).resolve().parent
 # The children import the project's modules and this folder's.
 _ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(_HERE.parent), str(_HERE), os.environ.get("PYTHONPATH", "")])}
 
-# name: (batch size, compile options, threads (intra, inter) or None, cache the pipeline)
+# TensorFlow's oneDNN kernels, off by default on x86 CPUs without AVX-512 (this machine's).
+_ONEDNN = {"TF_ENABLE_ONEDNN_OPTS": "1"}
+_NO_ONEDNN = {"TF_ENABLE_ONEDNN_OPTS": "0"}
+
+# name: (batch size, compile options, threads (intra, inter) or None, cache the pipeline, environment)
 LEVERS = {
-    "batch 32 (the tutorial)": (32, {}, None, False),
-    "batch 32, steps_per_execution 16": (32, {"steps_per_execution": 16}, None, False),
-    "batch 32, jit_compile": (32, {"jit_compile": True}, None, False),
-    "batch 128": (128, {}, None, False),
-    "batch 256": (256, {}, None, False),
-    "batch 256, steps_per_execution 16": (256, {"steps_per_execution": 16}, None, False),
-    "batch 256, jit_compile": (256, {"jit_compile": True}, None, False),
-    "batch 256, 2 intra-op / 1 inter-op threads": (256, {}, (2, 1), False),
-    "batch 256, tf.data cache": (256, {}, None, True),
-    "batch 512": (512, {}, None, False),
+    "batch 32 (the tutorial)": (32, {}, None, False, _NO_ONEDNN),
+    "batch 32, steps_per_execution 16": (32, {"steps_per_execution": 16}, None, False, _NO_ONEDNN),
+    "batch 32, jit_compile": (32, {"jit_compile": True}, None, False, _NO_ONEDNN),
+    "batch 128": (128, {}, None, False, _NO_ONEDNN),
+    "batch 256": (256, {}, None, False, _NO_ONEDNN),
+    "batch 256, steps_per_execution 16": (256, {"steps_per_execution": 16}, None, False, _NO_ONEDNN),
+    "batch 256, jit_compile": (256, {"jit_compile": True}, None, False, _NO_ONEDNN),
+    "batch 256, 2 intra-op / 1 inter-op threads": (256, {}, (2, 1), False, _NO_ONEDNN),
+    "batch 256, tf.data cache": (256, {}, None, True, _NO_ONEDNN),
+    "batch 512": (512, {}, None, False, _NO_ONEDNN),
+    "batch 32, oneDNN": (32, {}, None, False, _ONEDNN),
+    "batch 64, oneDNN": (64, {}, None, False, _ONEDNN),
+    "batch 128, oneDNN": (128, {}, None, False, _ONEDNN),
+    "batch 256, oneDNN": (256, {}, None, False, _ONEDNN),
+    "batch 512, oneDNN": (512, {}, None, False, _ONEDNN),
 }
 
 _CHILD = """
@@ -75,9 +84,14 @@ print(json.dumps({"images_per_s": 2 * len(y) / (time.perf_counter() - start)}))
 
 
 def _peak() -> float:
+    """The faster of TensorFlow's two matmul kernels (Eigen's, oneDNN's), in GFLOP/s."""
     code = "from vs_keras import matmul_peak_gflops; print(matmul_peak_gflops())"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=_ENV)
-    return float(done.stdout.strip().splitlines()[-1])
+    found = []
+    for environment in (_NO_ONEDNN, _ONEDNN):
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              env={**_ENV, **environment})
+        found.append(float(done.stdout.strip().splitlines()[-1]))
+    return max(found)
 
 
 def main() -> None:
@@ -94,10 +108,11 @@ def main() -> None:
         peaks.append(_peak())
         order = args.levers[repeat % len(args.levers):] + args.levers[:repeat % len(args.levers)]
         for name in order:
-            batch, options, threads, cache = LEVERS[name]
+            batch, options, threads, cache, environment = LEVERS[name]
             spec = json.dumps([batch, options, threads, cache, args.mirror, args.dataset, args.images])
             start = time.perf_counter()
-            done = subprocess.run([sys.executable, "-c", _CHILD, spec], capture_output=True, text=True, env=_ENV)
+            done = subprocess.run([sys.executable, "-c", _CHILD, spec], capture_output=True, text=True,
+                                  env={**_ENV, **environment})
             if done.returncode != 0:
                 sys.exit(f"{name} failed:\n{done.stderr[-2000:]}")
             rows.append({"lever": name, **json.loads(done.stdout.strip().splitlines()[-1])})

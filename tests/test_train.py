@@ -1,5 +1,6 @@
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -90,22 +91,28 @@ def test_progress_line_per_epoch(mirror, tmp_path):
     assert "val_accuracy" in lines[0]
 
 
-def test_a_diverging_training_fails_and_keeps_no_checkpoint(mirror, tmp_path):
+def test_a_diverging_training_fails_and_keeps_no_checkpoint(mirror, tmp_path, monkeypatch):
     import numpy as np
 
     from tasks import checkpoint
 
     store = str(tmp_path / "artifacts")
     data = _prepared(store, mirror)
-    poisoned = data.at(tmp_path / "poisoned")
-    poisoned.folder.mkdir(parents=True)
-    for name in ("train_y.npy", "test_x.npy", "test_y.npy"):
-        (poisoned.folder / name).write_bytes((data.folder / name).read_bytes())
-    # NaN inputs: what an infinite learning rate makes of the weights (pixels as floats, which the loader scales too).
-    np.save(poisoned.folder / "train_x.npy", np.full(np.load(data.folder / "train_x.npy").shape, np.nan, np.float32))
+    built = train.build_model
+
+    def diverged():
+        """What an infinite learning rate makes of the weights: NaN, here in the logits' layer.
+
+        (NaN pixels would not do: oneDNN's fused convolution and ReLU turn NaN into 0.)
+        """
+        model = built()
+        model.layers[-1].bias.assign(np.full(10, np.nan, np.float32))
+        return model
+
+    monkeypatch.setattr(train, "build_model", diverged)
     out = tmp_path / "out"
     with pytest.raises(checkpoint.TrainingDiverged, match="training diverged: the loss is nan after epoch 1"):
-        fit(out, poisoned, PARAMS, print, tmp_path / "checkpoints")
+        fit(out, data, PARAMS, print, tmp_path / "checkpoints")
     assert checkpoint.latest(tmp_path / "checkpoints") is None
     assert not (out / ModelRef.MODEL).exists()
 
@@ -305,3 +312,23 @@ def test_visible_gpus_follows_the_driver_and_cuda_visible_devices(listed, chosen
     else:
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", chosen)
     assert runtime.visible_gpus() == visible
+
+
+_ONEDNN_ON = """
+from tasks.runtime import tensorflow
+tensorflow()
+from tensorflow.python.util import _pywrap_util_port
+print(_pywrap_util_port.IsMklEnabled())
+"""
+
+
+def test_the_stages_train_with_onednn_kernels_unless_the_environment_says_otherwise():
+    """TensorFlow leaves oneDNN off on CPUs without AVX-512; the stages turn it on, and a caller's 0 stands."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    root = Path(__file__).parents[1]
+    done = subprocess.run([sys.executable, "-c", _ONEDNN_ON], capture_output=True, text=True, cwd=root, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "True"
+    kept = subprocess.run([sys.executable, "-c", "import os, tasks; print(os.environ['TF_ENABLE_ONEDNN_OPTS'])"],
+                          capture_output=True, text=True, cwd=root, env={**env, "TF_ENABLE_ONEDNN_OPTS": "0"})
+    assert kept.stdout.strip() == "0", kept.stderr[-3000:]
