@@ -8,6 +8,8 @@ PYTEST_ARGS ?=
 # Prefect's database, logs and settings stay in the project, never in ~/.prefect.
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+# Prefect's client-side telemetry too.
+export DO_NOT_TRACK ?= 1
 
 PORT ?= 4200
 

@@ -171,6 +171,8 @@ def _environment() -> None:
     # Keep Prefect's database and results beside the project, and offline-quiet.
     os.environ.setdefault("PREFECT_HOME", str(Path(".prefect").resolve()))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # And Prefect's client-side telemetry, on by default in a terminal (DO_NOT_TRACK is its switch).
+    os.environ.setdefault("DO_NOT_TRACK", "1")
     # TensorFlow's start-up notices (oneDNN, CPU features) hide the progress lines.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     # A heartbeat as often as the worker's runs send theirs (scripts/serve.sh): `make serve`'s

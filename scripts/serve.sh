@@ -16,6 +16,8 @@ RUN_DIR="$PREFECT_HOME/run"
 # The PostgreSQL cluster of DB=postgres (its server, when root, runs as Debian's postgres account).
 PG_DIR="${PG_DIR:-$PREFECT_HOME/postgres}"
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
+# Prefect's client-side telemetry, in the worker and its flow runs.
+export DO_NOT_TRACK="${DO_NOT_TRACK:-1}"
 export PREFECT_SERVER_API_HOST=127.0.0.1
 # The UI asks the API at this port; --port alone would leave it at 4200.
 export PREFECT_SERVER_API_PORT="$PORT"

@@ -379,3 +379,17 @@ def test_a_command_line_run_beats_within_the_zombie_automations_window(monkeypat
     cli._environment()
     window = deployments._zombie_automation().trigger.within.total_seconds()
     assert 2 * int(os.environ["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"]) < window
+
+
+def test_a_command_line_run_sends_prefect_no_telemetry_unless_the_environment_says_otherwise(monkeypatch):
+    """Prefect's client-side telemetry (on in a terminal by default) stays off, as the server's analytics do."""
+    from prefect._internal.analytics.enabled import is_telemetry_enabled
+
+    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if k != "DO_NOT_TRACK"})
+    monkeypatch.setattr("prefect._internal.analytics.enabled.is_ci_environment", lambda: False)
+    assert is_telemetry_enabled()
+    cli._environment()
+    assert not is_telemetry_enabled()
+    monkeypatch.setattr(os, "environ", {**os.environ, "DO_NOT_TRACK": "0"})
+    cli._environment()
+    assert os.environ["DO_NOT_TRACK"] == "0"
