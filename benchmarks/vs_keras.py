@@ -22,7 +22,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from flows.config import train_params
+from flows.config import RECIPES, train_params
 from flows.stages import download_dataset, evaluate_model, preprocess_dataset, train_model
 
 FLOP_PER_IMAGE = 14.8e6  # forward and backward, the tutorial's CNN
@@ -95,7 +95,7 @@ def main() -> None:
     raw = download_dataset.fn(store, args.dataset, args.mirror)
     arrays = raw.at(store).arrays()
     peak = matmul_peak_gflops()
-    tutorial = train_params(epochs=args.epochs, batch_size=32, learning_rate=1e-3, lr_schedule="constant")
+    tutorial = train_params(**{**RECIPES["tutorial"], "epochs": args.epochs})
     recipes = {"default": train_params()}
     for text in args.recipe:
         batch, rate, schedule, epochs = text.split(":")

@@ -48,7 +48,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_INVALID, f"{PROG}: error: {message}\n")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(recipe: str = "default") -> argparse.ArgumentParser:
+    """The command line; `recipe`'s settings (config.RECIPES) are `run`'s defaults."""
     parser = _Parser(prog=PROG, description="The MNIST CNN tutorial as a cached Prefect pipeline.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, summary, models in (
@@ -60,6 +61,11 @@ def _parser() -> argparse.ArgumentParser:
         flow.add_argument("--json", action="store_true", help="print the run summary as JSON last")
         flow.add_argument("--verbose", action="store_true",
                           help="print the tracebacks of expected failures too (the Prefect UI always has them)")
+        if name == "run":
+            flow.add_argument("--recipe", choices=sorted(config.RECIPES), default="default",
+                              help="tutorial: its settings, with the test split as validation (the options "
+                                   "given stand over them)")
+            flow.set_defaults(**config.RECIPES[recipe])
         flow.set_defaults(handler=lambda args: run(validate(args), args.json, args.verbose, args.command == "sweep"))
     # The options of the commands that read the store.
     in_store = argparse.ArgumentParser(add_help=False)
@@ -330,6 +336,8 @@ def gc(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
+    if getattr(args, "recipe", "default") != "default":
+        args = _parser(args.recipe).parse_args(argv)  # its settings as the defaults, under the options given
     try:
         return args.handler(args)
     finally:

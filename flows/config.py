@@ -49,6 +49,14 @@ ALLOWED_ROOTS_ENV = "MNIST_PIPELINE_ALLOWED_ROOTS"
 # `gc`'s and the weekly clean-up's default: the last N runs of each dataset keep their entries.
 GC_KEEP_RUNS = int(os.environ.get("MNIST_PIPELINE_GC_KEEP_RUNS", "5"))
 
+# `mnist-pipeline run --recipe NAME`: settings that stand in for the defaults; options given stand over them.
+# The tutorial's: Adam's default 1e-3 throughout, batch 32, 10 epochs, the test split as validation.
+RECIPES: dict[str, dict[str, Any]] = {
+    "default": {},
+    "tutorial": {"epochs": 10, "batch_size": 32, "learning_rate": 1e-3, "lr_schedule": "constant",
+                 "validation_split": 0.0},
+}
+
 # A few seconds of work end to end: what the tests and quick local checks run.
 TINY = {"epochs": 1, "batch_size": 16, "train_limit": 256}
 

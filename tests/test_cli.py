@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flows import cli
+from flows import cli, config
 from tasks import idx
 from tests.synthetic import write_mirror
 
@@ -393,3 +393,16 @@ def test_a_command_line_run_sends_prefect_no_telemetry_unless_the_environment_sa
     monkeypatch.setattr(os, "environ", {**os.environ, "DO_NOT_TRACK": "0"})
     cli._environment()
     assert os.environ["DO_NOT_TRACK"] == "0"
+
+
+@pytest.mark.parametrize("argv, epochs", [(["--recipe", "tutorial"], 10), (["--recipe", "tutorial", "--epochs", "3"], 3),
+                                          (["--epochs", "3", "--recipe", "tutorial"], 3)])
+def test_the_tutorial_recipe_is_one_option_and_the_options_given_stand_over_it(monkeypatch, argv, epochs):
+    seen = {}
+    monkeypatch.setattr(cli, "run", lambda parameters, *rest, **options: seen.update(parameters) or 0)
+    assert cli.main(["run", *argv]) == 0
+    assert {k: seen[k] for k in ("epochs", "batch_size", "learning_rate", "lr_schedule", "validation_split")} == {
+        "epochs": epochs, "batch_size": 32, "learning_rate": 0.001, "lr_schedule": "constant", "validation_split": 0.0}
+    cli.main(["run"])  # without it, the project's defaults
+    assert (seen["batch_size"], seen["lr_schedule"], seen["validation_split"]) == (
+        config.DEFAULT_BATCH_SIZE, config.DEFAULT_LR_SCHEDULE, config.DEFAULT_VALIDATION_SPLIT)
