@@ -172,13 +172,18 @@ def _quiet_terminal() -> None:
             handler.addFilter(_bookkeeping)
 
 
-def _environment() -> None:
-    """The settings a command-line run starts with, unless the caller's environment sets them."""
+def _prefect_at_home() -> None:
+    """Prefect's settings for every command, before any imports Prefect, unless the caller's environment sets them."""
     # Keep Prefect's database and results beside the project, and offline-quiet.
     os.environ.setdefault("PREFECT_HOME", str(Path(".prefect").resolve()))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # And Prefect's client-side telemetry, on by default in a terminal (DO_NOT_TRACK is its switch).
     os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+def _environment() -> None:
+    """The settings a command-line run starts with, unless the caller's environment sets them."""
+    _prefect_at_home()
     # TensorFlow's start-up notices (oneDNN, CPU features) hide the progress lines.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     # A heartbeat as often as the worker's runs send theirs (scripts/serve.sh): `make serve`'s
@@ -335,6 +340,7 @@ def gc(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    _prefect_at_home()  # predict imports Prefect too (the champion's lock)
     args = _parser().parse_args(argv)
     if getattr(args, "recipe", "default") != "default":
         args = _parser(args.recipe).parse_args(argv)  # its settings as the defaults, under the options given

@@ -68,6 +68,7 @@ def epoch_recorder(epochs: int, history: list[dict[str, Any]], folder: Path, say
                    progress: Callable[[float], None] = lambda percent: None):
     """A Keras callback: per epoch, its time, a history row, a checkpoint, then progress."""
     import keras
+    import numpy as np
 
     class EpochRecorder(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
@@ -75,8 +76,13 @@ def epoch_recorder(epochs: int, history: list[dict[str, Any]], folder: Path, say
 
         def on_epoch_end(self, epoch, logs=None):
             loss = float((logs or {}).get("loss", 0.0))
-            if not math.isfinite(loss):  # a model of NaN weights is neither kept nor resumed from
-                raise TrainingDiverged(f"training diverged: the loss is {loss} after epoch {epoch + 1}; "
+            # A model of NaN weights is neither kept nor resumed from. The weights are checked
+            # too: oneDNN's fused convolution and ReLU turn NaN into 0, so NaN weights in the
+            # first layers can leave the loss finite.
+            finite = math.isfinite(loss) and all(np.isfinite(w).all() for w in self.model.get_weights())
+            if not finite:
+                what = f"the loss is {loss}" if not math.isfinite(loss) else "the weights are not all finite"
+                raise TrainingDiverged(f"training diverged: {what} after epoch {epoch + 1}; "
                                        "lower the learning rate")
             seconds = round(time.perf_counter() - self._start, 3)
             history.append({"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()},

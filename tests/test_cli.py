@@ -395,6 +395,15 @@ def test_a_command_line_run_sends_prefect_no_telemetry_unless_the_environment_sa
     assert os.environ["DO_NOT_TRACK"] == "0"
 
 
+
+def test_every_command_keeps_prefect_at_home_and_untracked(monkeypatch, tmp_path):
+    """predict imports Prefect (the champion's lock), so the settings come before any command."""
+    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if k != "DO_NOT_TRACK"})
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["runs", "--artifacts-dir", str(tmp_path)]) == 0
+    assert os.environ["DO_NOT_TRACK"] == "1"
+
+
 @pytest.mark.parametrize("argv, epochs", [(["--recipe", "tutorial"], 10), (["--recipe", "tutorial", "--epochs", "3"], 3),
                                           (["--epochs", "3", "--recipe", "tutorial"], 3)])
 def test_the_tutorial_recipe_is_one_option_and_the_options_given_stand_over_it(monkeypatch, argv, epochs):

@@ -100,21 +100,23 @@ def test_a_diverging_training_fails_and_keeps_no_checkpoint(mirror, tmp_path, mo
     data = _prepared(store, mirror)
     built = train.build_model
 
-    def diverged():
-        """What an infinite learning rate makes of the weights: NaN, here in the logits' layer.
+    def diverged(layer):
+        """What an infinite learning rate makes of the weights: NaN, here in one layer's bias."""
+        def build():
+            model = built()
+            model.layers[layer].bias.assign(np.full(model.layers[layer].bias.shape, np.nan, np.float32))
+            return model
+        return build
 
-        (NaN pixels would not do: oneDNN's fused convolution and ReLU turn NaN into 0.)
-        """
-        model = built()
-        model.layers[-1].bias.assign(np.full(10, np.nan, np.float32))
-        return model
-
-    monkeypatch.setattr(train, "build_model", diverged)
-    out = tmp_path / "out"
-    with pytest.raises(checkpoint.TrainingDiverged, match="training diverged: the loss is nan after epoch 1"):
-        fit(out, data, PARAMS, print, tmp_path / "checkpoints")
-    assert checkpoint.latest(tmp_path / "checkpoints") is None
-    assert not (out / ModelRef.MODEL).exists()
+    # NaN in the logits' layer makes the loss NaN; NaN in the first convolution need not, as
+    # oneDNN's fused convolution and ReLU turn NaN into 0: the weights are checked too.
+    for layer, reason in ((-1, "the loss is nan"), (0, "the weights are not all finite")):
+        monkeypatch.setattr(train, "build_model", diverged(layer))
+        out = tmp_path / f"out{layer}"
+        with pytest.raises(checkpoint.TrainingDiverged, match=f"training diverged: {reason} after epoch 1"):
+            fit(out, data, PARAMS, print, tmp_path / f"checkpoints{layer}")
+        assert checkpoint.latest(tmp_path / f"checkpoints{layer}") is None
+        assert not (out / ModelRef.MODEL).exists()
 
 
 def test_history_is_a_csv_pandas_reads(trained):
