@@ -79,9 +79,13 @@ def epoch_recorder(epochs: int, history: list[dict[str, Any]], folder: Path, say
             # A model of NaN weights is neither kept nor resumed from. The weights are checked
             # too: oneDNN's fused convolution and ReLU turn NaN into 0, so NaN weights in the
             # first layers can leave the loss finite.
-            finite = math.isfinite(loss) and all(np.isfinite(w).all() for w in self.model.get_weights())
-            if not finite:
-                what = f"the loss is {loss}" if not math.isfinite(loss) else "the weights are not all finite"
+            if not math.isfinite(loss):
+                what = f"the loss is {loss}"
+            elif not all(np.isfinite(w).all() for w in self.model.get_weights()):
+                what = "the weights are not all finite"
+            else:
+                what = None
+            if what:
                 raise TrainingDiverged(f"training diverged: {what} after epoch {epoch + 1}; "
                                        "lower the learning rate")
             seconds = round(time.perf_counter() - self._start, 3)
