@@ -103,6 +103,14 @@ def _parser(recipe: str = "default") -> argparse.ArgumentParser:
     return parser
 
 
+def _recipe(argv: Optional[Sequence[str]]) -> str:
+    """The recipe `argv` names, read ahead: its settings are the defaults the options (and --help) start from."""
+    ahead = argparse.ArgumentParser(add_help=False)
+    ahead.add_argument("--recipe")
+    named = ahead.parse_known_args(argv)[0].recipe
+    return named if named in config.RECIPES else "default"  # the parser itself refuses an unknown one
+
+
 def validate(args: argparse.Namespace) -> dict[str, Any]:
     """The flow's parameters from the options, checked before Prefect is imported."""
     fields = {k: v for k, v in vars(args).items() if k in PipelineConfig.model_fields}
@@ -341,9 +349,7 @@ def gc(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     _prefect_at_home()  # predict imports Prefect too (the champion's lock)
-    args = _parser().parse_args(argv)
-    if getattr(args, "recipe", "default") != "default":
-        args = _parser(args.recipe).parse_args(argv)  # its settings as the defaults, under the options given
+    args = _parser(_recipe(argv)).parse_args(argv)
     try:
         return args.handler(args)
     finally:

@@ -8,6 +8,7 @@ import pytest
 
 from flows import cli
 from flows.config import TINY
+from tests.prefect_homes import prefect_home
 from tasks.engine import gate, inventory
 from tasks.engine.caching import record_key
 from tasks.engine.locking import FileLockManager
@@ -172,7 +173,7 @@ def test_a_run_started_during_gc_completes(history, tmp_path, mirror, capsys):
     import time
 
     store = _copy(history[0], tmp_path)
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "home")}
+    env = {**os.environ, "PREFECT_HOME": str(prefect_home(tmp_path / "home"))}
     env.pop("PREFECT_API_URL", None)
     run = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--mirror", str(mirror), "--epochs", "1",
                             "--batch-size", "16", "--train-limit", "200", "--seed", "1", "--accuracy-threshold", "0",

@@ -11,6 +11,7 @@ import pytest
 from tasks.engine import remote
 from tasks.engine.layout import MANIFEST
 from tasks.engine.store import ArtifactStore
+from tests.prefect_homes import prefect_home
 
 pytestmark = pytest.mark.e2e  # moto's S3 server: out of the fast lane
 
@@ -76,7 +77,7 @@ def test_an_address_without_a_bucket_is_refused(url):
 
 
 def _run(tmp_path, store: str, cache: str, mirror, s3_settings):
-    env = {**os.environ, **s3_settings, "PREFECT_HOME": str(tmp_path / "home"), remote.CACHE_ENV: str(tmp_path / cache)}
+    env = {**os.environ, **s3_settings, "PREFECT_HOME": str(prefect_home(tmp_path / "home")), remote.CACHE_ENV: str(tmp_path / cache)}
     env.pop("PREFECT_API_URL", None)
     done = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--mirror", str(mirror), "--epochs", "1",
                            "--batch-size", "16", "--artifacts-dir", store, "--json"],
