@@ -105,7 +105,7 @@ def _parser(recipe: str = "default") -> argparse.ArgumentParser:
 
 def _recipe(argv: Optional[Sequence[str]]) -> str:
     """The recipe `argv` names, read ahead: its settings are the defaults the options (and --help) start from."""
-    ahead = argparse.ArgumentParser(add_help=False)
+    ahead = _Parser(prog=PROG, add_help=False)  # its one error: --recipe without a value
     ahead.add_argument("--recipe")
     named = ahead.parse_known_args(argv)[0].recipe
     return named if named in config.RECIPES else "default"  # the parser itself refuses an unknown one

@@ -437,3 +437,6 @@ def test_the_tutorial_recipes_help_shows_its_settings_as_the_defaults(capsys):
     with pytest.raises(SystemExit):
         cli.main(["run", "--help"])
     assert f"1 to 65536. (default: {config.DEFAULT_BATCH_SIZE})" in " ".join(capsys.readouterr().out.split())
+    # Read ahead or not, a bad recipe is refused in the parser's one line.
+    assert _refused(capsys, "--recipe").startswith("mnist-pipeline: error: argument --recipe: expected one argument")
+    assert "invalid choice: 'nope'" in _refused(capsys, "--recipe", "nope")
