@@ -1,6 +1,7 @@
 """What `make serve` and `make stop` do to the deployments beyond `prefect deploy`.
 
-    python -m flows.deployments configure   after `prefect deploy --all`
+    python -m flows.deployments pool NAME   before `prefect deploy --all`
+    python -m flows.deployments configure   after it
     python -m flows.deployments cancel      before the worker is stopped
 
 `configure` closes each deployment's parameter schema: Prefect's lets unknown
@@ -12,6 +13,10 @@ checked as a run would check them, so a site without internet access can run it.
 
 `configure` also creates the automation that marks Crashed a flow run whose
 process died (Prefect's zombie-run detection, driven by heartbeats).
+
+`pool` creates the process work pool the worker polls unless it exists, as
+`prefect work-pool inspect || prefect work-pool create --type process` would,
+in one process instead of two (each Prefect CLI start costs about 3 s here).
 
 `cancel` asks Prefect to cancel the flow runs in flight, so the UI shows them
 `Cancelled`, not `Crashed`, once `make stop` has ended their processes.
@@ -58,6 +63,22 @@ def nightly_parameters() -> dict:
     except ValueError as error:
         raise SystemExit(f"{NIGHTLY_ENV} is not a JSON object of parameters ({error})") from None
     return parameters
+
+
+def work_pool(name: str) -> bool:
+    """The process work pool `name`, with the process worker's default job template; True if it was created."""
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+    from prefect.workers.process import ProcessWorker
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(name)
+            return False
+        except ObjectNotFound:
+            client.create_work_pool(WorkPoolCreate(name=name, type=ProcessWorker.type,
+                                                   base_job_template=ProcessWorker.get_default_base_job_template()))
+            return True
 
 
 def configure() -> list[str]:
@@ -129,4 +150,4 @@ def cancel_in_flight(timeout_s: float = 15) -> int:
 
 
 if __name__ == "__main__":
-    {"configure": configure, "cancel": cancel_in_flight}[sys.argv[1]]()
+    {"pool": work_pool, "configure": configure, "cancel": cancel_in_flight}[sys.argv[1]](*sys.argv[2:])

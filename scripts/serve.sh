@@ -110,8 +110,7 @@ start() {
     echo "$PORT" >"$RUN_DIR/server.port"
   fi
   wait_healthy
-  "$BIN/prefect" work-pool inspect "$POOL" >/dev/null 2>&1 \
-    || "$BIN/prefect" work-pool create "$POOL" --type process >/dev/null
+  "$BIN/python" -m flows.deployments pool "$POOL"
   "$BIN/prefect" --no-prompt deploy --all >"$RUN_DIR/deploy.log" 2>&1 \
     || { cat "$RUN_DIR/deploy.log" >&2; exit 1; }
   # Unknown parameters refused at creation; nightly's own parameters (MNIST_PIPELINE_NIGHTLY), checked.
