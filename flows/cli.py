@@ -9,7 +9,9 @@ import inspect
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any, NoReturn, Optional, Sequence
 
@@ -218,6 +220,7 @@ def run(parameters: dict[str, Any], as_json: bool, verbose: bool = False, sweep:
     else:
         from flows.pipeline import mnist_pipeline as flow
     from flows.runner import StageFailed
+    from tasks.engine.retries import INTERRUPTED, interrupt
 
     if not verbose:
         _quiet_terminal()
@@ -229,8 +232,20 @@ def run(parameters: dict[str, Any], as_json: bool, verbose: bool = False, sweep:
             last_word.append(f"{PROG}: error: {error}")
             return EXIT_FAILED
     server = {"api_url": api_url or temporary.api_url, "temporary": temporary is not None}
-    with temporary_settings({PREFECT_API_URL: server["api_url"]}):
-        state = flow(**parameters, return_state=True)
+    # A Ctrl-C stays one, whatever error it surfaces as (tasks/engine/retries.py); where
+    # SIGINT is ignored (a background job) or handled by the caller, it is left so.
+    ours = (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+    if ours:
+        signal.signal(signal.SIGINT, interrupt)
+    try:
+        with temporary_settings({PREFECT_API_URL: server["api_url"]}):
+            state = flow(**parameters, return_state=True)
+    finally:
+        if ours:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+    if INTERRUPTED.is_set():
+        raise KeyboardInterrupt  # it ended the run, as whatever error it was turned into
     outcome: Any = state.result(raise_on_failure=False)
     if state.is_completed():
         _emit({**outcome, "server": server}, as_json)

@@ -22,7 +22,7 @@ from tasks.engine import gate, layout, locking, remote, runlog
 from tasks.engine.caching import EntryRecords
 from tasks.engine.gate import GateResult
 from tasks.engine.refs import EntryRef, MetricsRef, ModelRef, ReportRef
-from tasks.engine.retries import PermanentError, TransientError
+from tasks.engine.retries import INTERRUPTED, PermanentError, TransientError
 from tasks.engine.store import ArtifactStore, StoreError, write_atomically
 
 # The flow run's state when its model did not pass the quality gate.
@@ -84,6 +84,12 @@ def _crash_leftover_task_runs() -> None:
                                                                     "was retried"), force=True)
 
 
+def _stop_if_interrupted() -> None:
+    """No stage starts once the run was interrupted, even if the interrupt was lost as another error."""
+    if INTERRUPTED.is_set():
+        raise KeyboardInterrupt
+
+
 def is_expected(error: BaseException) -> bool:
     """An error this project raises on purpose: its message says all, its traceback helps nobody."""
     if isinstance(error, StageFailed):
@@ -134,6 +140,7 @@ class StageRunner:
         return bound
 
     def __call__(self, stage_task: Task, *args: Any) -> Any:
+        _stop_if_interrupted()
         start = time.perf_counter()
         state = self._bound(stage_task)(self.artifacts_dir, *args, return_state=True)
         return self._record(stage_task.cache_policy.stage, state, start)
@@ -143,6 +150,7 @@ class StageRunner:
 
         Each is recorded as `stage[label]`; a failure fails them all, once every run has ended.
         """
+        _stop_if_interrupted()
         bound, start = self._bound(stage_task), time.perf_counter()
         futures = {label: bound.submit(self.artifacts_dir, *args) for label, args in runs.items()}
         for future in futures.values():

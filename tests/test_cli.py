@@ -440,3 +440,49 @@ def test_the_tutorial_recipes_help_shows_its_settings_as_the_defaults(capsys):
     # Read ahead or not, a bad recipe is refused in the parser's one line.
     assert _refused(capsys, "--recipe").startswith("mnist-pipeline: error: argument --recipe: expected one argument")
     assert "invalid choice: 'nope'" in _refused(capsys, "--recipe", "nope")
+
+
+@pytest.fixture
+def interrupted():
+    """The run's interrupt flag and SIGINT's handler, as they were, after the test."""
+    from tasks.engine import retries
+
+    yield retries
+    retries.INTERRUPTED.clear()
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def test_an_interrupted_run_retries_nothing_and_starts_no_further_stage(interrupted):
+    from types import SimpleNamespace
+
+    from flows.runner import StageRunner
+
+    transient = SimpleNamespace(data=interrupted.TransientError("a read error"))
+    assert interrupted.worth_retrying(None, None, transient)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.interrupt(signal.SIGINT, None)
+    # A Ctrl-C that Python turned into another error (3.11, a class being made) is not retried away ...
+    assert not interrupted.worth_retrying(None, None, transient)
+    # ... and whatever it surfaced as, the next stage does not start.
+    with pytest.raises(KeyboardInterrupt):
+        StageRunner.__new__(StageRunner)(None)
+
+
+def test_a_ctrl_c_the_flow_turned_into_a_failure_still_ends_the_run_as_interrupted(interrupted, monkeypatch):
+    import flows.pipeline
+    from prefect.states import Failed
+
+    def flow(**parameters):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, while a class is made (say) ...
+        except KeyboardInterrupt as interrupt:  # ... which Python 3.11 reports as a RuntimeError
+            return Failed(data=RuntimeError("Error calling __set_name__ on 'Field' instance 'logger'"),
+                          message=str(interrupt))
+        raise AssertionError("no SIGINT handler raised")
+
+    monkeypatch.setattr(flows.pipeline, "mnist_pipeline", flow)
+    # As if `make serve` answered: no temporary server is started, and the flow above reaches none.
+    monkeypatch.setattr("flows.server.served_api_url", lambda: "http://127.0.0.1:9/api")
+    with pytest.raises(KeyboardInterrupt):
+        cli.run(config.PipelineConfig().model_dump(), as_json=True)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler put back

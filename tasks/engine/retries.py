@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Any
+import threading
+from typing import Any, NoReturn
 
 from tasks.engine.store import StoreError
 
@@ -22,6 +23,19 @@ RETRY_JITTER = float(os.environ.get("MNIST_PIPELINE_RETRY_JITTER", "0.5"))
 
 # Errors of the machine, not of the moment: another try meets them again.
 _LASTING_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR}
+
+
+# Set once the command line's run is interrupted (SIGINT, Ctrl-C). Python 3.11 turns a
+# KeyboardInterrupt raised while a class is being made (a module imported lazily, say)
+# into a RuntimeError, which a stage would report as its failure: with this set, no
+# failure is retried and no further stage starts.
+INTERRUPTED = threading.Event()
+
+
+def interrupt(signum: int, frame: Any) -> NoReturn:
+    """SIGINT's handler in the command line: Python's own (KeyboardInterrupt), remembered in INTERRUPTED."""
+    INTERRUPTED.set()
+    raise KeyboardInterrupt
 
 
 class TransientError(RuntimeError):
@@ -44,6 +58,8 @@ def is_transient(error: BaseException) -> bool:
 
 
 def worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
-    """Prefect's `retry_condition_fn`: retry transient failures only."""
+    """Prefect's `retry_condition_fn`: retry transient failures only, and nothing once the run is interrupted."""
+    if INTERRUPTED.is_set():
+        return False
     error = state.data if isinstance(state.data, BaseException) else state.result(raise_on_failure=False)
     return isinstance(error, BaseException) and is_transient(error)
