@@ -65,8 +65,8 @@ def nightly_parameters() -> dict:
     return parameters
 
 
-def work_pool(name: str) -> bool:
-    """The process work pool `name`, with the process worker's default job template; True if it was created."""
+def work_pool(name: str) -> None:
+    """The process work pool `name`, with the process worker's default job template, unless it exists."""
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectNotFound
     from prefect.workers.process import ProcessWorker
@@ -74,11 +74,9 @@ def work_pool(name: str) -> bool:
     with get_client(sync_client=True) as client:
         try:
             client.read_work_pool(name)
-            return False
         except ObjectNotFound:
             client.create_work_pool(WorkPoolCreate(name=name, type=ProcessWorker.type,
                                                    base_job_template=ProcessWorker.get_default_base_job_template()))
-            return True
 
 
 def configure() -> list[str]:
