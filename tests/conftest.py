@@ -76,3 +76,17 @@ def s3_settings():
     yield {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
     server.stop()
+
+
+def pytest_collection_modifyitems(items):
+    """The files with the most end-to-end tests first, the unit tests' files last.
+
+    `make test` runs a file at a time in each of its lanes (pytest-xdist,
+    `--dist loadfile`, in this order): the long files, which start servers and
+    flow runs, start first, and the short ones fill the lanes at the end.
+    """
+    end_to_end: dict[str, int] = {}
+    for item in items:
+        end_to_end[item.module.__name__] = end_to_end.get(item.module.__name__, 0) + bool(
+            item.get_closest_marker("e2e"))
+    items.sort(key=lambda item: -end_to_end[item.module.__name__])
