@@ -3,12 +3,15 @@
     python benchmarks/vs_keras.py --mirror /usr/share/datasets/fashion-mnist --dataset fashion_mnist \
         [--seeds 0 1 2] [--epochs 10] [--recipe BATCH:RATE:SCHEDULE:EPOCHS ...]
 
-In one process, per seed, alternating which goes first:
-- script:   the tutorial's code (NumPy arrays, model.fit, Adam 1e-3, batch 32, test as validation);
+Per seed, alternating which goes first, each in this process but one:
+- script:   the tutorial's code (NumPy arrays, model.fit, Adam 1e-3, batch 32, test as validation),
+            with the oneDNN kernels the pipeline turns on;
+- script, TF defaults: the same code in a process of its own, as `python script.py` runs it
+            (TensorFlow's defaults: oneDNN off on x86 CPUs without AVX-512);
 - tutorial: the train stage at the tutorial's settings (--validation-split 0, constant 1e-3, batch 32);
 - each recipe (default: the pipeline's defaults), validated on its held-out split.
 Each is then scored on the test split. It prints epoch times and their ratios to
-the script's, training time against the tutorial recipe's, test accuracy, and
+the script's, training time against the tutorial recipe's and the script's as shipped, test accuracy, and
 the training throughput in GFLOP/s (about 14.8 MFLOP per image, forward and
 backward) against a matmul peak measured in the same run.
 """
@@ -16,14 +19,15 @@ backward) against a matmul peak measured in the same run.
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
 
 import numpy as np
 import pandas as pd
-
-from flows.config import RECIPES, train_params
-from flows.stages import download_dataset, evaluate_model, preprocess_dataset, train_model
 
 FLOP_PER_IMAGE = 14.8e6  # forward and backward, the tutorial's CNN
 
@@ -72,8 +76,21 @@ def keras_script(arrays: dict[str, np.ndarray], epochs: int, seed: int) -> dict:
     return {"epoch_seconds": seconds, "test_accuracy": accuracy, "train_images": len(y_train)}
 
 
+def script_as_shipped(arrays: dict[str, np.ndarray], epochs: int, seed: int, folder: str) -> dict:
+    """keras_script in a new process with TensorFlow's own settings, not the pipeline's."""
+    data = os.path.join(folder, "arrays.npz")
+    if not os.path.exists(data):
+        np.savez(data, **arrays)
+    env = {key: value for key, value in os.environ.items() if key != "TF_ENABLE_ONEDNN_OPTS"}
+    done = subprocess.run([sys.executable, __file__, "--script-only", data, str(epochs), str(seed)],
+                          env=env, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def stage(store: str, raw, validation_split: float, params) -> dict:
     """The pipeline's own stages, without Prefect: preprocess, train, evaluate."""
+    from flows.stages import evaluate_model, preprocess_dataset, train_model
+
     data = preprocess_dataset.fn(store, raw, None, validation_split)
     model = train_model.fn(store, data, params)
     metrics = evaluate_model.fn(store, model, data)
@@ -82,6 +99,11 @@ def stage(store: str, raw, validation_split: float, params) -> dict:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--script-only"]:  # script_as_shipped's process: nothing of the pipeline imported
+        data, epochs, seed = sys.argv[2:]
+        with np.load(data) as arrays:
+            print(json.dumps(keras_script(dict(arrays), int(epochs), int(seed))))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mirror", required=True)
     parser.add_argument("--dataset", default="fashion_mnist")
@@ -90,6 +112,9 @@ def main() -> None:
     parser.add_argument("--recipe", nargs="*", default=[], metavar="BATCH:RATE:SCHEDULE:EPOCHS",
                         help="recipes to try besides the pipeline's default")
     args = parser.parse_args()
+    # Imported here, not above: the pipeline's modules turn oneDNN on, and script_as_shipped's process must not.
+    from flows.config import RECIPES, train_params
+    from flows.stages import download_dataset
 
     store = tempfile.mkdtemp(prefix="vs-keras-")
     raw = download_dataset.fn(store, args.dataset, args.mirror)
@@ -104,6 +129,7 @@ def main() -> None:
     rows = []
     for seed in args.seeds:
         runs = [("script", lambda: keras_script(arrays, args.epochs, seed)),
+                ("script, TF defaults", lambda: script_as_shipped(arrays, args.epochs, seed, store)),
                 ("tutorial", lambda: stage(store, raw, 0.0, tutorial.model_copy(update={"seed": seed})))]
         runs += [(name, lambda p=params: stage(store, raw, 0.1, p.model_copy(update={"seed": seed})))
                  for name, params in recipes.items()]
@@ -117,6 +143,7 @@ def main() -> None:
     table = pd.DataFrame(rows).groupby("run", sort=False).mean(numeric_only=True).drop(columns="seed")
     table["epoch_vs_script"] = table["epoch_s"] / table.loc["script", "epoch_s"]
     table["train_vs_tutorial"] = table["train_s"] / table.loc["tutorial", "train_s"]
+    table["train_vs_shipped_script"] = table["train_s"] / table.loc["script, TF defaults", "train_s"]
     table["of_peak"] = table["gflops"] / peak
     print(f"\n{args.dataset} from {args.mirror}, seeds {args.seeds}, matmul peak {peak:.0f} GFLOP/s "
           "(test accuracy from the test split; validation accuracy from the recipe's held-out 10%)")
