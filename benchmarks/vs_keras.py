@@ -83,7 +83,9 @@ def script_as_shipped(arrays: dict[str, np.ndarray], epochs: int, seed: int, fol
         np.savez(data, **arrays)
     env = {key: value for key, value in os.environ.items() if key != "TF_ENABLE_ONEDNN_OPTS"}
     done = subprocess.run([sys.executable, __file__, "--script-only", data, str(epochs), str(seed)],
-                          env=env, capture_output=True, text=True, check=True)
+                          env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"the script's process failed: {done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

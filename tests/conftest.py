@@ -14,6 +14,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
 
+# Its asserts fail with their values shown, as the test modules' own do.
+pytest.register_assert_rewrite("tests.serving")
+
 from tests.synthetic import write_mirror  # noqa: E402
 from flows.server import free_port  # noqa: E402
 
@@ -82,8 +85,9 @@ def pytest_collection_modifyitems(items):
     """The files with the most end-to-end tests first, the unit tests' files last.
 
     `make test` runs a file at a time in each of its lanes (pytest-xdist,
-    `--dist loadfile`, in this order): the long files, which start servers and
-    flow runs, start first, and the short ones fill the lanes at the end.
+    `--dist loadfile`, in this order). The count of end-to-end tests stands
+    for a file's length: the long files, which start servers and flow runs,
+    start first, and the short ones fill the lanes at the end.
     """
     end_to_end: dict[str, int] = {}
     for item in items:

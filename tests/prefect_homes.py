@@ -3,7 +3,7 @@
 A Prefect server's first start in a new home creates its SQLite database and
 runs every migration: about 20 s here, against about 8 s for a later start.
 The suite starts a dozen servers in homes of their own. Each new home gets a
-copy of one database that the session migrated once, with Prefect's own
+copy of one database that each test lane (process) migrated once, with Prefect's own
 command, so its server starts as it does for a user the second time. The
 first start that users see (`make serve` on a fresh clone) keeps a test of its
 own: the `served` fixture of test_deployments.py starts in an empty home.

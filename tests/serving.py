@@ -42,10 +42,10 @@ def started(home: Path, fresh: bool = False, **extra_env: str):
            # The store whose reports the file server serves, instead of the project's.
            "MNIST_PIPELINE_REPORTS_ROOT": str(home / "artifacts"), **extra_env}
     env.pop("PREFECT_API_URL", None)
-    started = serve_command("start", env)
+    start = serve_command("start", env)
     try:
-        assert started.returncode == 0, started.stdout + started.stderr
-        assert f"http://127.0.0.1:{port}" in started.stdout
+        assert start.returncode == 0, start.stdout + start.stderr
+        assert f"http://127.0.0.1:{port}" in start.stdout
         yield {"url": f"http://127.0.0.1:{port}", "env": env, "home": home, "store": home / "artifacts"}
     finally:
         pids = [int(p.read_text()) for p in (home / "run").glob("*.pid")]

@@ -30,12 +30,10 @@ def served(tmp_path_factory):
         yield server
 
 
-
 @pytest.fixture(scope="module")
 def api(served):
     with serving.PatientClient(base_url=f"{served['url']}/api", timeout=30) as client:
         yield client
-
 
 
 def test_serve_lists_both_deployments_with_the_nightly_schedule(api):

@@ -1,6 +1,8 @@
 """Prefect's records of the stages: always made from the verified entry, never read from the store."""
 
 import json
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +14,8 @@ from tasks.engine.caching import EntryRecords, StageCache, record_key
 from tasks.engine.refs import MetricsRef
 from tasks.engine.store import MANIFEST, REF, ArtifactStore, sha256_file
 
-MARKER = Path("/tmp/mnist-pipeline-record-ran-code")
+# One per process: the test lanes (pytest-xdist) run test_pipeline.py's use of it at the same time.
+MARKER = Path(tempfile.gettempdir()) / f"mnist-pipeline-record-ran-code-{os.getpid()}"
 
 
 def _mark(*args, **kwargs):

@@ -55,7 +55,6 @@ def test_basic_auth_guards_the_server_and_serve_uses_it(tmp_path):
         ).json()), "the worker never reached the server"
 
 
-
 def test_two_workers_on_postgres_redis_and_s3_share_runs_and_compute_each_stage_once(
         tmp_path_factory, mirror, s3_settings, monkeypatch):
     """docs/multi-host.md's set-up on loopback: `make serve DB=postgres REDIS=1`, a store in S3 (moto),
