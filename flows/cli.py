@@ -236,6 +236,7 @@ def run(parameters: dict[str, Any], as_json: bool, verbose: bool = False, sweep:
     # SIGINT is ignored (a background job) or handled by the caller, it is left so.
     ours = (threading.current_thread() is threading.main_thread()
             and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+    INTERRUPTED.clear()  # an earlier run's, in a process that calls this again
     if ours:
         signal.signal(signal.SIGINT, interrupt)
     try:

@@ -486,3 +486,14 @@ def test_a_ctrl_c_the_flow_turned_into_a_failure_still_ends_the_run_as_interrupt
     with pytest.raises(KeyboardInterrupt):
         cli.run(config.PipelineConfig().model_dump(), as_json=True)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler put back
+
+
+def test_a_run_after_an_interrupted_one_in_the_same_process_is_not_taken_for_interrupted(interrupted, monkeypatch):
+    import flows.pipeline
+    from prefect.states import Failed
+
+    interrupted.INTERRUPTED.set()  # an earlier run's Ctrl-C, in a process that runs again (a notebook, say)
+    monkeypatch.setattr(flows.pipeline, "mnist_pipeline",
+                        lambda **parameters: Failed(data=OSError("the store is read-only"), message="failed"))
+    monkeypatch.setattr("flows.server.served_api_url", lambda: "http://127.0.0.1:9/api")
+    assert cli.run(config.PipelineConfig().model_dump(), as_json=True) == cli.EXIT_FAILED
