@@ -112,8 +112,7 @@ class PipelineConfig(BaseModel):
             bucket_path(artifacts_dir)
             confine_url(artifacts_dir)
             return artifacts_dir
-        confine(artifacts_dir)
-        confine_links(artifacts_dir)
+        confine(artifacts_dir, links=True)
         return artifacts_dir
 
     @property
@@ -167,26 +166,22 @@ def _outside(roots: list[Path]) -> str:
             f"add its folder to {ALLOWED_ROOTS_ENV} (folders separated by ':') before `make serve`")
 
 
-def confine(path: str) -> None:
-    """Refuse `path` when it resolves outside the allowed roots (if any are set)."""
-    roots = _allowed_roots()
-    if roots and not _inside(path, roots):
-        raise ValueError(f"{path} is {_outside(roots)}")
+def confine(path: str, links: bool = False) -> None:
+    """Refuse `path` when it resolves outside the allowed roots (if any are set).
 
-
-def confine_links(folder: str) -> None:
-    """Refuse a folder holding a symbolic link that leads outside the allowed roots (if any are set).
-
-    Every path a run opens in the artifact store lies under it, so none leads out.
+    With `links`, refuse also a folder holding a symbolic link that leads outside them: every path
+    a run opens in the artifact store lies under the store's folder, so none leads out.
     """
     roots = _allowed_roots()
     if not roots:
         return
-    for parent, dirs, files in os.walk(folder):  # links to folders are listed, not followed
+    if not _inside(path, roots):
+        raise ValueError(f"{path} is {_outside(roots)}")
+    for parent, dirs, files in os.walk(path) if links else ():  # links to folders are listed, not followed
         for name in dirs + files:
-            path = os.path.join(parent, name)
-            if os.path.islink(path) and not _inside(path, roots):
-                raise ValueError(f"{folder} holds {path}, a link to {os.path.realpath(path)}, which is "
+            link = os.path.join(parent, name)
+            if os.path.islink(link) and not _inside(link, roots):
+                raise ValueError(f"{path} holds {link}, a link to {os.path.realpath(link)}, which is "
                                  + _outside(roots))
 
 

@@ -123,10 +123,8 @@ def gate_model(artifacts_dir: str, dataset: str, metrics: MetricsRef, threshold:
     except ChampionDamaged as damaged:
         log.warning("%s; judging as if there were no champion", damaged)
         champion = None
-    if champion is None:
-        return judge(metrics.test_accuracy, threshold, None)
-    return judge(metrics.test_accuracy, threshold, champion.bar(metrics.test_sha256),
-                 other_data=champion.test_sha256 != metrics.test_sha256)
+    return judge(metrics.test_accuracy, threshold, champion.bar(metrics.test_sha256) if champion else None,
+                 other_data=champion is not None and champion.test_sha256 != metrics.test_sha256)
 
 
 def promote(artifacts_dir: str, dataset: str, model: ModelRef, metrics: MetricsRef, flow_run_id: str) -> None:

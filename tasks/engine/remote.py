@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path, PurePosixPath
-from typing import Any, Union
+from typing import Any
 
 from tasks.engine.layout import MANIFEST
 
@@ -30,10 +30,6 @@ CACHE_ENV = "MNIST_PIPELINE_S3_CACHE"
 DEFAULT_CACHE = ".s3-cache"
 # In a local copy: the URL of the store it copies.
 MARKER = ".remote"
-
-
-def is_remote(location: Union[str, os.PathLike[str]]) -> bool:
-    return str(location).startswith(SCHEME)
 
 
 def bucket_path(url: str) -> str:
@@ -58,7 +54,7 @@ def local_root(url: str) -> Path:
 
 def store_root(artifacts_dir: str) -> str:
     """Where a run reads and writes the store `artifacts_dir`: itself, or the local copy of a bucket."""
-    return str(local_root(artifacts_dir)) if is_remote(artifacts_dir) else artifacts_dir
+    return str(local_root(artifacts_dir)) if artifacts_dir.startswith(SCHEME) else artifacts_dir
 
 
 class Remote:
