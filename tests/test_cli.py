@@ -253,6 +253,17 @@ def _children(pid: int) -> list[int]:
         return []
 
 
+def _lost(process: subprocess.Popen) -> str:
+    """What a run that ignores SIGINT shows: its threads' signal masks, then their stacks (it is ended)."""
+    masks = []
+    for status in Path(f"/proc/{process.pid}/task").glob("*/status"):
+        fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+        masks.append(" ".join(f"{k}={fields[k]}" for k in ("Name", "SigBlk", "SigIgn", "SigCgt") if k in fields))
+    process.send_signal(signal.SIGABRT)  # PYTHONFAULTHANDLER: the stacks go to stderr
+    _, stderr = process.communicate(timeout=60)
+    return "signal masks by thread:\n" + "\n".join(masks) + "\nits stderr's end:\n" + stderr[-6000:]
+
+
 def _alive(pid: int) -> bool:
     try:
         return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
@@ -262,7 +273,8 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
-def test_the_temporary_server_ends_with_the_run(tmp_path, mirror, sig):
+def test_the_temporary_server_ends_with_the_run(tmp_path, mirror, sig, monkeypatch):
+    monkeypatch.setenv("PYTHONFAULTHANDLER", "1")  # a SIGABRT dumps every thread's stack (see _lost)
     process = _start_cli(tmp_path, "--mirror", str(mirror), "--epochs", "1000", "--batch-size", "16")
     for line in process.stderr:  # the flow has begun: the server is up and in use
         if "Beginning flow run" in line:
@@ -276,7 +288,10 @@ def test_the_temporary_server_ends_with_the_run(tmp_path, mirror, sig):
         # a second one, as a user presses Ctrl-C again, must end it. SIGKILL and SIGTERM are not retried.
         assert sig == signal.SIGINT, f"the run outlived {sig.name}"
         process.send_signal(sig)
-        process.communicate(timeout=60)
+        try:
+            process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the run outlived two SIGINTs; {_lost(process)}") from None
     deadline = time.monotonic() + 10
     while _alive(server) and time.monotonic() < deadline:
         time.sleep(0.2)
