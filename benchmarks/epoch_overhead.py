@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from tasks import checkpoint, idx
-from tasks.pixels import scaled
-from tasks.train import _EVAL_BATCH, build_model, epoch_order, make_dataset
+from in_process import training_split, tutorial_model
+from tasks import checkpoint
+from tasks.train import _EVAL_BATCH, epoch_order, make_dataset
 
 
 def main() -> None:
@@ -35,19 +35,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
 
-    import keras
     import tensorflow as tf
 
-    x, y = (idx.read(idx.locate(Path(args.mirror), idx.FILES[role]), role).array
-            for role in ("train_images", "train_labels"))
-    x, y = scaled(x.reshape(-1, 28, 28, 1)), y.astype("int64")
+    x, y = training_split(args.mirror)
     held = len(x) // 10
     train = tf.data.Dataset.from_tensor_slices((x[:-held], y[:-held]))
     size, validation = len(x) - held, make_dataset(x[-held:], y[-held:], _EVAL_BATCH)
-    keras.utils.set_random_seed(0)
-    model = build_model()
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), metrics=["accuracy"],
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model = tutorial_model()
     one = train.take(args.batch_size).batch(args.batch_size)
     model.fit(one, validation_data=validation, verbose=0, shuffle=False)  # traces training and validation
 

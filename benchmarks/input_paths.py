@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 
-from tasks import idx
-from tasks.pixels import scaled
-from tasks.train import build_model, epoch_order
+from in_process import training_split, tutorial_model
+from tasks.train import epoch_order
 
 
 def main() -> None:
@@ -30,12 +28,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
 
-    import keras
     import tensorflow as tf
 
-    x, y = (idx.read(idx.locate(Path(args.mirror), idx.FILES[role]), role).array
-            for role in ("train_images", "train_labels"))
-    x, y = scaled(x.reshape(-1, 28, 28, 1)), y.astype("int64")
+    x, y = training_split(args.mirror)
     train = tf.data.Dataset.from_tensor_slices((x, y))
 
     def shuffled_arrays(epoch: int):
@@ -51,10 +46,7 @@ def main() -> None:
     }
     models = {}
     for name, fit in paths.items():
-        keras.utils.set_random_seed(0)
-        models[name] = build_model()
-        models[name].compile(optimizer=keras.optimizers.Adam(1e-3), metrics=["accuracy"],
-                             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        models[name] = tutorial_model()
         fit(models[name], 0)  # warm-up: traces the train step
     seconds: dict[str, list[float]] = {name: [] for name in paths}
     for repeat in range(args.repeats):
