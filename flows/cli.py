@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from flows import config
 from flows.config import PipelineConfig
+from tasks.engine.settings import SettingsError, settings
 
 PROG = "mnist-pipeline"
 EXIT_FAILED = 1
@@ -84,15 +85,15 @@ def _parser(recipe: str = "default") -> argparse.ArgumentParser:
 
     store_ = commands.add_parser("store", parents=[in_store], help="what the artifact store holds: entries by "
                                  "stage, sizes, ages, last runs, champions")
-    store_.add_argument("--keep-runs", type=int, default=config.GC_KEEP_RUNS,
-                        help="how many recent runs per dataset gc keeps")
+    store_.add_argument("--keep-runs", type=int, default=None,
+                        help="how many recent runs per dataset gc keeps (default: MNIST_PIPELINE_GC_KEEP_RUNS, 5)")
     store_.add_argument("--all", action="store_true", help="list every path, not the totals per stage and kind")
     store_.set_defaults(handler=store)
 
     gc_ = commands.add_parser("gc", parents=[in_store], help="remove the entries no champion and no recent run "
                               "needs, and leftovers; prints what would go unless --yes")
-    gc_.add_argument("--keep-runs", type=int, default=config.GC_KEEP_RUNS,
-                     help="keep the entries of the last N runs of each dataset (MNIST_PIPELINE_GC_KEEP_RUNS)")
+    gc_.add_argument("--keep-runs", type=int, default=None,
+                     help="keep the entries of the last N runs of each dataset (default: MNIST_PIPELINE_GC_KEEP_RUNS, 5)")
     gc_.add_argument("--older-than", type=float, default=None, metavar="DAYS",
                      help="remove only what is at least DAYS old")
     what = gc_.add_mutually_exclusive_group()
@@ -322,10 +323,14 @@ def _in_store(args: argparse.Namespace, inspect: Any, *more: Any, **options: Any
         raise SystemExit(EXIT_INVALID) from None
 
 
+def _keep_runs(args: argparse.Namespace) -> int:
+    return settings().gc_keep_runs if args.keep_runs is None else args.keep_runs
+
+
 def store(args: argparse.Namespace) -> int:
     from tasks.engine import inventory
 
-    table = _in_store(args, inventory.inventory, keep_runs=args.keep_runs)
+    table = _in_store(args, inventory.inventory, keep_runs=_keep_runs(args))
     if args.json:
         print(table.drop(columns=["path"]).assign(path=table["path"].map(str)).to_json(orient="records"))
         return 0
@@ -344,7 +349,7 @@ def store(args: argparse.Namespace) -> int:
 def gc(args: argparse.Namespace) -> int:
     from tasks.engine import inventory
 
-    doomed, summary = _in_store(args, inventory.clean, args.keep_runs, args.older_than, remove=args.yes)
+    doomed, summary = _in_store(args, inventory.clean, _keep_runs(args), args.older_than, remove=args.yes)
     if not args.yes:
         listing = doomed.drop(columns=["path"])
         print(listing.to_json(orient="records") if args.json else (
@@ -365,6 +370,11 @@ def gc(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     _prefect_at_home()  # predict imports Prefect too (the champion's lock)
+    try:
+        settings()  # a bad MNIST_PIPELINE_* variable: one line, before anything else
+    except SettingsError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return EXIT_INVALID
     args = _parser(_recipe(argv)).parse_args(argv)
     try:
         return args.handler(args)

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator
 
+from tasks.engine.settings import env_name, settings
 from tasks.params import BatchSize, Epochs, LearningRate, LrSchedule, Seed, TrainParams
 
 # The TensorFlow Datasets names this pipeline knows: 28x28 grayscale, 10 classes.
@@ -43,11 +44,8 @@ DEFAULT_ACCURACY_THRESHOLD = {"mnist": 0.95, "fashion_mnist": 0.80}
 # Relative to the working directory, like the rest of a run's paths.
 DEFAULT_ARTIFACTS_DIR = "artifacts"
 
-# Set on a worker (`make serve` does): the only folders, separated by ":", in which
-# runs created from the UI or the API may read a mirror or keep an artifact store.
-ALLOWED_ROOTS_ENV = "MNIST_PIPELINE_ALLOWED_ROOTS"
-# `gc`'s and the weekly clean-up's default: the last N runs of each dataset keep their entries.
-GC_KEEP_RUNS = int(os.environ.get("MNIST_PIPELINE_GC_KEEP_RUNS", "5"))
+# Set on a worker (`make serve` does): see tasks/engine/settings.py.
+ALLOWED_ROOTS_ENV = env_name("allowed_roots")
 
 # `mnist-pipeline run --recipe NAME`: settings that stand in for the defaults; options given stand over them.
 # The tutorial's: Adam's default 1e-3 throughout, batch 32, 10 epochs, the test split as validation.
@@ -137,14 +135,7 @@ def _allowed_roots() -> list[Path]:
 
 
 def _allowed() -> list[str]:
-    # ":" separates the roots, so `s3://bucket/prefix` comes apart at its scheme: joined again here.
-    parts, roots = os.environ.get(ALLOWED_ROOTS_ENV, "").split(os.pathsep), []
-    for part in parts:
-        if roots and roots[-1] == "s3" and part.startswith("//"):
-            roots[-1] = f"s3:{part}"
-        elif part:
-            roots.append(part)
-    return roots
+    return settings().allowed_roots
 
 
 def confine_url(url: str) -> None:

@@ -25,7 +25,6 @@ in one process instead of two (each Prefect CLI start costs about 3 s here).
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 
@@ -40,17 +39,18 @@ from prefect.states import Cancelled, Cancelling
 from pydantic import ValidationError
 
 from flows import config
+from tasks.engine.settings import env_name, settings
 
 # The flows of prefect.yaml's deployments.
 FLOWS = ["mnist-pipeline", "mnist-sweep", "mnist-store-gc"]
-NIGHTLY_ENV = "MNIST_PIPELINE_NIGHTLY"
+NIGHTLY_ENV = env_name("nightly")
 ZOMBIES = "mnist-pipeline: crash flow runs whose process died"
 _IN_FLIGHT = [StateType.PENDING, StateType.RUNNING, StateType.CANCELLING]
 
 
 def nightly_parameters() -> dict:
     """The parameters MNIST_PIPELINE_NIGHTLY gives `nightly`, refused in one line if a run would refuse them."""
-    text = os.environ.get(NIGHTLY_ENV, "").strip()
+    text = settings().nightly.strip()
     if not text:
         return {}
     try:

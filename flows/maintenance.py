@@ -8,7 +8,7 @@ and the last `keep_runs` runs of each dataset stay, the rest goes.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Optional
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
@@ -16,20 +16,22 @@ from pydantic import Field
 
 from flows import config
 from tasks.engine import inventory, remote
+from tasks.engine.settings import settings
 
 
 @flow(name="mnist-store-gc")
 def store_gc(artifacts_dir: Annotated[str, Field(min_length=1)] = config.DEFAULT_ARTIFACTS_DIR,
-             keep_runs: Annotated[int, Field(ge=0)] = config.GC_KEEP_RUNS,
+             keep_runs: Annotated[Optional[int], Field(ge=0, le=1_000_000)] = None,
              older_than_days: Annotated[float, Field(ge=0)] = 0.0) -> dict[str, Any]:
     """Remove the store's entries that no champion and none of the last `keep_runs` runs per dataset need.
 
     Args:
         artifacts_dir: The artifact store, on the worker.
-        keep_runs: The last N runs of each dataset keep their entries.
+        keep_runs: The last N runs of each dataset keep their entries; empty: MNIST_PIPELINE_GC_KEEP_RUNS (5).
         older_than_days: Remove only what is at least this many days old.
     """
     config.PipelineConfig(artifacts_dir=artifacts_dir)  # the same allowed roots as a run's
+    keep_runs = settings().gc_keep_runs if keep_runs is None else keep_runs
     _, summary = inventory.clean(Path(remote.store_root(artifacts_dir)), keep_runs, older_than_days or None)
     for line in summary.pop("in_use"):
         get_run_logger().info("skipped %s", line)

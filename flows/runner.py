@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from contextlib import ExitStack
@@ -23,13 +22,11 @@ from tasks.engine.caching import EntryRecords
 from tasks.engine.gate import GateResult
 from tasks.engine.refs import EntryRef, MetricsRef, ModelRef, ReportRef
 from tasks.engine.retries import INTERRUPTED, PermanentError, TransientError
+from tasks.engine.settings import settings
 from tasks.engine.store import ArtifactStore, StoreError, write_atomically
 
 # The flow run's state when its model did not pass the quality gate.
 NOT_PROMOTED = "NotPromoted"
-# Set by `make serve` for its worker: the file server's address, and the store it serves.
-REPORTS_URL_ENV = "MNIST_PIPELINE_REPORTS_URL"
-REPORTS_ROOT_ENV = "MNIST_PIPELINE_REPORTS_ROOT"
 # How many earlier runs of the same dataset a run's report compares against.
 PREVIOUS_RUNS = 5
 
@@ -264,7 +261,7 @@ def report_link(path: Path) -> str:
 
     Browsers refuse file URIs from a web page, so only the first opens from the Prefect UI.
     """
-    url, root = os.environ.get(REPORTS_URL_ENV), os.environ.get(REPORTS_ROOT_ENV)
+    url, root = settings().reports_url, settings().reports_root
     if url and root:
         try:
             return f"{url.rstrip('/')}/{path.resolve().relative_to(Path(root).resolve()).as_posix()}"

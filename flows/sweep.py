@@ -11,7 +11,6 @@ to the quality gate as a run of its own would be.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from prefect import task
@@ -26,20 +25,19 @@ from flows.config import GRID_FIELDS, PipelineConfig, SweepGrid
 from flows.runner import JsonFlow, StageRunner, report_link
 from flows.stages import build_report, download_dataset, evaluate_model, preprocess_dataset, train_model
 from tasks.engine import layout
+from tasks.engine.settings import settings
 
-DASK_ADDRESS_ENV = "MNIST_PIPELINE_DASK_ADDRESS"
-DASK_WORKERS_ENV = "MNIST_PIPELINE_DASK_WORKERS"
 TABLE_CSV = "sweep.csv"
 PLOT_PNG = "sweep.png"
 
 
 def task_runner() -> DaskTaskRunner:
     """An existing Dask scheduler when one is named, else a local cluster of single-threaded worker processes."""
-    address = os.environ.get(DASK_ADDRESS_ENV)
-    if address:
-        return DaskTaskRunner(address=address)
+    dask = settings()
+    if dask.dask_address:
+        return DaskTaskRunner(address=dask.dask_address)
     # One thread each: TensorFlow uses the cores itself, and its state is per process.
-    return DaskTaskRunner(cluster_kwargs={"n_workers": int(os.environ.get(DASK_WORKERS_ENV, "2")),
+    return DaskTaskRunner(cluster_kwargs={"n_workers": dask.dask_workers,
                                           "threads_per_worker": 1, "processes": True, "dashboard_address": None})
 
 

@@ -519,3 +519,17 @@ def test_a_run_after_an_interrupted_one_in_the_same_process_is_not_taken_for_int
                         lambda **parameters: Failed(data=OSError("the store is read-only"), message="failed"))
     monkeypatch.setattr("flows.server.served_api_url", lambda: "http://127.0.0.1:9/api")
     assert cli.run(config.PipelineConfig().model_dump(), as_json=True) == cli.EXIT_FAILED
+
+
+@pytest.mark.parametrize("variable, value", [("MNIST_PIPELINE_GC_KEEP_RUNS", "abc"),
+                                             ("MNIST_PIPELINE_STAGE_RETRIES", "-1"),
+                                             ("MNIST_PIPELINE_RETRY_DELAYS_S", "1,x"),
+                                             ("MNIST_PIPELINE_REDIS_LOCK_TTL_S", "nan")])
+def test_a_bad_setting_in_the_environment_is_one_line_naming_it(variable, value, tmp_path):
+    env = {**os.environ, variable: value}
+    for command in (["runs", "--artifacts-dir", str(tmp_path)], ["run", "--epochs", "1"]):
+        done = subprocess.run([sys.executable, "-m", "flows.cli", *command], env=env, capture_output=True,
+                              text=True, timeout=120, cwd=tmp_path)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.count("\n") == 1 and done.stderr.startswith(f"mnist-pipeline: error: {variable}="), \
+            done.stderr

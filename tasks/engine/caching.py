@@ -36,6 +36,7 @@ from pydantic import BaseModel
 
 from tasks.engine import layout, retries
 from tasks.engine.refs import REF_TYPES, EntryRef
+from tasks.engine.settings import settings
 from tasks.engine.store import ArtifactStore
 from tasks.engine.versions import library_versions
 
@@ -199,6 +200,7 @@ def stage(compute: Callable[..., Mapping[str, Any]], *,
                     *inputs],
         return_annotation=REF_TYPES[name])
     cache = StageCache(stage=name, module=compute.__module__, describe_inputs=describe_inputs, files=tuple(files))
+    tries = settings()
 
     def run(*args: Any, **kwargs: Any) -> EntryRef:
         arguments = task_signature.bind(*args, **kwargs)
@@ -215,9 +217,10 @@ def stage(compute: Callable[..., Mapping[str, Any]], *,
         persist_result=True,
         # JSON, not pickle: reading a result back never runs code from the store.
         result_serializer="json",
-        retries=retries.RETRIES,
-        retry_delay_seconds=retries.RETRY_DELAYS_S,
-        retry_jitter_factor=retries.RETRY_JITTER,
+        # Short on purpose (settings.py): a stage that keeps failing ends the run within a minute.
+        retries=tries.stage_retries,
+        retry_delay_seconds=tries.retry_delays_s,
+        retry_jitter_factor=tries.retry_jitter,
         retry_condition_fn=retries.worth_retrying,
     )
 

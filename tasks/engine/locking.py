@@ -26,15 +26,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Union
 from uuid import uuid4
 
+from tasks.engine.settings import env_name, settings
 from tasks.engine.store import StoreError, make_folder, store_errors
 
 _POLL_S = 0.1
-REDIS_URL_ENV = "MNIST_PIPELINE_REDIS_URL"
+REDIS_URL_ENV = env_name("redis_url")
 # In a store's lock folder: the Redis its locks are in.
 REDIS_RECORD = "redis.url"
-# Seconds a Redis lock outlives its holder's last renewal (renewed three times as often).
-REDIS_LOCK_TTL_ENV = "MNIST_PIPELINE_REDIS_LOCK_TTL_S"
-REDIS_LOCK_TTL_S = 30.0
+REDIS_LOCK_TTL_ENV = env_name("redis_lock_ttl_s")
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +48,7 @@ def lock_manager(directory: Union[str, os.PathLike[str]]) -> Any:
     """
     directory = Path(directory)
     recorded = directory / REDIS_RECORD
-    url = os.environ.get(REDIS_URL_ENV)
+    url = settings().redis_url
     if recorded.is_file():
         kept = recorded.read_text().strip()
         if url and url != kept:
@@ -66,7 +65,7 @@ def lock_manager(directory: Union[str, os.PathLike[str]]) -> Any:
             return lock_manager(directory)
         with os.fdopen(fd, "w") as record:
             record.write(url + "\n")
-    return renewed_redis_locks(url, float(os.environ.get(REDIS_LOCK_TTL_ENV, REDIS_LOCK_TTL_S)))
+    return renewed_redis_locks(url, settings().redis_lock_ttl_s)
 
 
 @contextmanager
@@ -233,7 +232,7 @@ def _renewing(renew: Callable[[], Any], what: str, every: float) -> threading.Ev
     return stop
 
 
-def renewed_redis_locks(url: str, ttl: float = REDIS_LOCK_TTL_S) -> Any:
+def renewed_redis_locks(url: str, ttl: float) -> Any:
     """prefect-redis's RedisLockManager on `url`, with locks that expire `ttl` after their holder dies."""
     from prefect_redis.locking import RedisLockManager
 

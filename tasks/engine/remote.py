@@ -19,15 +19,14 @@ champions and run reports stay in each host's copy.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from tasks.engine.layout import MANIFEST
+from tasks.engine.settings import env_name, settings
 
 SCHEME = "s3://"
-CACHE_ENV = "MNIST_PIPELINE_S3_CACHE"
-DEFAULT_CACHE = ".s3-cache"
+CACHE_ENV = env_name("s3_cache")
 # In a local copy: the URL of the store it copies.
 MARKER = ".remote"
 
@@ -44,7 +43,7 @@ def bucket_path(url: str) -> str:
 
 def local_root(url: str) -> Path:
     """The local copy of the store at `url`, created and marked on first use."""
-    root = Path(os.environ.get(CACHE_ENV, DEFAULT_CACHE)) / bucket_path(url)
+    root = Path(settings().s3_cache) / bucket_path(url)
     root.mkdir(parents=True, exist_ok=True)
     marker = root / MARKER
     if not marker.is_file() or marker.read_text().strip() != f"{SCHEME}{bucket_path(url)}":

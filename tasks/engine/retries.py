@@ -8,18 +8,10 @@ never retried: invalid settings, a malformed file, a full or read-only store.
 from __future__ import annotations
 
 import errno
-import os
 import threading
 from typing import Any, NoReturn
 
 from tasks.engine.store import StoreError
-
-# Tries after the first, the waits before them (seconds), and how far each wait
-# may randomly stretch or shrink (0.5: +-50%), so that many runs do not retry in step.
-# Short on purpose: a stage that keeps failing ends the run within a minute.
-RETRIES = int(os.environ.get("MNIST_PIPELINE_STAGE_RETRIES", "2"))
-RETRY_DELAYS_S = [float(s) for s in os.environ.get("MNIST_PIPELINE_RETRY_DELAYS_S", "1,4").split(",")]
-RETRY_JITTER = float(os.environ.get("MNIST_PIPELINE_RETRY_JITTER", "0.5"))
 
 # Errors of the machine, not of the moment: another try meets them again.
 _LASTING_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR}
