@@ -85,17 +85,14 @@ def _parser(recipe: str = "default") -> argparse.ArgumentParser:
 
     store_ = commands.add_parser("store", parents=[in_store], help="what the artifact store holds: entries by "
                                  "stage, sizes, ages, last runs, champions")
-    store_.add_argument("--keep-runs", type=int, default=None,
-                        help="how many recent runs per dataset gc keeps (default: MNIST_PIPELINE_GC_KEEP_RUNS, 5)")
+    config.add_options(store_, config.GcPolicy, exclude=frozenset({"older_than_days"}))
     store_.add_argument("--all", action="store_true", help="list every path, not the totals per stage and kind")
     store_.set_defaults(handler=store)
 
     gc_ = commands.add_parser("gc", parents=[in_store], help="remove the entries no champion and no recent run "
                               "needs, and leftovers; prints what would go unless --yes")
-    gc_.add_argument("--keep-runs", type=int, default=None,
-                     help="keep the entries of the last N runs of each dataset (default: MNIST_PIPELINE_GC_KEEP_RUNS, 5)")
-    gc_.add_argument("--older-than", type=float, default=None, metavar="DAYS",
-                     help="remove only what is at least DAYS old")
+    config.add_options(gc_, config.GcPolicy)
+    gc_.add_argument("--older-than", dest="older_than_days", type=float, help=argparse.SUPPRESS)  # its old name
     what = gc_.add_mutually_exclusive_group()
     what.add_argument("--dry-run", action="store_true", help="print what would go and the space freed (the default)")
     what.add_argument("--yes", action="store_true", help="remove it")
@@ -304,64 +301,97 @@ def runs(args: argparse.Namespace) -> int:
 
     table = runlog.read(remote.store_root(args.artifacts_dir))
     if args.json:
-        print(table.to_json(orient="records"))
+        print(_json(table))
     elif table.empty:
-        print(f"no runs logged in {args.artifacts_dir}")
+        print(f"no runs logged in {config.shown(args.artifacts_dir)}")
     else:
-        print(table[runlog.COLUMNS].to_string(index=False))
+        print(_text(table[runlog.COLUMNS]))
     return 0
 
 
 def _in_store(args: argparse.Namespace, inspect: Any, *more: Any, **options: Any) -> Any:
-    """`inspect(root, ...)` on the store of `--artifacts-dir`; a folder that is not a store refused in one line."""
+    """`inspect(root, ...)` on the store of `--artifacts-dir`; what stops it is one line, exit 2 or 1."""
     from tasks.engine import inventory, remote
+    from tasks.engine.store import StoreError
 
     try:
         return inspect(Path(remote.store_root(args.artifacts_dir)), *more, **options)
     except inventory.NotAStore as error:
-        print(f"{PROG}: error: {config.shown(str(error))}", file=sys.stderr)
-        raise SystemExit(EXIT_INVALID) from None
+        _fail(error, EXIT_INVALID)
+    except (inventory.CannotJudge, StoreError, OSError) as error:
+        _fail(error, EXIT_FAILED)
 
 
-def _keep_runs(args: argparse.Namespace) -> int:
-    return settings().gc_keep_runs if args.keep_runs is None else args.keep_runs
+def _fail(error: object, status: int) -> NoReturn:
+    print(f"{PROG}: error: {config.shown(error)}", file=sys.stderr)
+    raise SystemExit(status)
+
+
+def _gc_policy(args: argparse.Namespace) -> config.GcPolicy:
+    try:
+        return config.GcPolicy(**{k: v for k, v in vars(args).items() if k in config.GcPolicy.model_fields})
+    except ValidationError as error:
+        _fail(config.describe(error, as_option=True), EXIT_INVALID)
+
+
+def _text(table: Any) -> str:
+    """A table as text, every cell printable (no control characters, no undecodable bytes)."""
+    return table.map(lambda cell: config.shown(cell) if isinstance(cell, (str, Path)) else cell).to_string(
+        index=False)
+
+
+def _json(table: Any) -> str:
+    return table.map(lambda cell: config.shown(cell) if isinstance(cell, (str, Path)) else cell).to_json(
+        orient="records")
 
 
 def store(args: argparse.Namespace) -> int:
     from tasks.engine import inventory
 
-    table = _in_store(args, inventory.inventory, keep_runs=_keep_runs(args))
+    keep_runs = _gc_policy(args).runs_kept
+
+    def listed(root: Path) -> Any:
+        try:
+            return inventory.inventory(root, keep_runs=keep_runs)
+        except inventory.CannotJudge as error:  # listed all the same, without what the champions keep
+            print(f"{PROG}: warning: {config.shown(error)}", file=sys.stderr)
+            return inventory.inventory(root, keep_runs=keep_runs, champions={})
+
+    table = _in_store(args, listed)
     if args.json:
-        print(table.drop(columns=["path"]).assign(path=table["path"].map(str)).to_json(orient="records"))
+        print(_json(table))
         return 0
-    if args.all:
-        shown = table.drop(columns=["path"])
+    if args.all:  # each path as the store names it
+        root = table["path"].iloc[0]
+        shown = table.assign(path=[config.shown(os.path.relpath(path, root)) for path in table["path"]])
     else:
         shown = table.groupby(["kind", "stage"], sort=False).agg(
             count=("bytes", "size"), bytes=("bytes", "sum"), oldest_days=("age_days", "max"),
             kept_by_champion=("champion", lambda c: int((c != "").sum())),
             kept_by_recent_run=("recent_run", "sum")).reset_index()
-    print(shown.to_string(index=False))
-    print(f"total: {int(table['bytes'].sum())} bytes ({table['bytes'].sum() / 1e6:.1f} MB) in {args.artifacts_dir}")
+    print(_text(shown))
+    total = int(table["bytes"].sum())
+    print(f"total: {total} bytes ({total / 1e6:.1f} MB) in {config.shown(args.artifacts_dir)}")
     return 0
 
 
 def gc(args: argparse.Namespace) -> int:
     from tasks.engine import inventory
 
-    doomed, summary = _in_store(args, inventory.clean, _keep_runs(args), args.older_than, remove=args.yes)
+    policy = _gc_policy(args)
+    try:
+        doomed, summary = _in_store(args, inventory.clean, policy.runs_kept, policy.older_than_days, remove=args.yes)
+    except inventory.RunsInProgress as error:
+        print(f"{PROG}: error: {error}; try again then", file=sys.stderr)
+        return EXIT_FAILED
     if not args.yes:
         listing = doomed.drop(columns=["path"])
-        print(listing.to_json(orient="records") if args.json else (
-            listing.to_string(index=False) if len(doomed) else "nothing to remove"))
+        print(_json(listing) if args.json else (_text(listing) if len(doomed) else "nothing to remove"))
         print(f"would free {int(doomed['bytes'].sum())} bytes ({doomed['bytes'].sum() / 1e6:.1f} MB); "
               "run again with --yes to remove it", file=sys.stderr)
         return 0
-    if "runs_in_progress" in summary:
-        print(f"{PROG}: error: {summary['runs_in_progress']}; try again then", file=sys.stderr)
-        return EXIT_FAILED
-    for line in summary["in_use"]:
-        print(f"skipped {line}", file=sys.stderr)
+    for line in summary["skipped_paths"]:
+        print(f"skipped {config.shown(line)}", file=sys.stderr)
     freed = summary["freed_bytes"]
     print(json.dumps({key: summary[key] for key in ("removed", "skipped", "freed_bytes")}) if args.json else
           f"removed {summary['removed']}, skipped {summary['skipped']}, freed {freed} bytes ({freed / 1e6:.1f} MB)")
@@ -377,9 +407,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_INVALID
     args = _parser(_recipe(argv)).parse_args(argv)
     try:
-        return args.handler(args)
-    finally:
+        status = args.handler(args)
         sys.stdout.flush()
+        return status
+    except BrokenPipeError:
+        # The reader went away (`runs | head -3`): what it read is all it wanted.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def entry() -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator, model_validator
 
 from tasks.engine.settings import env_name, settings
 from tasks.params import BatchSize, Epochs, LearningRate, LrSchedule, Seed, TrainParams
@@ -54,6 +55,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     "tutorial": {"epochs": 10, "batch_size": 32, "learning_rate": 1e-3, "lr_schedule": "constant",
                  "validation_split": 0.0},
 }
+
+# C0 and C1 control characters: never printed as they are.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 # A few seconds of work end to end: what the tests and quick local checks run.
 TINY = {"epochs": 1, "batch_size": 16, "train_limit": 256}
@@ -126,8 +130,14 @@ class PipelineConfig(BaseModel):
 
 
 def shown(value: object) -> str:
-    """`value` as text that can be printed: bytes that are not UTF-8 as `\\xff`."""
-    return os.fsencode(value).decode("utf-8", "backslashreplace") if isinstance(value, str) else str(value)
+    """`value` as text that can be printed: bytes that are not UTF-8 as `\\xff`, control characters
+    (a terminal's escape sequences, newlines) as `\\x1b`, `\\n`."""
+    text = str(value)
+    try:
+        text = os.fsencode(text).decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that no file name holds
+        text = text.encode("utf-8", "backslashreplace").decode()
+    return _CONTROL.sub(lambda char: char[0].encode("unicode_escape").decode(), text)
 
 
 def _allowed_roots() -> list[Path]:
@@ -179,16 +189,18 @@ def confine(path: str, links: bool = False) -> None:
 def describe(error: ValidationError, as_option: bool = False) -> str:
     """The first problem of `error` in one line, naming the parameter as the UI does (or as a CLI option)."""
     first = error.errors()[0]
-    name = str(first["loc"][0]) if first["loc"] else "parameters"
     message = first["msg"].removeprefix("Value error, ")
+    if not first["loc"]:  # about the parameters together
+        return message
+    name = str(first["loc"][0])
     if not as_option and message.startswith(f"{name} "):  # it names the parameter itself (a mirror's files)
         return message
-    if as_option and first["loc"]:
+    if as_option:
         name = "--" + name.replace("_", "-")
     value = shown(first["input"])
     if message.startswith(f"{value} "):  # it names the value
         return f"{name} {message}"
-    return f"{name} {value}: {message}"
+    return f"{name} {value if len(value) <= 80 else value[:77] + '...'}: {message}"
 
 
 def train_params(**overrides: Any) -> TrainParams:
@@ -238,6 +250,25 @@ def add_options(parser: Any, *models: type[BaseModel], exclude: frozenset[str] =
                             nargs="+" if many else None, help=field.description)
 
 
+KeepRuns = Annotated[Optional[int], Field(ge=0, le=1_000_000)]
+OlderThanDays = Annotated[Optional[float], Field(ge=0, le=36_500, allow_inf_nan=False)]
+
+
+class GcPolicy(BaseModel):
+    """What `mnist-pipeline gc` and the weekly clean-up keep: the rest of the store goes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    keep_runs: KeepRuns = Field(None, description="Keep the entries of the last N runs of each dataset; empty: "
+                                                  "MNIST_PIPELINE_GC_KEEP_RUNS (5).")
+    older_than_days: OlderThanDays = Field(None, description="Remove only what is at least this many days old; "
+                                                             "empty: whatever its age.")
+
+    @property
+    def runs_kept(self) -> int:
+        return settings().gc_keep_runs if self.keep_runs is None else self.keep_runs
+
+
 class SweepGrid(BaseModel):
     """The grid of an `mnist-sweep` run: every combination is trained, as a cached task of its own."""
 
@@ -247,6 +278,16 @@ class SweepGrid(BaseModel):
                                                description="Adam's learning rates to try.")
     batch_sizes: list[BatchSize] = Field([DEFAULT_BATCH_SIZE, 32], min_length=1, description="Batch sizes to try.")
     seeds: list[Seed] = Field([DEFAULT_SEED], min_length=1, description="Seeds to try each combination with.")
+
+    @model_validator(mode="after")
+    def _within_the_limit(self) -> "SweepGrid":
+        # One request must not occupy the worker for hours.
+        count = len(self.learning_rates) * len(self.batch_sizes) * len(self.seeds)
+        limit = settings().sweep_max_combinations
+        if count > limit:
+            raise ValueError(f"the grid has {count} combinations, more than the {limit} one sweep may train "
+                             f"(set {env_name('sweep_max_combinations')} to allow more)")
+        return self
 
     def configs(self, **common: Any) -> dict[str, PipelineConfig]:
         """Each combination's run settings, by a label such as `lr=0.006 batch=32 seed=0`."""

@@ -48,6 +48,10 @@ class JsonFlow(Flow):
         return dict(parameters)
 
 
+# The quality gate's verdict, a task of its own in the UI.
+gate_model = task(gate.gate_model, cache_policy=NO_CACHE)
+
+
 class StageFailed(RuntimeError):
     """A stage failed; the message names it and says why, in one sentence."""
 
@@ -190,7 +194,8 @@ class StageRunner:
                report: ReportRef, **extra: Any) -> Union[dict[str, Any], State]:
         """The quality gate, this run's report and its line in the run log, then the promotion.
 
-        All under the champion's lock, so two runs finishing together take turns,
+        All under the champion's lock, so two runs finishing together take turns
+        (the run log's line under the run log's own, which every dataset shares),
         and all or nothing: each step is undone, by removing or truncating (which
         needs no disk space), when a later one fails, so the champion, the run log
         and the runs folder are left as they were. Returns the run summary, with
@@ -199,7 +204,7 @@ class StageRunner:
         run_id = str(flow_run.id)
         folder = layout.run_folder(self.artifacts_dir, run_id)
         with gate.champion_lock(self.locks, cfg.dataset), ExitStack() as undo:
-            verdict = gate.gate_model(self.artifacts_dir, cfg.dataset, metrics, cfg.threshold)
+            verdict = gate_model(self.artifacts_dir, cfg.dataset, metrics, cfg.threshold)
             summary = self.summary(model=model, metrics=metrics, report=report)
             summary["gate"] = verdict.model_dump()
             summary.update(extra)  # what a flow adds to the summary (a sweep's comparison)
@@ -207,7 +212,7 @@ class StageRunner:
             undo.callback(shutil.rmtree, folder, ignore_errors=True)
             write_run_report(self.artifacts_dir, folder, report, metrics, cfg.dataset, verdict, self.stages)
             summary["run_report"] = str(folder / reports.REPORT_HTML)
-            undo.callback(runlog.append(self.artifacts_dir, {
+            line = {
                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "flow_run_id": run_id,
                 **cfg.model_dump(exclude={"artifacts_dir"}),
@@ -222,9 +227,10 @@ class StageRunner:
                 # The entries it used, `<stage>/<fingerprint>`: what `mnist-pipeline gc` keeps for it.
                 "entries": {stage: Path(record["artifact"]).relative_to(self.store.root).as_posix()
                             for stage, record in self.stages.items() if record["artifact"]},
-            }))
-            if verdict.passed:
-                gate.promote(self.artifacts_dir, cfg.dataset, model, metrics, run_id)
+            }
+            with runlog.added(self.artifacts_dir, line, self.locks):  # taken back if the promotion fails
+                if verdict.passed:
+                    gate.promote(self.artifacts_dir, cfg.dataset, model, metrics, run_id)
             undo.pop_all()  # all written: nothing to take back
         publish_report(self.artifacts_dir, folder, metrics, cfg.dataset, verdict)
         if verdict.passed:

@@ -89,7 +89,11 @@ def _check_role(role: str, dims: tuple[int, ...], path: Path) -> None:
 
 def check_mirror_headers(mirror: Path) -> dict[str, Path]:
     """Find the four files in `mirror` and check magic numbers, shapes and counts."""
-    if not mirror.is_dir():
+    try:
+        found = mirror.is_dir()
+    except OSError as err:  # a name too long for the file system, say: named by its start
+        raise IdxError(f"mirror {str(mirror)[:60]}... cannot be read: {err.strerror or err}") from None
+    if not found:
         raise IdxError(f"mirror {mirror} is not a directory")
     paths = {role: locate(mirror, name) for role, name in FILES.items()}
     counts = {}

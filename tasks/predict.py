@@ -36,9 +36,14 @@ def load_gray(path: Path) -> np.ndarray:
     """The image as grayscale in 0..255: EXIF orientation applied, transparency flattened, 16 bits scaled."""
     try:
         with warnings.catch_warnings():
-            # Pillow warns of large images; they are refused just below instead.
+            # Pillow warns of large images, or refuses them in words of its own: they are refused
+            # just below instead, by their size. Opening reads the header only.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            opened = Image.open(path)
+            pillows_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                opened = Image.open(path)
+            finally:
+                Image.MAX_IMAGE_PIXELS = pillows_limit
         with opened as image:
             if image.width * image.height > MAX_PIXELS:
                 raise NotAnImage(f"{path} has {image.width}x{image.height} pixels, more than the "

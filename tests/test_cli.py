@@ -44,10 +44,12 @@ def _refused(capsys, *args: str) -> str:
         (["--artifacts-dir", ""], "--artifacts-dir : String should have at least 1 character"),
         (["--mirror", ""], "--mirror : String should have at least 1 character"),
         (["--artifacts-dir", "store-\udcff"], "--artifacts-dir store-\\xff: Input should be a valid string, unable to parse raw data"),
+        (["--mirror", "m" * 5000], f"mirror {'m' * 60}... cannot be read: File name too long"),
     ],
 )
 def test_bad_option_is_one_line_exit_2(capsys, args, message):
-    assert message in _refused(capsys, *args)
+    err = _refused(capsys, *args)
+    assert message in err and len(err) < 300
 
 
 def test_mirror_without_the_four_files(capsys, tmp_path):
@@ -533,3 +535,31 @@ def test_a_bad_setting_in_the_environment_is_one_line_naming_it(variable, value,
         assert done.returncode == 2, done.stderr
         assert done.stderr.count("\n") == 1 and done.stderr.startswith(f"mnist-pipeline: error: {variable}="), \
             done.stderr
+
+
+@pytest.mark.parametrize("command", [["runs"], ["runs", "--json"], ["store"], ["store", "--all"], ["gc"]])
+def test_a_reader_that_stops_early_ends_the_command_quietly(command, tmp_path):
+    from tasks.engine import runlog
+
+    store = tmp_path / "artifacts"
+    store.mkdir()
+    for n in range(3000):  # more than a pipe holds
+        runlog.append(str(store), {"flow_run_id": f"run-{n}", "dataset": "mnist", "test_accuracy": 0.9,
+                                   "gate_reason": "x" * 40})
+    for n in range(500):
+        (store / "train" / f".tmp-{n:016x}-00000000").mkdir(parents=True)
+    done = subprocess.run(["bash", "-c", f'"$0" -m flows.cli {" ".join(command)} --artifacts-dir "$1" | head -1;'
+                           ' echo "status ${PIPESTATUS[0]}"', sys.executable, str(store)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.stdout.splitlines()[-1] == "status 0", done.stderr
+    assert "Error" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_logged_values_and_file_names_print_no_terminal_escapes(tmp_path, capsys):
+    from tasks.engine import runlog
+
+    runlog.append(str(tmp_path), {"flow_run_id": "run-\x1b]0;pwned\x07", "dataset": "mnist\x1b[2J",
+                                  "test_accuracy": 0.9})
+    assert cli.main(["runs", "--artifacts-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "mnist\\x1b[2J" in out

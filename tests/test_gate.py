@@ -42,7 +42,7 @@ def _decide(store: str, fingerprint: str, accuracy: float, run_id: str,
     """The gate's steps as a run takes them: judge, then promote if passed, under the champion's lock."""
     model, metrics = _refs(fingerprint, accuracy, test_data)
     with gate.champion_lock(FileLockManager(Path(store) / ".locks"), "mnist"):
-        verdict = gate.gate_model.fn(store, "mnist", metrics, 0.97)
+        verdict = gate.gate_model(store, "mnist", metrics, 0.97)
         if verdict.passed:
             gate.promote(store, "mnist", model, metrics, run_id)
     return verdict

@@ -1,8 +1,11 @@
 """`mnist-pipeline store` and `gc`: what the store holds, and a clean-up that keeps what matters."""
 
 import json
+import os
 import subprocess
+import time
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -211,3 +214,224 @@ def test_gc_removes_nothing_while_a_run_is_in_progress(history, tmp_path, capsys
     assert _entries(store) == before
     assert cli.main(["gc", "--artifacts-dir", store, "--keep-runs", "0", "--yes"]) == 0
     assert _entries(store) < before
+
+
+# A store made by hand, in milliseconds: entries with their manifests' inputs, run-log lines, champions.
+
+def _entry(store: Path, stage: str, inputs: tuple = (), bytes_: int = 5000) -> str:
+    import secrets
+
+    fingerprint = secrets.token_hex(8)
+    with ArtifactStore(store).writing(stage, fingerprint, inputs) as folder:
+        (folder / "data.bin").write_bytes(b"x" * bytes_)
+    return f"{stage}/{fingerprint}"
+
+
+def _logged_run(store: Path, dataset: str = "mnist", run_id: str = "", with_entries: bool = True,
+                reuse: Optional[dict] = None) -> dict:
+    """A run's five entries (each computed from the ones before it, as the pipeline's are) and its run-log line."""
+    import uuid
+
+    from tasks.engine import runlog
+
+    entries = dict(reuse or {})
+    entries.setdefault("download", _entry(store, "download"))
+    entries.setdefault("preprocess", _entry(store, "preprocess", (entries["download"],)))
+    entries.setdefault("train", _entry(store, "train", (entries["preprocess"],)))
+    entries.setdefault("evaluate", _entry(store, "evaluate", (entries["train"], entries["preprocess"])))
+    entries.setdefault("report", _entry(store, "report", tuple(entries.values())))
+    run_id = run_id or str(uuid.uuid4())
+    line = {"flow_run_id": run_id, "dataset": dataset, "test_accuracy": 0.9}
+    runlog.append(str(store), {**line, "entries": entries} if with_entries else line)
+    return {"flow_run_id": run_id, **entries}
+
+
+def _crown(store: Path, run: dict, dataset: str = "mnist", **record) -> None:
+    folder = store / "champions"
+    folder.mkdir(exist_ok=True)
+    (folder / f"{dataset}.json").write_text(json.dumps(
+        {"model": run["train"].split("/")[1], "test_accuracy": 0.99, "flow_run_id": run["flow_run_id"],
+         "model_path": run["train"], "test_sha256": "a" * 64, **record}))
+
+
+def _five(run: dict) -> set:
+    return {run[stage] for stage in STAGES}
+
+
+def test_the_champions_whole_lineage_stays_though_newer_runs_beat_it_to_the_keep_list(tmp_path):
+    store = tmp_path / "artifacts"
+    champion = _logged_run(store)
+    later = [_logged_run(store) for _ in range(3)]  # newer, not promoted
+    _crown(store, champion)
+    inventory.clean(store, keep_runs=1)
+    assert _entries(store) == _five(champion) | _five(later[-1])
+
+
+def test_an_old_champion_record_and_run_log_keep_the_model_and_what_it_was_made_from(tmp_path):
+    # The record's model_path absolute, as written before it became relative; run-log lines without entries.
+    store = tmp_path / "artifacts"
+    champion = _logged_run(store, with_entries=False)
+    other = _logged_run(store, with_entries=False)
+    _crown(store, champion, model_path=f"/somewhere/else/{champion['train']}")
+    inventory.clean(store, keep_runs=5)
+    # What the model was computed from, by the manifests; the evaluate and report entries no line names.
+    assert _entries(store) == {champion["download"], champion["preprocess"], champion["train"]}
+    assert not _five(other) & _entries(store)
+
+
+@pytest.mark.parametrize("record", ["42", "[1, 2]", '{"model": "0123456789abcdef", "test_accuracy": 0.99, '
+                                                    '"flow_run_id": ["a"]}', '{"model": "01234', "\xff\xfe"])
+def test_a_champion_record_gc_cannot_read_makes_it_remove_nothing(tmp_path, record, capsys):
+    store = tmp_path / "artifacts"
+    runs = [_logged_run(store) for _ in range(3)]
+    (store / "champions").mkdir()
+    (store / "champions" / "mnist.json").write_text(record, errors="surrogateescape")
+    before = _entries(store)
+    with pytest.raises(inventory.CannotJudge, match="champion record .* is damaged"):
+        inventory.clean(store, keep_runs=0)
+    for dry_or_not in ([], ["--yes"]):
+        with pytest.raises(SystemExit) as exit:
+            cli.main(["gc", "--artifacts-dir", str(store), "--keep-runs", "0", *dry_or_not])
+        assert exit.value.code == cli.EXIT_FAILED
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "gc removes nothing until it is repaired or moved aside" in err
+    assert _entries(store) == before == set().union(*map(_five, runs))
+    # `store` lists it all the same, and says why no champion is shown.
+    assert cli.main(["store", "--artifacts-dir", str(store)]) == 0
+    assert "warning: the mnist champion record" in capsys.readouterr().err
+
+
+def test_gc_takes_the_store_before_it_reads_so_a_run_that_finishes_meanwhile_loses_nothing(tmp_path, monkeypatch):
+    """A run that starts and finishes while gc walks the store promotes a model gc must not remove."""
+    import threading
+
+    from tasks.engine import locking
+
+    store = tmp_path / "artifacts"
+    old = _logged_run(store)
+    _crown(store, old)
+    done: dict = {}
+
+    def a_run_meanwhile() -> None:
+        with locking.run_in_progress(FileLockManager(store / ".locks").open(), ArtifactStore(store).identity):
+            done["run"] = _logged_run(store)
+            _crown(store, done["run"])
+
+    walk = inventory._rows
+
+    def slow_walk(root):
+        racer = threading.Thread(target=a_run_meanwhile)
+        racer.start()
+        racer.join(timeout=2)  # the run goes through, unless gc holds the store
+        yield from walk(root)
+
+    monkeypatch.setattr(inventory, "_rows", slow_walk)
+    inventory.clean(store, keep_runs=0)
+    monkeypatch.undo()
+    deadline = time.monotonic() + 10
+    while "run" not in done and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _five(done["run"]) <= _entries(store)
+    assert gate.read_champion(str(store), "mnist").model == done["run"]["train"].split("/")[1]
+
+
+def test_gc_removes_only_names_an_entry_or_a_leftover_can_have(tmp_path, capsys):
+    store = tmp_path / "artifacts"
+    _logged_run(store)
+    foreign = [store / "train" / "keep-me" / "model-v1.keras", store / "train" / "NOTES.txt",
+               store / "train" / ".work" / "notes.txt", store / "report" / "0123456789ABCDEF" / "x",
+               store / "evaluate" / os.fsdecode(b"caf\xe9-\x1b[31m") / "x"]
+    for path in foreign:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("the user's")
+    leftovers = [store / "train" / ".tmp-0123456789abcdef-0badcafe",
+                 store / "train" / ".evicted-0123456789abcdef-12345678",
+                 store / "preprocess" / ".fetch-0123456789abcdef-abcdef01",
+                 store / "train" / ".work" / "0123456789abcdef"]
+    for path in leftovers:
+        (path / "sub").mkdir(parents=True)
+        (path / "sub" / "file").write_bytes(b"y" * 100)
+    assert cli.main(["store", "--artifacts-dir", str(store), "--all"]) == 0
+    listing = capsys.readouterr().out
+    assert "\x1b" not in listing and "caf\\xe9-\\x1b[31m" in listing
+    assert cli.main(["store", "--artifacts-dir", str(store), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert sum(row["kind"] == "foreign" for row in rows) == 5
+    for _ in range(2):
+        assert cli.main(["gc", "--artifacts-dir", str(store), "--keep-runs", "1", "--yes", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["skipped"] == 0
+    assert all(path.read_text() == "the user's" for path in foreign)
+    assert not [path for path in leftovers if os.path.lexists(path)]
+    assert json.loads(cli.main(["gc", "--artifacts-dir", str(store), "--yes", "--json"]) or
+                      capsys.readouterr().out)["removed"] == 0
+
+
+def test_a_leftover_that_cannot_be_removed_is_skipped_not_counted(tmp_path, monkeypatch, capsys):
+    store = tmp_path / "artifacts"
+    _logged_run(store)
+    stuck = store / "train" / ".evicted-0123456789abcdef-12345678"
+    stuck.mkdir(parents=True)
+    (stuck / "file").write_text("z")
+    monkeypatch.setattr(inventory.shutil, "rmtree", lambda path, onerror: onerror(
+        os.unlink, str(path / "file"), (PermissionError, PermissionError(1, "Operation not permitted"), None)))
+    assert cli.main(["gc", "--artifacts-dir", str(store), "--yes", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == {"removed": 0, "skipped": 1, "freed_bytes": 0}
+    assert "cannot be removed: Operation not permitted" in captured.err
+
+
+def test_older_than_removes_only_what_is_that_old(tmp_path):
+    store = tmp_path / "artifacts"
+    old, new = _logged_run(store, with_entries=False), _logged_run(store, with_entries=False)
+    month_ago = time.time() - 30 * 86400
+    for name in _five(old):
+        os.utime(store / name, (month_ago, month_ago))
+    inventory.clean(store, keep_runs=0, older_than_days=7)
+    assert _entries(store) == _five(new)
+
+
+def test_keep_runs_counts_per_dataset_and_defaults_to_the_setting(tmp_path, monkeypatch, capsys):
+    store = tmp_path / "artifacts"
+    data = {"download": _entry(store, "download")}
+    mnist = [_logged_run(store, "mnist", reuse=data) for _ in range(7)]
+    fashion = [_logged_run(store, "fashion_mnist") for _ in range(2)]
+    assert cli.main(["gc", "--artifacts-dir", str(store), "--yes"]) == 0  # 5 of each, by default
+    assert _entries(store) == set().union(*map(_five, mnist[-5:] + fashion))
+    monkeypatch.setenv("MNIST_PIPELINE_GC_KEEP_RUNS", "1")
+    assert cli.main(["gc", "--artifacts-dir", str(store), "--yes"]) == 0
+    assert _entries(store) == _five(mnist[-1]) | _five(fashion[-1])
+    assert cli.main(["gc", "--artifacts-dir", str(store), "--yes", "--keep-runs", "0"]) == 0
+    assert _entries(store) == set()
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--keep-runs", "99999999999999999999"],
+     "--keep-runs 99999999999999999999: Input should be less than or equal to 1000000"),
+    (["--keep-runs", "-1"], "--keep-runs -1: Input should be greater than or equal to 0"),
+    (["--older-than", "-5"], "--older-than-days -5.0: Input should be greater than or equal to 0"),
+    (["--older-than", "nan"], "--older-than-days nan: Input should be a finite number"),
+    (["--older-than-days", "inf"], "--older-than-days inf: Input should be a finite number"),
+])
+@pytest.mark.parametrize("command", ["gc", "store"])
+def test_bad_gc_options_are_one_line(tmp_path, options, message, command, capsys):
+    store = tmp_path / "artifacts"
+    _logged_run(store)
+    before = _entries(store)
+    if command == "store" and "--keep-runs" not in options:
+        return
+    with pytest.raises(SystemExit) as exit:
+        cli.main([command, "--artifacts-dir", str(store), *options, "--yes"][:None if command == "gc" else -1])
+    assert exit.value.code == cli.EXIT_INVALID
+    assert capsys.readouterr().err == f"mnist-pipeline: error: {message}\n"
+    assert _entries(store) == before
+
+
+def test_run_log_lines_and_records_that_are_not_what_they_claim_never_stop_store_or_gc(tmp_path, capsys):
+    store = tmp_path / "artifacts"
+    kept = _logged_run(store)
+    with open(store / "runs.jsonl", "a") as log:
+        log.write('{"flow_run_id": "x", "dataset": "mnist", "entries": {"train": ["a"]}}\n'
+                  '{"flow_run_id": "y", "dataset": "mnist", "entries": {"train": "../../etc"}}\n')
+    for command in (["store"], ["store", "--all"], ["store", "--json"], ["gc"], ["gc", "--yes", "--keep-runs", "1"]):
+        assert cli.main([command[0], "--artifacts-dir", str(store), *command[1:]]) == 0
+    assert _entries(store) == _five(kept)

@@ -72,3 +72,27 @@ def test_a_full_disk_leaves_the_log_as_it_was(tmp_path, monkeypatch):
         runlog.append(str(tmp_path), {"flow_run_id": "run-1"})
     monkeypatch.undo()
     assert (tmp_path / RUN_LOG).read_bytes() == before
+
+
+def test_a_line_taken_back_never_takes_a_line_another_run_added_meanwhile(tmp_path):
+    """An mnist run's finish fails after its line is in; a fashion_mnist run finishing then must keep its own."""
+    import threading
+
+    import pytest
+
+    from tasks.engine.locking import FileLockManager
+
+    def fashion_run_finishes() -> None:
+        with runlog.added(str(tmp_path), {"flow_run_id": "fashion", "dataset": "fashion_mnist"},
+                          FileLockManager(tmp_path / ".locks")):
+            pass
+
+    with pytest.raises(RuntimeError, match="promotion failed"):
+        with runlog.added(str(tmp_path), {"flow_run_id": "mnist", "dataset": "mnist"},
+                          FileLockManager(tmp_path / ".locks")):
+            other = threading.Thread(target=fashion_run_finishes)
+            other.start()
+            other.join(timeout=1)  # it waits for the run log while this run's line may still be taken back
+            raise RuntimeError("the promotion failed")
+    other.join(timeout=10)
+    assert [run["flow_run_id"] for run in runlog.records(str(tmp_path))] == ["fashion"]

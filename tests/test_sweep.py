@@ -26,12 +26,33 @@ def test_the_grid_is_every_combination_with_the_common_settings():
     (["--learning-rates", "0"], "--learning-rates 0.0: Input should be greater than 0"),
     (["--batch-sizes", "0"], "--batch-sizes 0: Input should be greater than or equal to 1"),
     (["--epochs", "0"], "--epochs 0: Input should be greater than or equal to 1"),
+    (["--learning-rates", *(f"0.0{n:02d}" for n in range(1, 21)), "--batch-sizes", *map(str, range(1, 21)),
+      "--seeds", *map(str, range(20))],
+     "the grid has 8000 combinations, more than the 64 one sweep may train "
+     "(set MNIST_PIPELINE_SWEEP_MAX_COMBINATIONS to allow more)"),
 ])
 def test_a_bad_grid_is_refused_in_one_line_before_prefect(argv, message, capsys):
     with pytest.raises(SystemExit) as exit:
         cli.validate(cli._parser().parse_args(["sweep", *argv]))
     assert exit.value.code == cli.EXIT_INVALID
     assert capsys.readouterr().err == f"mnist-pipeline: error: {message}\n"
+
+
+def test_the_grids_limit_is_a_setting(monkeypatch):
+    monkeypatch.setenv("MNIST_PIPELINE_SWEEP_MAX_COMBINATIONS", "3")
+    with pytest.raises(ValueError, match="the grid has 4 combinations, more than the 3 one sweep may train"):
+        SweepGrid(learning_rates=[0.01, 0.001], batch_sizes=[16, 32], seeds=[0])
+    assert len(SweepGrid(learning_rates=[0.01], batch_sizes=[16, 32], seeds=[0]).configs()) == 2
+
+
+@pytest.mark.e2e
+def test_a_grid_over_the_limit_sent_to_the_flow_fails_before_any_stage(prefect_harness, tmp_path):
+    from flows.sweep import mnist_sweep
+
+    state = mnist_sweep(learning_rates=[0.1] * 9, batch_sizes=[16] * 9, seeds=[0], artifacts_dir=str(tmp_path),
+                        return_state=True)
+    assert state.is_failed() and state.message.startswith("the grid has 81 combinations, more than the 64")
+    assert not any(tmp_path.iterdir())
 
 
 def test_the_flows_parameters_are_the_grid_and_the_runs_settings_but_what_the_grid_sets():

@@ -35,12 +35,12 @@ from prefect.transactions import get_transaction
 from pydantic import BaseModel
 
 from tasks.engine import layout, retries
+from tasks.engine.layout import RECORD, record_key
 from tasks.engine.refs import REF_TYPES, EntryRef
 from tasks.engine.settings import settings
 from tasks.engine.store import ArtifactStore
 from tasks.engine.versions import library_versions
 
-RECORD = "result.json"
 _PROGRESS_KEYS = {"train": "training-progress"}
 # The machinery: its changes reach the keys through layout.STORE_VERSION only.
 _MACHINERY = "tasks.engine"
@@ -170,7 +170,8 @@ class StageCache(CachePolicy):
                   "progress": lambda: _progress_artifact(self.stage), "attempt": _attempt}
         wanted = {name: extras[name]() for name, p in inspect.signature(compute).parameters.items()
                   if p.kind is p.KEYWORD_ONLY}
-        with store.writing(self.stage, fingerprint) as folder:
+        upstream = [f"{ref.stage}/{ref.fingerprint}" for ref in inputs.values() if isinstance(ref, EntryRef)]
+        with store.writing(self.stage, fingerprint, upstream) as folder:
             ref = REF_TYPES[self.stage](stage=self.stage, fingerprint=fingerprint,
                                         **compute(folder, **located, **wanted))
             (folder / layout.REF).write_text(ref.model_dump_json(indent=1))
@@ -253,10 +254,6 @@ def _progress_artifact(stage: str) -> Callable[[float], None]:
             update_progress_artifact(artifact_id=made[0], progress=round(percent, 1))
 
     return report
-
-
-def record_key(stage: str, fingerprint: str) -> str:
-    return f"{stage}/{fingerprint}/{RECORD}"
 
 
 _RECORD_KEY = re.compile(rf"^([a-z]+)/([0-9a-f]{{16}})/{re.escape(RECORD)}$")

@@ -17,8 +17,6 @@ import time
 from pathlib import Path
 from typing import Annotated, Any, ContextManager, Optional
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tasks.engine import layout
@@ -115,7 +113,6 @@ def champion_model(artifacts_dir: str, dataset: str) -> Path:
     return store.load_ref("train", champion.model).at(store.root).model_file
 
 
-@task(cache_policy=NO_CACHE)
 def gate_model(artifacts_dir: str, dataset: str, metrics: MetricsRef, threshold: float) -> GateResult:
     """Judge the model against the threshold and the dataset's champion (hold `champion_lock`)."""
     try:

@@ -1,37 +1,51 @@
 """What the store holds, what each entry is kept for, and the clean-up (`mnist-pipeline store` and `gc`).
 
 Every path under the store is one row: an entry, a leftover (a temporary,
-evicted or fetched folder, a checkpoint), a run's report, or the store's own
-files (run log, champions, locks, TensorFlow Datasets' downloads). Sizes are
-the blocks allocated on disk, as `du` counts them.
+evicted or fetched folder, a checkpoint), a run's report, the store's own files
+(run log, champions, locks, TensorFlow Datasets' downloads), or something
+foreign: a name no entry or leftover can have, which gc never touches. Sizes
+are the blocks allocated on disk, as `du` counts them.
 
-An entry is kept when a champion depends on it (its run's entries, from the
-run log; its model at least) or when one of the last `keep_runs` runs of a
-dataset used it. `gc` removes the other entries, each under its stage's cache
-lock (an entry being computed or served right now is skipped), and the
-leftovers whose stage is not at work on them.
+An entry is kept when a champion depends on it (its model and the entries the
+model was computed from, as their manifests name them, and the entries of the
+run that promoted it) or when one of the last `keep_runs` runs of a dataset
+used it. `gc` takes the store exclusively first (no run in progress, none can
+start), then reads, plans and removes: the other entries, and the leftovers.
+A champion record it cannot read makes it refuse: it never removes more than
+it can judge.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
 import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from tasks.engine import layout, locking, runlog
+from tasks.engine import gate, layout, locking, runlog
 from tasks.engine.refs import REF_TYPES
 from tasks.engine.store import ArtifactStore
 
 # Folders a store may hold at its top, besides the stages': anything else means it is not a store.
 _OWN = {layout.TFDS, layout.LOCKS, layout.RUNS, layout.CHAMPIONS, layout.RUN_LOG, "README.md", ".remote"}
-_LEFTOVER = (".tmp-", ".evicted-", ".fetch-")
+# The names gc may remove in a stage's folder: entries, and the store's own temporary folders.
+_ENTRY = re.compile(r"[0-9a-f]{16}")
+_LEFTOVER = re.compile(r"\.(?:tmp|evicted|fetch)-([0-9a-f]{16})-[0-9a-f]{8}")
+_ENTRY_NAME = re.compile(rf"(?:{'|'.join(REF_TYPES)})/[0-9a-f]{{16}}")
+
+log = logging.getLogger(__name__)
 
 
 class NotAStore(ValueError):
     """The folder holds something a store never does: gc refuses to touch it."""
+
+
+class CannotJudge(ValueError):
+    """Something gc needs to decide what a champion keeps cannot be read: gc removes nothing."""
 
 
 def allocated(path: Path) -> int:
@@ -53,28 +67,40 @@ def allocated(path: Path) -> int:
     return total
 
 
+def _row(kind: str, path: Path, stage: str = "", fingerprint: str = "", **extra: Any) -> dict[str, Any]:
+    return {"kind": kind, "stage": stage, "fingerprint": fingerprint, "path": path, **extra}
+
+
+def _stage_rows(top: Path) -> Iterator[dict[str, Any]]:
+    stage = top.name
+    yield _row("store", top, stage, folder_only=True)
+    for item in sorted(top.iterdir()):
+        if item.name == layout.WORK and item.is_dir() and not item.is_symlink():
+            yield _row("store", item, stage, folder_only=True)
+            for work in sorted(item.iterdir()):
+                checkpoint = _ENTRY.fullmatch(work.name)
+                yield _row("checkpoint" if checkpoint else "foreign", work, stage, work.name if checkpoint else "")
+        elif _ENTRY.fullmatch(item.name):
+            yield _row("entry", item, stage, item.name)
+        elif leftover := _LEFTOVER.fullmatch(item.name):
+            yield _row("leftover", item, stage, leftover[1])
+        else:
+            yield _row("foreign", item, stage)
+
+
 def _rows(root: Path) -> Iterator[dict[str, Any]]:
     # The folders themselves: a block each, which `du` counts too.
-    yield {"kind": "store", "stage": "", "fingerprint": "", "path": root, "folder_only": True}
+    yield _row("store", root, folder_only=True)
     for top in sorted(root.iterdir()):
         if top.name in REF_TYPES and top.is_dir() and not top.is_symlink():
-            yield {"kind": "store", "stage": top.name, "fingerprint": "", "path": top, "folder_only": True}
-            for item in sorted(top.iterdir()):
-                if item.name == layout.WORK and item.is_dir() and not item.is_symlink():
-                    yield {"kind": "store", "stage": top.name, "fingerprint": "", "path": item, "folder_only": True}
-                    for work in sorted(item.iterdir()):
-                        yield {"kind": "checkpoint", "stage": top.name, "fingerprint": work.name, "path": work}
-                    continue
-                leftover = item.name.startswith(_LEFTOVER)
-                fingerprint = item.name.split("-")[1] if leftover and item.name.count("-") >= 2 else item.name
-                yield {"kind": "leftover" if leftover else "entry", "stage": top.name, "fingerprint": fingerprint,
-                       "path": item}
+            yield from _stage_rows(top)
         elif top.name == layout.RUNS and top.is_dir() and not top.is_symlink():
-            yield {"kind": "store", "stage": "", "fingerprint": "", "path": top, "folder_only": True}
+            yield _row("store", top, folder_only=True)
             for run in sorted(top.iterdir()):
-                yield {"kind": "run report", "stage": "", "fingerprint": "", "flow_run_id": run.name, "path": run}
+                # A name that is not UTF-8 (no run's is) kept printable: `\xff`.
+                yield _row("run report", run, flow_run_id=os.fsencode(run.name).decode("utf-8", "backslashreplace"))
         else:
-            yield {"kind": "store", "stage": "", "fingerprint": "", "path": top}
+            yield _row("store", top)
 
 
 def check(root: Path) -> None:
@@ -87,20 +113,24 @@ def check(root: Path) -> None:
         raise NotAStore(f"{root} does not look like an artifact store: it holds {', '.join(foreign[:5])}")
 
 
-def inventory(root: Path, keep_runs: int = 5) -> Any:
-    """One row per path under the store: kind, stage, fingerprint, bytes, age, last run, what keeps it."""
+def inventory(root: Path, keep_runs: int = 5, champions: Optional[dict[str, set[str]]] = None) -> Any:
+    """One row per path under the store: kind, stage, fingerprint, bytes, age, last run, what keeps it.
+
+    `champions`: each dataset's champion lineage (champion_lineages()); read here when not given.
+    """
     import pandas as pd
 
     check(root)
     runs = runlog.read(str(root))
-    used: dict[str, dict[str, Any]] = {}
+    used: dict[str, str] = {}
     kept_by_runs: set[str] = set()
     for _, run in runs.iterrows():  # oldest first: the last run that used an entry wins
         for entry in _entries(run):
-            used[entry] = {"last_run": run["flow_run_id"], "last_used": run["finished"]}
+            used[entry] = run["flow_run_id"]
     for _, recent in runs.groupby("dataset", sort=False).tail(keep_runs).iterrows():
         kept_by_runs.update(_entries(recent))
-    champions = _champion_lineages(root, runs)
+    if champions is None:
+        champions = champion_lineages(root, runs)
     now = time.time()
     rows = []
     for row in _rows(root):
@@ -111,14 +141,12 @@ def inventory(root: Path, keep_runs: int = 5) -> Any:
         except FileNotFoundError:  # gone while listed: a run at work
             continue
         row.update(bytes=stat.st_blocks * 512 if row.pop("folder_only", False) else allocated(path),
-                   age_days=round((now - stat.st_mtime) / 86400, 2),
-                   last_run=used.get(name, {}).get("last_run", ""),
+                   age_days=round((now - stat.st_mtime) / 86400, 2), last_run=used.get(name, ""),
                    champion=", ".join(sorted(d for d, lineage in champions.items() if name in lineage)),
                    recent_run=name in kept_by_runs)
         rows.append(row)
-    table = pd.DataFrame(rows, columns=["kind", "stage", "fingerprint", "bytes", "age_days", "last_run", "champion",
-                                        "recent_run", "flow_run_id", "path"])
-    return table
+    return pd.DataFrame(rows, columns=["kind", "stage", "fingerprint", "bytes", "age_days", "last_run", "champion",
+                                       "recent_run", "flow_run_id", "path"])
 
 
 def _entries(run: Any) -> list[str]:
@@ -126,24 +154,47 @@ def _entries(run: Any) -> list[str]:
     return list(entries.values()) if isinstance(entries, dict) else []
 
 
-def _champion_lineages(root: Path, runs: Any) -> dict[str, set[str]]:
-    """Each dataset's champion: the entries of the run that promoted it, its model at least."""
-    lineages = {}
-    for record in sorted((root / layout.CHAMPIONS).glob("*.json")) if (root / layout.CHAMPIONS).is_dir() else []:
+def lineage(root: Path, stage: str, fingerprint: str) -> set[str]:
+    """`<stage>/<fingerprint>` and every entry it was computed from, as their manifests name them."""
+    seen, todo = set(), [f"{stage}/{fingerprint}"]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
         try:
-            champion = json.loads(record.read_text())
-        except (OSError, ValueError):
-            continue  # a damaged record: its entries are not protected by it, and `predict` reports it
-        lineage = {champion.get("model_path") or f"train/{champion.get('model', '')}"}
-        promoted = runs[runs["flow_run_id"] == champion.get("flow_run_id")]
-        for _, run in promoted.iterrows():
-            lineage.update(_entries(run))
-        lineages[record.stem] = lineage
+            inputs = json.loads((root / name / layout.MANIFEST).read_text()).get("inputs", [])
+        except (OSError, ValueError, AttributeError):
+            continue  # missing or unreadable: nothing more to follow from it
+        if isinstance(inputs, list):
+            todo.extend(i for i in inputs if isinstance(i, str) and _ENTRY_NAME.fullmatch(i))
+    return seen
+
+
+def champion_lineages(root: Path, runs: Any = None) -> dict[str, set[str]]:
+    """Each dataset's champion: its model's lineage, and the entries of the run that promoted it.
+
+    CannotJudge when a champion record cannot be read: what it keeps is unknown.
+    """
+    runs = runlog.read(str(root)) if runs is None else runs
+    folder = root / layout.CHAMPIONS
+    lineages = {}
+    for record in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            champion = gate.read_champion(str(root), record.stem)
+        except gate.ChampionDamaged as damaged:
+            raise CannotJudge(f"{damaged}; gc removes nothing until it is repaired or moved aside") from None
+        if champion is None:  # removed a moment ago
+            continue
+        kept = lineage(root, "train", champion.model)
+        for _, run in runs[runs["flow_run_id"] == champion.flow_run_id].iterrows():
+            kept.update(_entries(run))
+        lineages[record.stem] = kept
     return lineages
 
 
 def plan(table: Any, older_than_days: Optional[float] = None) -> Any:
-    """The rows `gc` removes: entries kept by no champion and no recent run, leftovers, old run reports."""
+    """The rows `gc` removes: entries kept by no champion and no recent run, and leftovers."""
     entry = table["kind"] == "entry"
     unneeded = entry & (table["champion"] == "") & ~table["recent_run"].astype(bool)
     leftovers = table["kind"].isin(["leftover", "checkpoint"])
@@ -157,37 +208,51 @@ class RunsInProgress(RuntimeError):
     """A run is in progress: its entries are not in the run log yet, so nothing may go."""
 
 
+def _remove(path: Path) -> Optional[str]:
+    """Remove `path` (a link as a link, never its target); None, or why it is still there."""
+    problems: list[str] = []
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, onerror=lambda function, name, error: problems.append(
+                f"{error[1].strerror or error[1]}: {name}"))
+        else:
+            path.unlink()
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        return error.strerror or str(error)
+    return (problems or ["still there"])[0] if os.path.lexists(path) else None
+
+
 def collect(root: Path, doomed: Any, locks: Any) -> tuple[int, list[str]]:
-    """Remove the planned rows, each under its stage's cache lock; returns bytes freed and what was skipped.
+    """Remove the planned rows, each under its stage's cache lock; returns bytes freed and what was skipped, why.
 
-    Only while no run is in progress (the store's lock, held exclusively): a run
-    records its entries when it ends, so until then they look unneeded. Runs
-    that start meanwhile wait. Raises RunsInProgress, having removed nothing.
-    A store in S3 is pruned in this host's copy only: the bucket serves hosts
-    whose runs this host's run log does not know.
+    The caller holds the store exclusively (no run in progress). A row that
+    cannot be removed is skipped, with its reason, and the rest go on. A store
+    in S3 is pruned in this host's copy only: the bucket serves hosts whose
+    runs this host's run log does not know.
     """
-    from tasks.engine.caching import record_key
-
     store, freed, skipped, holder = ArtifactStore(root), 0, [], f"gc-{os.getpid()}"
-    with locking.store_exclusively(locks, store.identity) as alone:
-        if not alone:
-            raise RunsInProgress("a run is in progress in this store: gc removes nothing until it ends")
-        for _, row in doomed.iterrows():
-            key = record_key(row["stage"], row["fingerprint"])
-            if not locks.acquire_lock(key, holder, acquire_timeout=0):
-                skipped.append(f"{row['path']} (in use by a run)")
-                continue
-            try:
-                path = Path(row["path"])
-                if row["kind"] == "entry":
-                    store.evict(row["stage"], row["fingerprint"], remote=False)
-                elif path.is_symlink():
-                    path.unlink()  # the link, never its target
-                else:
-                    shutil.rmtree(path, ignore_errors=True)
-                freed += int(row["bytes"])
-            finally:
-                locks.release_lock(key, holder)
+    for _, row in doomed.iterrows():
+        key = layout.record_key(row["stage"], row["fingerprint"])
+        if not locks.acquire_lock(key, holder, acquire_timeout=0):
+            skipped.append(f"{row['path']} (in use by a run)")
+            continue
+        try:
+            path = Path(row["path"])
+            if row["kind"] == "entry":
+                store.evict(row["stage"], row["fingerprint"], remote=False)  # out of sight first
+                problem = None if not os.path.lexists(path) else "still there"
+            else:
+                problem = _remove(path)
+        except OSError as error:  # StoreError included: a read-only disk, an immutable folder
+            problem = str(error)
+        finally:
+            locks.release_lock(key, holder)
+        if problem:
+            skipped.append(f"{row['path']} (cannot be removed: {problem})")
+        else:
+            freed += int(row["bytes"])
     return freed, skipped
 
 
@@ -196,18 +261,24 @@ def clean(root: Path, keep_runs: int, older_than_days: Optional[float] = None,
     """`gc`: the rows plan() picks for the policy and, if `remove`, their removal by collect().
 
     Returns those rows and the summary: how many were removed and skipped, the
-    bytes freed, the bytes the store holds after, and `in_use`, each skipped
-    path and why. While a run is in progress nothing goes: every row counts as
-    skipped, and `runs_in_progress` says why.
+    bytes freed, the bytes the store holds after, and `skipped_paths`, each
+    skipped path and why. The store is taken exclusively before anything is
+    read, so a run cannot promote a model between the plan and the removal;
+    while a run is in progress nothing goes, and `runs_in_progress` says why.
+    CannotJudge when a champion record cannot be read.
     """
-    table = inventory(root, keep_runs=keep_runs)
-    doomed = plan(table, older_than_days)
-    summary = {"removed": 0, "skipped": 0, "freed_bytes": 0, "store_bytes": int(table["bytes"].sum()), "in_use": []}
+    check(root)
     if not remove:
-        return doomed, summary
-    try:
-        freed, skipped = collect(root, doomed, locking.lock_manager(root / layout.LOCKS))
-    except RunsInProgress as error:
-        return doomed, {**summary, "skipped": len(doomed), "runs_in_progress": str(error)}
+        table = inventory(root, keep_runs=keep_runs)
+        doomed = plan(table, older_than_days)
+        return doomed, {"removed": 0, "skipped": 0, "freed_bytes": 0, "store_bytes": int(table["bytes"].sum()),
+                        "skipped_paths": []}
+    store, locks = ArtifactStore(root), locking.lock_manager(root / layout.LOCKS)
+    with locking.store_exclusively(locks, store.identity) as alone:
+        if not alone:
+            raise RunsInProgress("a run is in progress in this store: gc removes nothing until it ends")
+        table = inventory(root, keep_runs=keep_runs)
+        doomed = plan(table, older_than_days)
+        freed, skipped = collect(root, doomed, locks)
     return doomed, {"removed": len(doomed) - len(skipped), "skipped": len(skipped), "freed_bytes": freed,
-                    "store_bytes": summary["store_bytes"] - freed, "in_use": skipped}
+                    "store_bytes": int(table["bytes"].sum()) - freed, "skipped_paths": skipped}

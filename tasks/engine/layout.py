@@ -24,6 +24,8 @@ from typing import Union
 STORE_VERSION = 3
 
 MANIFEST = "manifest.json"
+# Where Prefect looks for a stage's record: inside its entry (tasks/engine/caching.py).
+RECORD = "result.json"
 REF = "ref.json"
 WORK = ".work"
 TFDS = "tfds"
@@ -33,6 +35,11 @@ RUN_LOG = "runs.jsonl"
 CHAMPIONS = "champions"
 
 Root = Union[str, Path]
+
+
+def record_key(stage: str, fingerprint: str) -> str:
+    """Prefect's key for a stage's record; also the key of its cache lock."""
+    return f"{stage}/{fingerprint}/{RECORD}"
 
 
 def entry(root: Root, stage: str, fingerprint: str) -> Path:

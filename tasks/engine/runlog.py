@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Iterator, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tasks.engine.layout import RUN_LOG
+from tasks.engine.locking import held
 from tasks.engine.store import raise_if_full
 
 if TYPE_CHECKING:
@@ -20,6 +22,9 @@ if TYPE_CHECKING:
 COLUMNS = ["finished", "dataset", "test_data", "sizes", "epochs", "batch_size", "learning_rate", "lr_schedule",
            "train_limit", "validation_split", "seed", "validation_accuracy", "test_accuracy", "gate_passed",
            "gate_reason", "flow_run_id"]
+
+# The lock that `added()` holds, across the store's datasets.
+LOCK_KEY = "run-log"
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +37,8 @@ class _Line(BaseModel):
     flow_run_id: str
     dataset: str = ""
     test_accuracy: Optional[Annotated[float, Field(ge=0, le=1, strict=True)]] = None
+    # The entries it used, `<stage>/<fingerprint>`: what gc keeps for it (none in lines from before gc).
+    entries: dict[str, Annotated[str, Field(pattern=r"^[a-z]+/[0-9a-f]{16}$")]] = {}
 
 
 def append(artifacts_dir: str, record: dict[str, Any]) -> Callable[[], None]:
@@ -55,6 +62,23 @@ def append(artifacts_dir: str, record: dict[str, Any]) -> Callable[[], None]:
     finally:
         os.close(fd)
     return lambda: os.truncate(path, size)
+
+
+@contextmanager
+def added(artifacts_dir: str, record: dict[str, Any], locks: Any) -> Iterator[None]:
+    """Add one run's line for the block, taken back out if the block fails.
+
+    The run log's own lock is held throughout: no other run's line (of any
+    dataset) can follow this one until the block ends, so taking it back by
+    truncation takes nothing else.
+    """
+    with held(locks, LOCK_KEY):
+        undo = append(artifacts_dir, record)
+        try:
+            yield
+        except BaseException:
+            undo()
+            raise
 
 
 def records(artifacts_dir: str) -> list[dict[str, Any]]:

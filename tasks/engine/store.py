@@ -22,7 +22,7 @@ import uuid
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Iterator, Optional, Sequence, Union
 
 from tasks.engine import layout, remote
 from tasks.engine.layout import MANIFEST, REF
@@ -228,8 +228,12 @@ class ArtifactStore:
         shutil.rmtree(doomed, ignore_errors=True)
 
     @contextmanager
-    def writing(self, stage: str, fingerprint: str) -> Iterator[Path]:
-        """A temporary folder to build the entry in; sealed and published on success."""
+    def writing(self, stage: str, fingerprint: str, inputs: Sequence[str] = ()) -> Iterator[Path]:
+        """A temporary folder to build the entry in; sealed and published on success.
+
+        `inputs` names the entries it is computed from (`<stage>/<fingerprint>`): its manifest
+        keeps them, so the entries a champion's model was made from can be found (gc's lineage).
+        """
         final = self.entry(stage, fingerprint)
         # Left by a writer that died. Writers of one entry take turns (the flow locks
         # each stage's cache key), so no other writer is using them.
@@ -240,7 +244,7 @@ class ArtifactStore:
             tmp.mkdir(parents=True)
         try:
             yield tmp
-            self._seal(tmp, stage, fingerprint)
+            self._seal(tmp, stage, fingerprint, inputs)
             self._publish(tmp, final, stage, fingerprint)
         except OSError as err:
             raise_if_full(err, tmp, f"the {stage} entry", store=f"the artifact store {self.root}")
@@ -248,12 +252,12 @@ class ArtifactStore:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def _seal(self, tmp: Path, stage: str, fingerprint: str) -> None:
+    def _seal(self, tmp: Path, stage: str, fingerprint: str, inputs: Sequence[str]) -> None:
         files = {}
         for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
             fsync(path)
             files[path.relative_to(tmp).as_posix()] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-        manifest = {"stage": stage, "fingerprint": fingerprint, "files": files}
+        manifest = {"stage": stage, "fingerprint": fingerprint, "files": files, "inputs": sorted(inputs)}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
         fsync(tmp / MANIFEST)
         fsync(tmp)
