@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
-# Before Prefect is imported anywhere: never touch ~/.prefect, stay offline-quiet.
+# Before Prefect is imported anywhere: never touch ~/.prefect, stay offline-quiet. Removed at the end.
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="prefect-home-")
+atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], ignore_errors=True)
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["DO_NOT_TRACK"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -42,8 +45,6 @@ def store(tmp_path) -> str:
 
 def _service(name: str, start, stop):
     """A service of the session's own, in a temporary folder on a free loopback port; stopped and removed after."""
-    import shutil
-
     folder = Path(tempfile.mkdtemp(prefix=f"{name}-"))
     try:
         yield start(folder, free_port())

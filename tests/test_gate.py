@@ -29,6 +29,17 @@ def test_within_tolerance_of_the_best_is_promoted():
     assert gate.judge(0.990 - gate.TOLERANCE / 2, threshold=0.97, bar=0.990).passed
 
 
+@pytest.mark.parametrize("bar", [0.990, 0.9715, 0.5])
+def test_the_tolerance_and_the_threshold_are_inclusive_to_the_last_bit(bar):
+    import math
+
+    edge = bar - gate.TOLERANCE
+    assert gate.judge(edge, threshold=0.0, bar=bar).passed
+    assert not gate.judge(math.nextafter(edge, 0.0), threshold=0.0, bar=bar).passed
+    assert gate.judge(bar, threshold=bar, bar=None).passed
+    assert not gate.judge(math.nextafter(bar, 0.0), threshold=bar, bar=None).passed
+
+
 def _refs(fingerprint: str, accuracy: float, test_data: str = TEST_DATA):
     model = ModelRef(stage="train", fingerprint=fingerprint, epochs_run=1, epoch_seconds=[1.0], device="CPU",
                      batch_size=32, train_count=1, validation_count=1, validated_on="validation",

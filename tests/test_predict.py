@@ -187,3 +187,19 @@ def test_too_many_pixels_is_refused_before_decoding(model_path, tmp_path, capsys
     assert cli.main(["predict", str(huge), "--model", str(model_path)]) == cli.EXIT_INVALID
     assert _one_line(capsys) == (f"mnist-pipeline: error: {huge} has {side}x{side} pixels, more than the "
                                  "50,000,000 this command takes\n")
+
+
+def test_invert_overrides_what_the_border_suggests(model_path, tmp_path, capsys):
+    rng = np.random.default_rng(7)
+    dark_on_light = tmp_path / "three.png"
+    Image.fromarray(glyph(3, 280, rng, ink_on_paper=True)).save(dark_on_light)
+
+    def seen(*option: str) -> list:
+        assert cli.main(["predict", str(dark_on_light), "--model", str(model_path), "--json", *option]) == 0
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])[0]["probabilities"]
+
+    assert seen() == seen("--invert", "auto") == seen("--invert", "yes")
+    # Not inverted, the paper is the "ink": the digit's box is the whole page, another image altogether.
+    assert seen("--invert", "no") != seen()
+    assert np.array_equal(predict.prepare(dark_on_light, invert=True), predict.prepare(dark_on_light))
+    assert not np.array_equal(predict.prepare(dark_on_light, invert=False), predict.prepare(dark_on_light))

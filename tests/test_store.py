@@ -153,3 +153,47 @@ def test_a_failed_atomic_write_leaves_the_old_file_and_no_temporary_one(tmp_path
         write_atomically(target, "new")
     monkeypatch.undo()
     assert [p.name for p in tmp_path.iterdir()] == ["champion.json"] and target.read_text() == "old"
+
+
+def _add_to_manifest(entry, name: str, like) -> None:
+    """A manifest entry for `name` with the size and checksum of the file `like`: right, but for its name."""
+    import json
+
+    from tasks.engine.store import sha256_file
+
+    manifest = json.loads((entry / MANIFEST).read_text())
+    manifest["files"][name] = {"sha256": sha256_file(like), "bytes": like.stat().st_size}
+    (entry / MANIFEST).write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("name", ["../../../secret.txt", "sub/../../../../secret.txt", "ABSOLUTE"])
+def test_a_manifest_that_names_a_file_outside_its_entry_is_refused(tmp_path, name):
+    store = ArtifactStore(tmp_path / "store")
+    _publish(store)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("outside the store")
+    entry = store.entry("preprocess", FP)
+    _add_to_manifest(entry, str(secret) if name == "ABSOLUTE" else name, secret)
+    assert "a file outside the entry" in store.problem("preprocess", FP)
+
+
+def test_a_file_replaced_by_a_link_to_the_same_bytes_is_refused(tmp_path):
+    import shutil
+
+    store = ArtifactStore(tmp_path / "store")
+    _publish(store)
+    entry = store.entry("preprocess", FP)
+    shutil.copy(entry / "model.bin", tmp_path / "elsewhere.bin")
+    (entry / "model.bin").unlink()
+    (entry / "model.bin").symlink_to(tmp_path / "elsewhere.bin")
+    assert store.problem("preprocess", FP) == f"{entry / 'model.bin'} is a symbolic link"
+
+
+def test_an_entry_that_is_a_link_to_a_whole_entry_elsewhere_is_refused(tmp_path):
+    elsewhere = ArtifactStore(tmp_path / "elsewhere")
+    _publish(elsewhere)
+    assert elsewhere.problem("preprocess", FP) is None
+    store = ArtifactStore(tmp_path / "store")
+    (tmp_path / "store" / "preprocess").mkdir(parents=True)
+    store.entry("preprocess", FP).symlink_to(elsewhere.entry("preprocess", FP))
+    assert store.problem("preprocess", FP) == f"{store.entry('preprocess', FP)} is a symbolic link"
