@@ -34,7 +34,7 @@ from prefect.logging import get_run_logger
 from prefect.transactions import get_transaction
 from pydantic import BaseModel
 
-from tasks.engine import layout, retries
+from tasks.engine import layout, locking, retries
 from tasks.engine.refs import REF_TYPES, EntryRef
 from tasks.engine.settings import settings
 from tasks.engine.store import ArtifactStore
@@ -167,13 +167,15 @@ class StageCache(CachePolicy):
         located = {k: v.at(store.root) if isinstance(v, EntryRef) else v for k, v in inputs.items()}
         work = layout.work(store.root, self.stage, fingerprint)
         extras = {"work": lambda: work, "downloads": lambda: store.root / layout.TFDS, "log": run_logger,
-                  "progress": lambda: _progress_artifact(self.stage), "attempt": _attempt}
+                  "progress": lambda: _progress_artifact(self.stage), "attempt": _attempt,
+                  "check_lock": lambda: _check_lock}
         wanted = {name: extras[name]() for name, p in inspect.signature(compute).parameters.items()
                   if p.kind is p.KEYWORD_ONLY}
         with store.writing(self.stage, fingerprint) as folder:
             ref = REF_TYPES[self.stage](stage=self.stage, fingerprint=fingerprint,
                                         **compute(folder, **located, **wanted))
             (folder / layout.REF).write_text(ref.model_dump_json(indent=1))
+            _check_lock()  # before publishing
         # The entry is complete: what the stage kept between attempts has served its purpose.
         shutil.rmtree(work, ignore_errors=True)
         return ref
@@ -190,7 +192,8 @@ def stage(compute: Callable[..., Mapping[str, Any]], *,
     (a folder kept between attempts, removed once the entry is complete),
     `downloads` (TensorFlow Datasets' folder in the store), `log` (the run
     logger), `progress` (percent done, shown live in the UI), `attempt` (1 for
-    the first try of the task run).
+    the first try of the task run), `check_lock` (call it before writing to
+    `work`: it raises once the stage's lock was lost to another run).
     """
     name = compute.__module__.rsplit(".", 1)[-1]
     signature = inspect.signature(compute)
@@ -223,6 +226,19 @@ def stage(compute: Callable[..., Mapping[str, Any]], *,
         retry_jitter_factor=tries.retry_jitter,
         retry_condition_fn=retries.worth_retrying,
     )
+
+
+def _check_lock() -> None:
+    """TransientError when this task run's lock on its entry expired (its process was stopped past the lock's
+    time to live) and so another run may be writing the entry: this one stops, and its retry waits for that
+    run's lock, then is served the entry it published."""
+    transaction = get_transaction()
+    if transaction is not None and transaction.store is not None and locking.lost(transaction.store.lock_manager,
+                                                                                  transaction.key):
+        entry = transaction.key.removesuffix(f"/{RECORD}")
+        raise retries.TransientError(f"the lock on {entry} expired while this run was stopped, and another run "
+                                     "took over that entry: this run stopped writing to it; run again to be "
+                                     "served its result")
 
 
 def _attempt() -> int:
