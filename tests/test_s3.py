@@ -96,3 +96,23 @@ def test_a_run_on_s3_reruns_all_cached_from_another_hosts_copy_and_recomputes_a_
     fs.pipe_file(model, b"not a model")
     states = _run(tmp_path, bucket, "host-c", mirror, s3_settings)
     assert (states["download"], states["preprocess"], states["train"]) == ("Cached", "Cached", "Completed")
+
+
+def test_a_remote_file_planted_in_a_store_on_disk_is_refused_and_uploads_nothing(bucket, tmp_path, mirror, capsys):
+    from flows import cli
+    from tasks.engine.store import StoreError
+
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / remote.MARKER).write_text(f"{bucket}\n")  # not this host's copy of that bucket
+    message = (f"{store} holds {store / remote.MARKER}, naming a bucket, but is not this host's copy of that bucket "
+               f"(under {remote.CACHE_ENV}); a store's bucket comes from its s3:// address alone: remove the file")
+    with pytest.raises(StoreError) as refused:
+        _publish(ArtifactStore(store))
+    assert str(refused.value) == message
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["run", "--mirror", str(mirror), "--artifacts-dir", str(store)])
+    assert exit_info.value.code == cli.EXIT_INVALID
+    assert capsys.readouterr().err == f"mnist-pipeline: error: --artifacts-dir {message}\n"
+    assert not remote.Remote(bucket).fs.find(remote.bucket_path(bucket))
+

@@ -119,8 +119,11 @@ class ArtifactStore:
     def __init__(self, root: Union[str, os.PathLike[str]]):
         """The store in the folder `root`: on disk, or the local copy of a bucket (see remote.local_root)."""
         self.root = Path(root)
-        marker = self.root / remote.MARKER
-        self.remote = remote.Remote(marker.read_text().strip()) if marker.is_file() else None
+        try:
+            url = remote.copied_url(self.root)
+        except ValueError as err:
+            raise StoreError(str(err)) from None
+        self.remote = remote.Remote(url) if url else None
 
     @property
     def identity(self) -> str:
