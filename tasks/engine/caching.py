@@ -161,7 +161,7 @@ class StageCache(CachePolicy):
         if store.exists(self.stage, fingerprint):
             problem = store.problem(self.stage, fingerprint)
             if problem is None:
-                return store.load_ref(self.stage, fingerprint)
+                return _served(store, self.stage, fingerprint)
             run_logger().warning("Recomputing %s: %s", self.stage, problem)
             store.evict(self.stage, fingerprint)
         located = {k: v.at(store.root) if isinstance(v, EntryRef) else v for k, v in inputs.items()}
@@ -241,6 +241,19 @@ def _check_lock() -> None:
                                      "served its result")
 
 
+def _served(store: ArtifactStore, stage: str, fingerprint: str) -> EntryRef:
+    """The reference of an intact entry; a store in S3 first uploads it if the bucket lacks it, so every host
+    is served it (the run is served all the same if the upload fails)."""
+    try:
+        if store.share(stage, fingerprint):
+            run_logger().info("Uploaded the %s entry %s to %s, which lacked it", stage, fingerprint, store.identity)
+    except Exception as error:  # s3fs, botocore and the network raise their own kinds
+        run_logger().warning("The %s entry %s may be missing from %s, and could not be uploaded: %s", stage,
+                             fingerprint, store.identity, str(error).strip().splitlines()[0] if str(error).strip()
+                             else type(error).__name__)
+    return store.load_ref(stage, fingerprint)
+
+
 def _attempt() -> int:
     """Which try of its task run this is: 1 for the first, and outside Prefect."""
     context = TaskRunContext.get()
@@ -304,7 +317,7 @@ class EntryRecords(LocalFileSystem):
         problem = store.problem(match[1], match[2])
         if problem is not None:
             raise ValueError(f"{path} is not served: {problem}")
-        ref = store.load_ref(match[1], match[2])
+        ref = _served(store, match[1], match[2])
         metadata = ResultRecordMetadata(storage_key=str(store.entry(ref.stage, ref.fingerprint) / RECORD),
                                         serializer=JSONSerializer())
         return ResultRecord(result=ref, metadata=metadata).serialize()

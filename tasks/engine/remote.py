@@ -9,7 +9,8 @@ by default), which the stages read and write as a store on disk; the copy's
 An entry missing from the copy is fetched from the bucket into a temporary
 folder, moved into place, and verified against its manifest like any other, so
 a damaged object is never served: the entry is evicted, from the copy and the
-bucket, and computed again.
+bucket, and computed again. One the bucket lacks is uploaded when the copy
+serves it (ArtifactStore.share).
 
 The connection comes from the standard AWS settings (`AWS_ENDPOINT_URL`,
 `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_DEFAULT_REGION`, or a
