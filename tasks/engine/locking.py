@@ -197,10 +197,12 @@ def run_in_progress(locks: Any, store: str) -> Iterator[None]:
             os.close(fd)
         return
     key = f"{_RUN_KEYS}{_digest(store)}:{os.getpid()}-{uuid4().hex}"
+    ttl = max(1, round(locks.ttl))
     with held(locks, f"{STORE_KEY}/{_digest(store)}"):  # not while a gc runs
-        locks.client.set(key, "1", ex=max(1, round(locks.ttl)))
-    # Set again rather than extended: a run stopped past the time to live is in progress again once it goes on.
-    stop = _renewing(lambda: locks.client.set(key, "1", ex=max(1, round(locks.ttl))), key, locks.ttl / 3)
+        locks.client.set(key, "1", ex=ttl)
+    # Set again if it expired while this process was stopped: the run is in progress again once it goes on.
+    stop = _renewing(lambda: locks.client.expire(key, ttl) or stop.is_set() or locks.client.set(key, "1", ex=ttl),
+                     key, locks.ttl / 3)
     try:
         yield
     finally:
