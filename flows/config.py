@@ -108,13 +108,18 @@ class PipelineConfig(BaseModel):
     @field_validator("artifacts_dir")
     @classmethod
     def _store_inside_allowed_roots(cls, artifacts_dir: str) -> str:
-        if artifacts_dir.startswith("s3://"):  # a bucket: its prefix must be an allowed one
-            from tasks.engine.remote import bucket_path
+        from tasks.engine import remote
 
-            bucket_path(artifacts_dir)
+        if artifacts_dir.startswith(remote.SCHEME):  # a bucket: its prefix must be an allowed one
+            copy = remote.copy_path(artifacts_dir)
             confine_url(artifacts_dir)
+            # The run writes to this host's copy of it: checked like any store (not made here).
+            confine(str(copy), links=True)
             return artifacts_dir
         confine(artifacts_dir, links=True)
+        bucket = remote.copied_url(Path(artifacts_dir))  # a bucket's copy, named by its folder
+        if bucket is not None:
+            confine_url(bucket)
         return artifacts_dir
 
     @property

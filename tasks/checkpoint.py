@@ -65,8 +65,12 @@ def save(folder: Path, model, history: list[dict[str, Any]]) -> Path:
 
 
 def epoch_recorder(epochs: int, history: list[dict[str, Any]], folder: Path, say: Callable[[str], None],
-                   progress: Callable[[float], None] = lambda percent: None):
-    """A Keras callback: per epoch, its time, a history row, a checkpoint, then progress."""
+                   progress: Callable[[float], None] = lambda percent: None,
+                   check_lock: Callable[[], None] = lambda: None):
+    """A Keras callback: per epoch, its time, a history row, a checkpoint, then progress.
+
+    `check_lock()` comes before each checkpoint: it raises once another run took the folder over.
+    """
     import keras
     import numpy as np
 
@@ -91,6 +95,7 @@ def epoch_recorder(epochs: int, history: list[dict[str, Any]], folder: Path, say
             seconds = round(time.perf_counter() - self._start, 3)
             history.append({"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()},
                             "seconds": seconds})
+            check_lock()  # the folder is this run's still
             # Saved before the progress line: "epoch K/N" means K epochs are safe.
             save(folder, self.model, history)
             scores = " - ".join(f"{k}: {float(v):.4f}" for k, v in (logs or {}).items())

@@ -120,10 +120,13 @@ def _model(params: TrainParams, resume_from: Optional[Path]):
 
 
 def train_model(out: Path, data: PreparedRef, params: TrainParams, *, work: Path, log: Any,
-                progress: Callable[[float], None], attempt: int) -> dict[str, Any]:
+                progress: Callable[[float], None], attempt: int,
+                check_lock: Callable[[], None] = lambda: None) -> dict[str, Any]:
     """Fit the CNN with Adam on the training split, validating on the held-out validation split.
 
-    Resumes from the checkpoints in `work` when they hold any. Writes the model,
+    Resumes from the checkpoints in `work` when they hold any, and writes one
+    there after each epoch unless `check_lock` finds another run took over
+    the entry (it raises). Writes the model,
     the history of every epoch and the model's summary to `out`. With several
     GPUs, each takes `params.batch_size` images a step (a MirroredStrategy).
     """
@@ -152,7 +155,7 @@ def train_model(out: Path, data: PreparedRef, params: TrainParams, *, work: Path
     if resume_from:
         say(f"resuming after epoch {len(history)}/{params.epochs} from {resume_from}")
     progress(100.0 * len(history) / params.epochs)
-    recorder = checkpoint.epoch_recorder(params.epochs, history, checkpoints, say, progress)
+    recorder = checkpoint.epoch_recorder(params.epochs, history, checkpoints, say, progress, check_lock)
     train = tf.data.Dataset.from_tensor_slices((x_train, y_train))
     validation = make_dataset(x_val, y_val, _EVAL_BATCH)
     first = len(history)

@@ -229,6 +229,31 @@ def test_a_link_inside_the_store_that_leads_outside_is_refused(capsys, tmp_path,
                                                   str(allowed / "store")]))["artifacts_dir"] == str(allowed / "store")
 
 
+def test_the_local_copy_of_a_bucket_is_checked_like_any_store(capsys, tmp_path, monkeypatch):
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    mirror = write_mirror(allowed / "mirror")
+    cache, outside_roots = allowed / ".s3-cache", f"outside the folders this worker allows ({allowed})"
+    (cache / "team" / "mnist").mkdir(parents=True)
+    outside.mkdir()
+    (cache / "team" / "mnist" / "runs").symlink_to(outside)
+    monkeypatch.setenv("MNIST_PIPELINE_ALLOWED_ROOTS", f"{allowed}:s3://team/mnist")
+    monkeypatch.setenv("MNIST_PIPELINE_S3_CACHE", str(cache))
+    assert _refused(capsys, "--mirror", str(mirror), "--artifacts-dir", "s3://team/mnist").startswith(
+        f"mnist-pipeline: error: --artifacts-dir s3://team/mnist: {cache / 'team' / 'mnist'} holds "
+        f"{cache / 'team' / 'mnist' / 'runs'}, a link to {outside}, which is {outside_roots}")
+    # A copy where the cache itself leads out, not made by the check.
+    (cache / "team" / "mnist" / "runs").unlink()
+    (cache / "team").rename(outside / "team")
+    (cache / "team").symlink_to(outside / "team")
+    assert outside_roots in _refused(capsys, "--mirror", str(mirror), "--artifacts-dir", "s3://team/mnist/two")
+    assert not (outside / "team" / "mnist" / "two").exists()
+    # A bucket's copy given by its folder is that bucket: allowed only if the bucket is.
+    (cache / "other" / "stolen").mkdir(parents=True)
+    (cache / "other" / "stolen" / ".remote").write_text("s3://other/stolen\n")
+    assert "s3://other/stolen is outside the buckets this worker allows (s3://team/mnist)" in _refused(
+        capsys, "--mirror", str(mirror), "--artifacts-dir", str(cache / "other" / "stolen"))
+
+
 def test_a_run_from_the_ui_is_refused_in_one_line_naming_the_parameter(tmp_path, monkeypatch):
     from flows.pipeline import mnist_pipeline
 

@@ -1,3 +1,4 @@
+import signal
 import subprocess
 import sys
 import threading
@@ -122,3 +123,110 @@ def test_gc_is_kept_out_while_a_run_is_in_progress_and_a_killed_run_lets_it_in(b
     time.sleep(2.5 if backend == "redis" else 0)  # Redis: the run's key expires
     with store_exclusively(lock_manager(tmp_path), store) as alone:
         assert alone
+
+
+@pytest.mark.e2e
+def test_gc_sees_a_run_in_progress_on_a_store_whose_path_reads_as_a_pattern(redis_url, tmp_path, monkeypatch):
+    from tasks.engine.locking import run_in_progress, store_exclusively
+
+    monkeypatch.setenv(locking.REDIS_URL_ENV, redis_url)
+    store = str(tmp_path / "art[2]*?\\")  # SCAN MATCH's pattern characters, which a folder's name may hold
+    with run_in_progress(lock_manager(tmp_path), store):
+        with store_exclusively(lock_manager(tmp_path), store) as alone:
+            assert not alone
+
+
+@pytest.mark.e2e
+def test_a_lock_that_expired_while_its_holder_was_stopped_is_found_lost_and_released_quietly(
+        redis_url, tmp_path, monkeypatch, key):
+    monkeypatch.setenv(locking.REDIS_URL_ENV, redis_url)
+    monkeypatch.setenv(locking.REDIS_LOCK_TTL_ENV, "1.5")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys\nfrom tasks.engine import locking\n"
+         f"locks = locking.lock_manager({str(tmp_path)!r}); locks.acquire_lock({key!r}, 'run-a')\n"
+         f"print(locking.lost(locks, {key!r}), flush=True); sys.stdin.readline()\n"
+         f"print(locking.lost(locks, {key!r}), flush=True)\n"
+         f"locks.release_lock({key!r}, 'run-a'); print('released', flush=True)"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "False"
+    holder.send_signal(signal.SIGSTOP)  # no renewal: the lock expires within its time to live
+    try:
+        locks = lock_manager(tmp_path)
+        assert locks.acquire_lock(key, "run-b", acquire_timeout=5)  # another run takes over
+    finally:
+        holder.send_signal(signal.SIGCONT)
+    out, err = holder.communicate("go on\n", timeout=30)
+    assert (out.split(), holder.returncode) == (["True", "released"], 0), err
+    assert "no longer owned" not in err
+    assert locks.is_locked(key) and not locking.lost(locks, key)  # the other run's lock stays
+    locks.release_lock(key, "run-b")
+
+
+def test_locks_that_cannot_be_taken_are_one_line_without_the_password(tmp_path, monkeypatch):
+    from flows.server import free_port
+    from tasks.engine.store import StoreError
+
+    (tmp_path / "file").write_text("")
+    monkeypatch.delenv(locking.REDIS_URL_ENV, raising=False)
+    with pytest.raises(StoreError, match=f"^cannot keep locks in {tmp_path / 'file'}: Not a directory$"):
+        lock_manager(tmp_path / "file")
+    for url in ("http://user:hunter2@127.0.0.1:6379/0", "hunter2", f"redis://:hunter2@127.0.0.1:{free_port()}/0"):
+        monkeypatch.setenv(locking.REDIS_URL_ENV, url)
+        with pytest.raises(StoreError, match=f"^cannot take this store's locks in the Redis that "
+                                             f"{locking.REDIS_URL_ENV} names: ") as refused:
+            lock_manager(tmp_path / url.replace("/", "_"))
+        assert "hunter2" not in str(refused.value) and "\n" not in str(refused.value)
+        assert not (tmp_path / url.replace("/", "_") / locking.REDIS_RECORD).exists()  # nothing recorded
+    monkeypatch.delenv(locking.REDIS_URL_ENV)
+    (tmp_path / "recorded").mkdir()
+    (tmp_path / "recorded" / locking.REDIS_RECORD).write_text("garbage\n")
+    with pytest.raises(StoreError, match=f"in the Redis that {tmp_path / 'recorded' / locking.REDIS_RECORD} names"):
+        lock_manager(tmp_path / "recorded")
+
+
+def test_a_lock_on_a_read_only_disk_is_a_store_error(tmp_path):
+    from tasks.engine.locking import store_exclusively
+    from tasks.engine.store import StoreError
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        (disk / ".locks").mkdir()
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        locks = lock_manager(disk / ".locks")
+        message = f"^cannot take a lock in {disk / '.locks'}: Read-only file system$"
+        with pytest.raises(StoreError, match=message):
+            locks.acquire_lock("train/0123456789abcdef/result.json", "run-a")
+        with pytest.raises(StoreError, match=message):
+            with store_exclusively(locks, str(disk)):
+                pass
+    finally:
+        subprocess.run(["umount", "--lazy", str(disk)], check=True)
+
+
+@pytest.mark.e2e
+def test_a_run_stopped_past_the_time_to_live_is_in_progress_again_once_it_goes_on(redis_url, tmp_path, monkeypatch):
+    from tasks.engine.locking import store_exclusively
+
+    monkeypatch.setenv(locking.REDIS_URL_ENV, redis_url)
+    monkeypatch.setenv(locking.REDIS_LOCK_TTL_ENV, "1.5")
+    store = str(tmp_path / "store")
+    holder = _probe(tmp_path, "import time; from tasks.engine.locking import run_in_progress\n"
+                              f"with run_in_progress(locks, {store!r}):\n print('running', flush=True); time.sleep(60)")
+    assert holder.stdout.readline().strip() == "running"
+    holder.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(2.5)  # its key expires
+        with store_exclusively(lock_manager(tmp_path), store) as alone:
+            assert alone
+    finally:
+        holder.send_signal(signal.SIGCONT)
+    time.sleep(1.5)  # its next renewal
+    try:
+        with store_exclusively(lock_manager(tmp_path), store) as alone:
+            assert not alone
+    finally:
+        holder.kill()
+        holder.wait()

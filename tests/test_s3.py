@@ -9,6 +9,7 @@ import uuid
 import pytest
 
 from tasks.engine import remote
+from tasks.engine.caching import EntryRecords  # imports Prefect, which sets up logging before caplog
 from tasks.engine.layout import MANIFEST
 from tasks.engine.store import ArtifactStore
 from tests.prefect_homes import prefect_home
@@ -96,3 +97,54 @@ def test_a_run_on_s3_reruns_all_cached_from_another_hosts_copy_and_recomputes_a_
     fs.pipe_file(model, b"not a model")
     states = _run(tmp_path, bucket, "host-c", mirror, s3_settings)
     assert (states["download"], states["preprocess"], states["train"]) == ("Cached", "Cached", "Completed")
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_hosts_copy_uploads_each_entry_it_serves_that_the_bucket_lacks(bucket, mirror):
+    from flows.config import TINY
+    from flows.pipeline import mnist_pipeline
+
+    first = mnist_pipeline(mirror=str(mirror), artifacts_dir=bucket, **TINY)
+    fs = remote.Remote(bucket).fs
+    fs.rm(remote.bucket_path(bucket), recursive=True)  # a new or emptied bucket, the host's copy as it was
+    assert not fs.find(remote.bucket_path(bucket))
+    second = mnist_pipeline(mirror=str(mirror), artifacts_dir=bucket, **TINY)
+    assert {stage["state"] for stage in second["stages"].values()} == {"Cached"}
+    in_bucket = {key.split("/")[-3]: key.split("/")[-2] for key in fs.find(remote.bucket_path(bucket))
+                 if key.endswith(f"/{MANIFEST}")}
+    assert in_bucket == {name: stage["artifact"].rsplit("/", 1)[1] for name, stage in first["stages"].items()}
+    store = ArtifactStore(remote.local_root(bucket))
+    assert all(store.in_bucket(name, fingerprint) for name, fingerprint in in_bucket.items())
+
+
+def test_a_remote_file_planted_in_a_store_on_disk_is_refused_and_uploads_nothing(bucket, tmp_path, mirror, capsys):
+    from flows import cli
+    from tasks.engine.store import StoreError
+
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / remote.MARKER).write_text(f"{bucket}\n")  # not this host's copy of that bucket
+    message = (f"{store} holds {store / remote.MARKER}, naming a bucket, but is not this host's copy of that bucket "
+               f"(under {remote.CACHE_ENV}); a store's bucket comes from its s3:// address alone: remove the file")
+    with pytest.raises(StoreError) as refused:
+        _publish(ArtifactStore(store))
+    assert str(refused.value) == message
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["run", "--mirror", str(mirror), "--artifacts-dir", str(store)])
+    assert exit_info.value.code == cli.EXIT_INVALID
+    assert capsys.readouterr().err == f"mnist-pipeline: error: --artifacts-dir {message}\n"
+    assert not remote.Remote(bucket).fs.find(remote.bucket_path(bucket))
+
+
+def test_an_upload_that_fails_is_one_line_and_the_entry_is_served_all_the_same(bucket, monkeypatch, caplog):
+    store = ArtifactStore(remote.local_root(bucket))
+    _publish(store)
+    remote.Remote(bucket).fs.rm(remote.bucket_path(bucket), recursive=True)
+
+    def refused(*args):
+        raise PermissionError("Access Denied\nmore of the answer")
+
+    monkeypatch.setattr(remote.Remote, "upload", refused)
+    assert EntryRecords(basepath=str(store.root)).read_path("evaluate/0123456789abcdef/result.json")
+    assert (f"The evaluate entry 0123456789abcdef may be missing from {bucket}, and could not be uploaded: "
+            "Access Denied\n") in caplog.text

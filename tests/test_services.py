@@ -6,6 +6,7 @@ temporary folders (tests/conftest.py), and stopped afterwards.
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ import pytest
 
 from flows import services
 from flows.server import free_port
+from tests.synthetic import write_mirror
 
 pytestmark = pytest.mark.e2e  # servers: out of the fast lane
 
@@ -91,3 +93,36 @@ def test_concurrent_runs_on_postgres_and_redis_compute_each_stage_once(postgres_
     # Both runs are in PostgreSQL, which the server wrote through.
     ids = ", ".join(f"'{s['flow_run_id']}'" for s in summaries)
     assert _psql(postgres_url, f"SELECT count(*) FROM flow_run WHERE id IN ({ids}) AND state_type = 'COMPLETED'") == "2"
+
+
+def test_a_run_stopped_past_its_locks_time_to_live_stops_writing_and_is_served_what_took_over(
+        postgres_server, redis_url, tmp_path):
+    """Run A is stopped (SIGSTOP) mid-training past its lock's time to live; run B takes the lock over and resumes
+    from A's checkpoint in the same folder. A, continued, finds its lock lost before it writes again, and its
+    retry is served B's entry."""
+    mirror = write_mirror(tmp_path / "mirror", train=1000, test=100)
+
+    def start(name: str) -> subprocess.Popen:
+        env = {**os.environ, "PREFECT_HOME": str(tmp_path / name), "PREFECT_API_URL": postgres_server,
+               "MNIST_PIPELINE_REDIS_URL": redis_url, "MNIST_PIPELINE_REDIS_LOCK_TTL_S": "3"}
+        return subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--mirror", str(mirror), "--epochs", "4",
+                                 "--batch-size", "16", "--json"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+
+    stopped = start("a")
+    for line in stopped.stderr:
+        if "epoch 1/4" in line:
+            stopped.send_signal(signal.SIGSTOP)
+            break
+    try:
+        took_over = start("b")
+        out_b, err_b = took_over.communicate(timeout=300)
+    finally:
+        stopped.send_signal(signal.SIGCONT)
+    out_a, err_a = stopped.communicate(timeout=300)
+    assert [took_over.returncode, stopped.returncode] == [0, 0], [err_b[-2000:], err_a[-3000:]]
+    b, a = (json.loads(out.strip().splitlines()[-1]) for out in (out_b, out_a))
+    assert b["stages"]["train"]["state"] == "Completed" and b["train"]["resumed_from_epoch"] >= 1
+    assert (a["stages"]["train"]["state"], a["stages"]["train"]["attempts"]) == ("Cached", 2)
+    assert a["metrics"] == b["metrics"]
+    assert "expired while this run was stopped" in err_a and "no longer owned" not in err_a

@@ -34,7 +34,7 @@ from prefect.logging import get_run_logger
 from prefect.transactions import get_transaction
 from pydantic import BaseModel
 
-from tasks.engine import layout, retries
+from tasks.engine import layout, locking, retries
 from tasks.engine.layout import RECORD, record_key
 from tasks.engine.refs import REF_TYPES, EntryRef
 from tasks.engine.settings import settings
@@ -161,13 +161,14 @@ class StageCache(CachePolicy):
         if store.exists(self.stage, fingerprint):
             problem = store.problem(self.stage, fingerprint)
             if problem is None:
-                return store.load_ref(self.stage, fingerprint)
+                return _served(store, self.stage, fingerprint)
             run_logger().warning("Recomputing %s: %s", self.stage, problem)
             store.evict(self.stage, fingerprint)
         located = {k: v.at(store.root) if isinstance(v, EntryRef) else v for k, v in inputs.items()}
         work = layout.work(store.root, self.stage, fingerprint)
         extras = {"work": lambda: work, "downloads": lambda: store.root / layout.TFDS, "log": run_logger,
-                  "progress": lambda: _progress_artifact(self.stage), "attempt": _attempt}
+                  "progress": lambda: _progress_artifact(self.stage), "attempt": _attempt,
+                  "check_lock": lambda: _check_lock}
         wanted = {name: extras[name]() for name, p in inspect.signature(compute).parameters.items()
                   if p.kind is p.KEYWORD_ONLY}
         upstream = [f"{ref.stage}/{ref.fingerprint}" for ref in inputs.values() if isinstance(ref, EntryRef)]
@@ -175,6 +176,7 @@ class StageCache(CachePolicy):
             ref = REF_TYPES[self.stage](stage=self.stage, fingerprint=fingerprint,
                                         **compute(folder, **located, **wanted))
             (folder / layout.REF).write_text(ref.model_dump_json(indent=1))
+            _check_lock()  # before publishing
         # The entry is complete: what the stage kept between attempts has served its purpose.
         shutil.rmtree(work, ignore_errors=True)
         return ref
@@ -191,7 +193,8 @@ def stage(compute: Callable[..., Mapping[str, Any]], *,
     (a folder kept between attempts, removed once the entry is complete),
     `downloads` (TensorFlow Datasets' folder in the store), `log` (the run
     logger), `progress` (percent done, shown live in the UI), `attempt` (1 for
-    the first try of the task run).
+    the first try of the task run), `check_lock` (call it before writing to
+    `work`: it raises once the stage's lock was lost to another run).
     """
     name = compute.__module__.rsplit(".", 1)[-1]
     signature = inspect.signature(compute)
@@ -224,6 +227,32 @@ def stage(compute: Callable[..., Mapping[str, Any]], *,
         retry_jitter_factor=tries.retry_jitter,
         retry_condition_fn=retries.worth_retrying,
     )
+
+
+def _check_lock() -> None:
+    """TransientError when this task run's lock on its entry expired (its process was stopped past the lock's
+    time to live) and so another run may be writing the entry: this one stops, and its retry waits for that
+    run's lock, then is served the entry it published."""
+    transaction = get_transaction()
+    if transaction is not None and transaction.store is not None and locking.lost(transaction.store.lock_manager,
+                                                                                  transaction.key):
+        entry = transaction.key.removesuffix(f"/{RECORD}")
+        raise retries.TransientError(f"the lock on {entry} expired while this run was stopped, and another run "
+                                     "took over that entry: this run stopped writing to it; run again to be "
+                                     "served its result")
+
+
+def _served(store: ArtifactStore, stage: str, fingerprint: str) -> EntryRef:
+    """The reference of an intact entry; a store in S3 first uploads it if the bucket lacks it, so every host
+    is served it (the run is served all the same if the upload fails)."""
+    try:
+        if store.share(stage, fingerprint):
+            run_logger().info("Uploaded the %s entry %s to %s, which lacked it", stage, fingerprint, store.identity)
+    except Exception as error:  # s3fs, botocore and the network raise their own kinds
+        run_logger().warning("The %s entry %s may be missing from %s, and could not be uploaded: %s", stage,
+                             fingerprint, store.identity, str(error).strip().splitlines()[0] if str(error).strip()
+                             else type(error).__name__)
+    return store.load_ref(stage, fingerprint)
 
 
 def _attempt() -> int:
@@ -285,7 +314,7 @@ class EntryRecords(LocalFileSystem):
         problem = store.problem(match[1], match[2])
         if problem is not None:
             raise ValueError(f"{path} is not served: {problem}")
-        ref = store.load_ref(match[1], match[2])
+        ref = _served(store, match[1], match[2])
         metadata = ResultRecordMetadata(storage_key=str(store.entry(ref.stage, ref.fingerprint) / RECORD),
                                         serializer=JSONSerializer())
         return ResultRecord(result=ref, metadata=metadata).serialize()

@@ -44,28 +44,33 @@ def lock_manager(directory: Union[str, os.PathLike[str]]) -> Any:
     A store whose runs lock in Redis says so in `directory/redis.url` (mode
     0600: the URL may hold a password), so that a process started without the
     setting (`mnist-pipeline gc`, a run from another shell) takes the same
-    locks; a setting naming another Redis is refused.
+    locks; a setting naming another Redis is refused. Locks that cannot be
+    taken (the folder, the record or the Redis server) are a StoreError whose
+    message never shows the URL.
     """
     directory = Path(directory)
     recorded = directory / REDIS_RECORD
-    url = settings().redis_url
-    if recorded.is_file():
-        kept = recorded.read_text().strip()
+    url, source = settings().redis_url, REDIS_URL_ENV
+    with store_errors(f"cannot keep locks in {directory}"):
+        kept = recorded.read_text().strip() if recorded.is_file() else None
+    if kept is not None:
         if url and url != kept:
             raise StoreError(f"this store's locks are in the Redis named in {recorded}; {REDIS_URL_ENV} names "
                              "another: set it to that one, or remove the file once no run uses the store")
-        url = kept
+        url, source = kept, str(recorded)
     if not url:
         return FileLockManager(directory).open()
-    if not recorded.is_file():
-        FileLockManager(directory).open()  # the folder, or a clear error
-        try:
-            fd = os.open(recorded, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another process recorded one a moment ago
-            return lock_manager(directory)
-        with os.fdopen(fd, "w") as record:
-            record.write(url + "\n")
-    return renewed_redis_locks(url, settings().redis_lock_ttl_s)
+    FileLockManager(directory).open()  # the folder, or a clear error
+    locks = renewed_redis_locks(url, settings().redis_lock_ttl_s, source)
+    if kept is None:
+        with store_errors(f"cannot keep locks in {directory}"):
+            try:
+                fd = os.open(recorded, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:  # another process recorded one a moment ago
+                return lock_manager(directory)
+            with os.fdopen(fd, "w") as record:
+                record.write(url + "\n")
+    return locks
 
 
 @contextmanager
@@ -152,9 +157,13 @@ class FileLockManager:
 
 
 def _flocked(path: Path, operation: int) -> Optional[int]:
-    """A descriptor of `path` (created if need be) that holds flock(2) `operation`; None if LOCK_NB found it held."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    """A descriptor of `path` (created if need be) that holds flock(2) `operation`; None if LOCK_NB found it held.
+
+    A lock file that cannot be opened (a read-only disk) is a StoreError.
+    """
+    with store_errors(f"cannot take a lock in {path.parent}"):
+        make_folder(path.parent)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, operation)
     except BaseException as error:
@@ -178,7 +187,7 @@ def run_in_progress(locks: Any, store: str) -> Iterator[None]:
     flock: a shared lock on `.locks/store.lock` (STORE_LOCK_FILE), which dies with its process.
     Redis: the run's key, registered under the store's lock and renewed while
     the run lives (it expires `ttl` after a killed run). `store` names the
-    store in Redis's keys (its bucket, or its folder), which several stores share.
+    store (its bucket, or its folder) in Redis, which several stores share.
     """
     if isinstance(locks, FileLockManager):
         fd = _flocked(locks.directory / STORE_LOCK_FILE, fcntl.LOCK_SH)  # waits while a gc holds it exclusively
@@ -187,10 +196,13 @@ def run_in_progress(locks: Any, store: str) -> Iterator[None]:
         finally:
             os.close(fd)
         return
-    key = f"{_RUN_KEYS}{store}:{os.getpid()}-{uuid4().hex}"
-    with held(locks, f"{STORE_KEY}/{store}"):  # not while a gc runs
-        locks.client.set(key, "1", ex=max(1, round(locks.ttl)))
-    stop = _renewing(lambda: locks.client.expire(key, max(1, round(locks.ttl))), key, locks.ttl / 3)
+    key = f"{_RUN_KEYS}{_digest(store)}:{os.getpid()}-{uuid4().hex}"
+    ttl = max(1, round(locks.ttl))
+    with held(locks, f"{STORE_KEY}/{_digest(store)}"):  # not while a gc runs
+        locks.client.set(key, "1", ex=ttl)
+    # Set again if it expired while this process was stopped: the run is in progress again once it goes on.
+    stop = _renewing(lambda: locks.client.expire(key, ttl) or stop.is_set() or locks.client.set(key, "1", ex=ttl),
+                     key, locks.ttl / 3)
     try:
         yield
     finally:
@@ -209,8 +221,13 @@ def store_exclusively(locks: Any, store: str) -> Iterator[bool]:
             if fd is not None:
                 os.close(fd)
         return
-    with held(locks, f"{STORE_KEY}/{store}"):
-        yield not any(True for _ in locks.client.scan_iter(match=f"{_RUN_KEYS}{store}:*", count=100))
+    with held(locks, f"{STORE_KEY}/{_digest(store)}"):
+        yield not any(True for _ in locks.client.scan_iter(match=f"{_RUN_KEYS}{_digest(store)}:*", count=100))
+
+
+def _digest(store: str) -> str:
+    """The store's name in Redis's keys: a path may hold what SCAN MATCH reads as a pattern (`[`, `*`, `?`, `\\`)."""
+    return hashlib.sha256(store.encode()).hexdigest()[:32]
 
 
 def _renewing(renew: Callable[[], Any], what: str, every: float) -> threading.Event:
@@ -222,7 +239,8 @@ def _renewing(renew: Callable[[], Any], what: str, every: float) -> threading.Ev
             try:
                 renew()  # back to the full time to live
             except LockNotOwnedError:  # it expired while this process stalled: another may hold it now
-                log.error("%s expired while held; another run may be computing the same entry", what)
+                log.warning("%s expired while held: another run may be computing the same entry, and this one "
+                            "stops before it writes to it", what)
                 return
             except Exception as error:  # Redis unreachable for a moment: try again at the next turn
                 log.warning("could not renew %s: %s", what, error)
@@ -232,9 +250,13 @@ def _renewing(renew: Callable[[], Any], what: str, every: float) -> threading.Ev
     return stop
 
 
-def renewed_redis_locks(url: str, ttl: float) -> Any:
-    """prefect-redis's RedisLockManager on `url`, with locks that expire `ttl` after their holder dies."""
+def renewed_redis_locks(url: str, ttl: float, source: str = REDIS_URL_ENV) -> Any:
+    """prefect-redis's RedisLockManager on `url`, with locks that expire `ttl` after their holder dies.
+
+    A URL that is not Redis's, or a server that does not answer, is a StoreError naming `source`.
+    """
     from prefect_redis.locking import RedisLockManager
+    from redis.exceptions import LockNotOwnedError, RedisError
 
     class RenewedRedisLockManager(RedisLockManager):
         """Each lock is taken for `ttl` seconds and renewed by a thread every `ttl / 3` while held."""
@@ -267,7 +289,29 @@ def renewed_redis_locks(url: str, ttl: float) -> Any:
         def release_lock(self, key: str, holder: str) -> None:
             if self.is_lock_holder(key, holder):
                 self._renewals.pop(key).set()
-            super().release_lock(key, holder)
+            try:
+                super().release_lock(key, holder)
+            except LockNotOwnedError:  # it expired while this process was stopped: nothing left to release
+                del self._locks[self._lock_name_for_key(key)]
 
-    return RenewedRedisLockManager(connection_url=url)
+        def lost(self, key: str) -> bool:
+            """True when this process took the lock on `key` and it has since expired (one request to Redis)."""
+            lock = self._locks.get(self._lock_name_for_key(key))
+            try:
+                return lock is not None and not lock.owned()
+            except RedisError as error:  # unreachable for a moment: the renewals say so, and go on trying
+                log.warning("could not check the lock on %s: %s", key, error)
+                return False
 
+    try:
+        locks = RenewedRedisLockManager(connection_url=url)
+        locks.client.ping()
+    except (ValueError, RedisError) as error:  # neither message shows the URL, nor its password
+        raise StoreError(f"cannot take this store's locks in the Redis that {source} names: {error}") from error
+    return locks
+
+
+def lost(locks: Any, key: str) -> bool:
+    """True when the lock this process took on `key` has expired since: a Redis lock whose holder was stopped
+    past its time to live. flock(2) locks (and no locks at all) last as long as their process."""
+    return hasattr(locks, "lost") and locks.lost(key)

@@ -5,10 +5,12 @@ Entries live in the bucket under the same layout as on disk,
 manifest last: an entry without its manifest does not count. A host keeps a
 local copy of the store (MNIST_PIPELINE_S3_CACHE, `.s3-cache/<bucket>/<prefix>`
 by default), which the stages read and write as a store on disk; the copy's
-`.remote` file names the bucket. An entry missing from the copy is fetched from
-the bucket into a temporary folder, moved into place, and verified against its
-manifest like any other, so a damaged object is never served: the entry is
-evicted, from the copy and the bucket, and computed again.
+`.remote` file names the bucket, and counts only in that place (copied_url).
+An entry missing from the copy is fetched from the bucket into a temporary
+folder, moved into place, and verified against its manifest like any other, so
+a damaged object is never served: the entry is evicted, from the copy and the
+bucket, and computed again. One the bucket lacks is uploaded when the copy
+serves it (ArtifactStore.share).
 
 The connection comes from the standard AWS settings (`AWS_ENDPOINT_URL`,
 `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_DEFAULT_REGION`, or a
@@ -19,8 +21,9 @@ champions and run reports stay in each host's copy.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Optional
 
 from tasks.engine.layout import MANIFEST
 from tasks.engine.settings import env_name, settings
@@ -41,14 +44,38 @@ def bucket_path(url: str) -> str:
     return path
 
 
+def copy_path(url: str) -> Path:
+    """Where this host keeps its local copy of the store at `url`."""
+    return Path(settings().s3_cache) / bucket_path(url)
+
+
 def local_root(url: str) -> Path:
     """The local copy of the store at `url`, created and marked on first use."""
-    root = Path(settings().s3_cache) / bucket_path(url)
+    root = copy_path(url)
     root.mkdir(parents=True, exist_ok=True)
     marker = root / MARKER
     if not marker.is_file() or marker.read_text().strip() != f"{SCHEME}{bucket_path(url)}":
         marker.write_text(f"{SCHEME}{bucket_path(url)}\n")
     return root
+
+
+def copied_url(root: Path) -> Optional[str]:
+    """The bucket whose local copy the folder `root` is, or None: a store on disk.
+
+    Its MARKER counts only where this host keeps that bucket's copy, so a store's
+    bucket comes from its address alone; a MARKER anywhere else is refused (ValueError).
+    """
+    marker = root / MARKER
+    if not marker.is_file():
+        return None
+    url = marker.read_text(errors="replace").strip()
+    try:
+        if url.startswith(SCHEME) and os.path.realpath(copy_path(url)) == os.path.realpath(root):
+            return url
+    except ValueError:  # not a bucket's address
+        pass
+    raise ValueError(f"{root} holds {marker}, naming a bucket, but is not this host's copy of that bucket "
+                     f"(under {CACHE_ENV}); a store's bucket comes from its s3:// address alone: remove the file")
 
 
 def store_root(artifacts_dir: str) -> str:

@@ -31,6 +31,8 @@ from tasks.engine.refs import REF_TYPES, EntryRef
 _CHUNK = 1 << 20
 # Less free space than this, after a failed write, means the disk is full.
 _NEARLY_FULL = 1 << 20
+# Entries this process knows their bucket holds, `<bucket>/<prefix>/<stage>/<fingerprint>`: asked once.
+_IN_BUCKET: set[str] = set()
 
 
 class StoreError(RuntimeError):
@@ -119,8 +121,11 @@ class ArtifactStore:
     def __init__(self, root: Union[str, os.PathLike[str]]):
         """The store in the folder `root`: on disk, or the local copy of a bucket (see remote.local_root)."""
         self.root = Path(root)
-        marker = self.root / remote.MARKER
-        self.remote = remote.Remote(marker.read_text().strip()) if marker.is_file() else None
+        try:
+            url = remote.copied_url(self.root)
+        except ValueError as err:
+            raise StoreError(str(err)) from None
+        self.remote = remote.Remote(url) if url else None
 
     @property
     def identity(self) -> str:
@@ -193,6 +198,21 @@ class ArtifactStore:
         return self.entry(stage, fingerprint).exists() or (
             self.remote is not None and self.remote.has(stage, fingerprint))
 
+    def in_bucket(self, stage: str, fingerprint: str) -> bool:
+        """Whether the bucket of a store in S3 holds the entry (its manifest): one request, none once known."""
+        key = f"{self.remote.path}/{stage}/{fingerprint}"
+        if key not in _IN_BUCKET and self.remote.has(stage, fingerprint):
+            _IN_BUCKET.add(key)
+        return key in _IN_BUCKET
+
+    def share(self, stage: str, fingerprint: str) -> bool:
+        """Upload an entry of the local copy that the bucket lacks (manifest last); True if it did."""
+        if self.remote is None or self.in_bucket(stage, fingerprint):
+            return False
+        self.remote.upload(self.entry(stage, fingerprint), stage, fingerprint)
+        _IN_BUCKET.add(f"{self.remote.path}/{stage}/{fingerprint}")
+        return True
+
     def _fetch(self, stage: str, fingerprint: str) -> None:
         """The bucket's copy of an entry, into place in the local copy (unverified: problem() does that)."""
         final = self.entry(stage, fingerprint)
@@ -214,6 +234,7 @@ class ArtifactStore:
         entry = self.entry(stage, fingerprint)
         if remote and self.remote is not None:
             self.remote.remove(stage, fingerprint)
+            _IN_BUCKET.discard(f"{self.remote.path}/{stage}/{fingerprint}")
         if entry.is_symlink():
             entry.unlink()  # the link goes, never what it points at
             return
