@@ -368,7 +368,7 @@ def store(args: argparse.Namespace) -> int:
         shown = table.groupby(["kind", "stage"], sort=False).agg(
             count=("bytes", "size"), bytes=("bytes", "sum"), oldest_days=("age_days", "max"),
             kept_by_champion=("champion", lambda c: int((c != "").sum())),
-            kept_by_recent_run=("recent_run", "sum")).reset_index()
+            kept_by_recent_run=("recent_run", "sum"), local_only=("local_only", "sum")).reset_index()
     print(_text(shown))
     total = int(table["bytes"].sum())
     print(f"total: {total} bytes ({total / 1e6:.1f} MB) in {config.shown(args.artifacts_dir)}")

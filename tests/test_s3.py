@@ -104,10 +104,14 @@ def test_a_hosts_copy_uploads_each_entry_it_serves_that_the_bucket_lacks(bucket,
     from flows.config import TINY
     from flows.pipeline import mnist_pipeline
 
+    from tasks.engine import inventory
+
     first = mnist_pipeline(mirror=str(mirror), artifacts_dir=bucket, **TINY)
     fs = remote.Remote(bucket).fs
     fs.rm(remote.bucket_path(bucket), recursive=True)  # a new or emptied bucket, the host's copy as it was
     assert not fs.find(remote.bucket_path(bucket))
+    listed = inventory.inventory(remote.local_root(bucket))  # `store` shows them: in this host's copy only
+    assert set(listed[listed["local_only"]]["stage"]) == set(first["stages"])
     second = mnist_pipeline(mirror=str(mirror), artifacts_dir=bucket, **TINY)
     assert {stage["state"] for stage in second["stages"].values()} == {"Cached"}
     in_bucket = {key.split("/")[-3]: key.split("/")[-2] for key in fs.find(remote.bucket_path(bucket))

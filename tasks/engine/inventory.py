@@ -131,6 +131,10 @@ def inventory(root: Path, keep_runs: int = 5, champions: Optional[dict[str, set[
         kept_by_runs.update(_entries(recent))
     if champions is None:
         champions = champion_lineages(root, runs)
+    # In this host's copy of a store in S3, but not in the bucket: no other host can be served it.
+    store = ArtifactStore(root)
+    local_only = (lambda row: row["kind"] == "entry" and not store.in_bucket(row["stage"], row["fingerprint"])
+                  ) if store.remote is not None else (lambda row: False)
     now = time.time()
     rows = []
     for row in _rows(root):
@@ -143,10 +147,10 @@ def inventory(root: Path, keep_runs: int = 5, champions: Optional[dict[str, set[
         row.update(bytes=stat.st_blocks * 512 if row.pop("folder_only", False) else allocated(path),
                    age_days=round((now - stat.st_mtime) / 86400, 2), last_run=used.get(name, ""),
                    champion=", ".join(sorted(d for d, lineage in champions.items() if name in lineage)),
-                   recent_run=name in kept_by_runs)
+                   recent_run=name in kept_by_runs, local_only=local_only(row))
         rows.append(row)
     return pd.DataFrame(rows, columns=["kind", "stage", "fingerprint", "bytes", "age_days", "last_run", "champion",
-                                       "recent_run", "flow_run_id", "path"])
+                                       "recent_run", "local_only", "flow_run_id", "path"])
 
 
 def _entries(run: Any) -> list[str]:
