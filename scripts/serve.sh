@@ -22,6 +22,8 @@ export PREFECT_SERVER_API_HOST=127.0.0.1
 # The UI asks the API at this port; --port alone would leave it at 4200.
 export PREFECT_SERVER_API_PORT="$PORT"
 export PREFECT_API_URL="http://127.0.0.1:$PORT/api"
+# Browsers let only the UI's own pages call the API, not any page the operator has open.
+export PREFECT_SERVER_CORS_ALLOWED_ORIGINS="${PREFECT_SERVER_CORS_ALLOWED_ORIGINS:-http://127.0.0.1:$PORT}"
 # The deployments' pull step moves flow runs into this checkout.
 export PROJECT_DIR="$PWD"
 # Runs created from the UI or the API read and write only here (see README): the
