@@ -98,8 +98,11 @@ def test_the_run_part_names_the_best_earlier_score_of_those_recorded(scores, bes
     assert "| train   | Cached  |    0.5000 |          1 |" in text
 
 
+HEADINGS = ("h1", "h2", "h3", "h4", "h5", "h6")
+
+
 class _Page(HTMLParser):
-    """What a browser would make live in a page: its elements' attributes, headings and table rows."""
+    """What a browser would make of a page: its elements' attributes, its headings, its tables' cells per row."""
 
     def __init__(self, html: str):
         super().__init__()
@@ -109,7 +112,7 @@ class _Page(HTMLParser):
 
     def handle_starttag(self, tag, attrs):
         self.attributes += [(tag, name, value or "") for name, value in attrs]
-        if tag in ("h1", "h2", "h3", "h4", "h5", "h6"):
+        if tag in HEADINGS:
             self._heading = ""
         elif tag == "table":
             self.tables.append([])
@@ -119,7 +122,7 @@ class _Page(HTMLParser):
             self.tables[-1][-1] += 1
 
     def handle_endtag(self, tag):
-        if tag.startswith("h") and self._heading is not None:
+        if tag in HEADINGS:
             self.headings.append(self._heading.strip())
             self._heading = None
 
