@@ -35,7 +35,8 @@ ROOT_ENV = "MNIST_PIPELINE_REPORTS_ROOT"
 # Prefect's server's credentials (user:password), when it requires them.
 AUTH_ENV = "PREFECT_SERVER_API_AUTH_STRING"
 # A run's report folder (its flow run id) or a report entry (its fingerprint), and a file of a report.
-SERVED = re.compile(r"(runs/[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}|report/[0-9a-f]{16})/[A-Za-z0-9_-]+\.(html|md|png|csv)")
+SERVED = re.compile(r"(runs/[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}|report/[0-9a-f]{16})"
+                    r"/[A-Za-z0-9_-]+\.(html|md|png|csv)")
 # A report is self-contained (inline style, images as data URIs): it needs no script, and gets none.
 HEADERS = {"Content-Security-Policy": "default-src 'none'; img-src data:; style-src 'unsafe-inline'",
            "X-Content-Type-Options": "nosniff"}
@@ -70,9 +71,11 @@ def create_app(root: str, credentials: Optional[str] = None) -> Starlette:
 
     async def report_file(request: Request) -> Response:
         path = request.path_params["path"]
+        if not SERVED.fullmatch(path):
+            raise HTTPException(status_code=404)
         # A link is followed only to a file that would be served under its own name.
         real = os.path.relpath(os.path.realpath(os.path.join(root, path)), os.path.realpath(root))
-        if not (SERVED.fullmatch(path) and SERVED.fullmatch(real)):
+        if not SERVED.fullmatch(real):
             raise HTTPException(status_code=404)
         response = await files.get_response(real, request.scope)
         response.headers.update(HEADERS)

@@ -81,7 +81,7 @@ def table(frame: "pd.DataFrame | list[dict[str, Any]]") -> str:
 
 
 def code_block(text: str) -> str:
-    """`text` as a fenced code block that nothing in it can close: the fence is longer than its every run of backticks."""
+    """`text` as a fenced code block that nothing in it can close: its fence outgrows every run of backticks in it."""
     from markupsafe import Markup
 
     longest = max((len(run) for run in re.findall(r"`+", text)), default=0)

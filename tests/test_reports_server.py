@@ -56,7 +56,7 @@ def test_reports_are_served_read_only(store):
     "/", "/runs/", f"/runs/{RUN}/", f"/report/{FINGERPRINT}",  # listings
     "/.locks/redis.url", f"/runs/{RUN}/%2e%2e/%2e%2e/.locks/redis.url",
     f"/report/{FINGERPRINT}/manifest.json", f"/train/{FINGERPRINT}/model.keras", "/champions/mnist.json",
-    "/runs.jsonl", f"/runs/{RUN}/.report.html", f"/runs/{RUN}/nothing.html",
+    "/runs.jsonl", f"/runs/{RUN}/.report.html", f"/runs/{RUN}/nothing.html", f"/runs/{RUN}/report%00.html",
 ])
 def test_nothing_but_reports_is_served(store, path):
     (store / f"runs/{RUN}/.report.html").write_text("a dot-file")
