@@ -284,9 +284,10 @@ def publish_report(artifacts_dir: str, folder: Path, metrics: MetricsRef, datase
     key = dataset.replace("_", "-")
     link = report_link(folder / reports.REPORT_HTML)
     headline = (f"**Test accuracy {metrics.test_accuracy:.4f}** (test split), test loss {metrics.test_loss:.4f}; "
-                f"{'promoted to champion' if gate.passed else 'not promoted'}: {gate.reason}. "
+                f"{'promoted to champion' if gate.passed else 'not promoted'}: {reports.as_text(gate.reason)}. "
                 f"Full report with images: [report.html]({link})")
-    # The UI cannot reach the store's PNG files: images stay in report.html.
+    # report.md shows every value as text, as report.html does. The UI cannot reach the store's
+    # PNG files: images stay in report.html.
     lines = (folder / reports.REPORT_MD).read_text().splitlines()
     text = "\n".join(line for line in lines if not line.startswith("!["))
     create_markdown_artifact(key=f"{key}-report", markdown=f"{headline}\n\n{text}\n",

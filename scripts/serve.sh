@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PORT="${PORT:-4200}"
-# The artifact store, read-only over HTTP, so a run's report opens from the UI.
+# The store's reports, read-only over HTTP (flows/reports_server.py), so a run's report opens from the UI.
 REPORTS_PORT="${REPORTS_PORT:-$((PORT + 1))}"
 BIN="${BIN:-.venv/bin}"
 POOL="local-process"
@@ -22,16 +22,16 @@ export PREFECT_SERVER_API_HOST=127.0.0.1
 # The UI asks the API at this port; --port alone would leave it at 4200.
 export PREFECT_SERVER_API_PORT="$PORT"
 export PREFECT_API_URL="http://127.0.0.1:$PORT/api"
+# Browsers let only the UI's own pages call the API, not any page the operator has open.
+export PREFECT_SERVER_CORS_ALLOWED_ORIGINS="${PREFECT_SERVER_CORS_ALLOWED_ORIGINS:-http://127.0.0.1:$PORT}"
 # The deployments' pull step moves flow runs into this checkout.
 export PROJECT_DIR="$PWD"
 # Runs created from the UI or the API read and write only here (see README): the
 # project (its artifact store and data/), Debian's datasets, and the folders the
 # user adds in MNIST_PIPELINE_ALLOWED_ROOTS.
 export MNIST_PIPELINE_ALLOWED_ROOTS="$PWD:/usr/share/datasets${MNIST_PIPELINE_ALLOWED_ROOTS:+:$MNIST_PIPELINE_ALLOWED_ROOTS}"
-if [ -n "${PREFECT_SERVER_API_AUTH_STRING:-}" ]; then
-  # The server requires basic auth; the CLI and the worker present the same.
-  export PREFECT_API_AUTH_STRING="$PREFECT_SERVER_API_AUTH_STRING"
-fi
+# With basic auth on the server (and the reports), the CLI and the worker present the same.
+[ -z "${PREFECT_SERVER_API_AUTH_STRING:-}" ] || export PREFECT_API_AUTH_STRING="$PREFECT_SERVER_API_AUTH_STRING"
 
 # Flow runs send heartbeats; an automation marks Crashed those whose heartbeats stop.
 export PREFECT_FLOWS_HEARTBEAT_FREQUENCY="${PREFECT_FLOWS_HEARTBEAT_FREQUENCY:-30}"
@@ -40,10 +40,11 @@ export MNIST_PIPELINE_REPORTS_ROOT="${MNIST_PIPELINE_REPORTS_ROOT:-$PWD/artifact
 export MNIST_PIPELINE_REPORTS_URL="http://127.0.0.1:$REPORTS_PORT"
 
 # Alive, and still ours: a PID the system reused for something else does not count.
+# (http.server: the reports' server of earlier versions, which `make stop` must end too.)
 alive() {
   local pid
   pid=$(cat "$RUN_DIR/$1.pid" 2>/dev/null) || return 1
-  kill -0 "$pid" 2>/dev/null && grep -qE 'prefect|http\.server' "/proc/$pid/cmdline" 2>/dev/null
+  kill -0 "$pid" 2>/dev/null && grep -qE 'prefect|reports_server|http\.server' "/proc/$pid/cmdline" 2>/dev/null
 }
 
 # Start a command in its own process group, so `stop` can end it with its children.
@@ -121,9 +122,7 @@ start() {
     launch worker "$BIN/prefect" worker start --pool "$POOL" --limit 1
   fi
   if ! alive reports; then
-    mkdir -p "$MNIST_PIPELINE_REPORTS_ROOT"
-    # Python's own file server: GET and HEAD only, so read-only.
-    launch reports "$BIN/python" -m http.server --bind 127.0.0.1 --directory "$MNIST_PIPELINE_REPORTS_ROOT" "$REPORTS_PORT"
+    launch reports "$BIN/python" -m uvicorn --factory flows.reports_server:from_environment --host 127.0.0.1 --port "$REPORTS_PORT"
   fi
   # For command-line runs that report to this server (flows/server.py).
   printf 'MNIST_PIPELINE_REPORTS_URL=%s\nMNIST_PIPELINE_REPORTS_ROOT=%s\n' \
@@ -134,7 +133,7 @@ start() {
     echo "MNIST_PIPELINE_REDIS_URL=$MNIST_PIPELINE_REDIS_URL" >>"$RUN_DIR/reports.env"
   fi
   echo "Prefect UI: http://127.0.0.1:$PORT"
-  echo "Reports: $MNIST_PIPELINE_REPORTS_URL/runs/<flow run id>/report.html (the artifact store, read-only)"
+  echo "Reports: $MNIST_PIPELINE_REPORTS_URL/runs/<flow run id>/report.html (the store's reports only, read-only)"
   roots=${MNIST_PIPELINE_ALLOWED_ROOTS//:/, }
   echo "Runs from the UI read mirrors and keep artifact stores only under: ${roots//s3, \/\//s3://}"
   echo "  (add folders with MNIST_PIPELINE_ALLOWED_ROOTS=/one:/two make serve, after make stop)"

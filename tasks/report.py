@@ -1,12 +1,15 @@
 """Stage 5: report.md, and report.html made from it with its images inside.
 
 One source: templates/report.md.j2, rendered by Jinja2 to markdown, which
-python-markdown turns into the HTML page.
+python-markdown turns into the HTML page. Values come from the store and from
+users (a mirror's folder name, the run log): every one is shown as text, never
+as markdown or HTML, and the page keeps only the tags and links a report makes.
 """
 
 from __future__ import annotations
 
 import base64
+import re
 import shutil
 from functools import lru_cache
 from pathlib import Path
@@ -29,21 +32,61 @@ TEMPLATES = Path(__file__).with_name("templates")
 IMAGES = {"samples": PreparedRef.SAMPLES, "curves": "curves.png", "per_class": "per_class.png",
           "confusion": "confusion.png", "misclassified": "misclassified.png"}
 MISCLASSIFIED_SHOWN = 20
+# Markdown's characters that python-markdown (and CommonMark) take back from a backslash: a value
+# holding them makes no link, image, emphasis, code span, heading or table cell. HTML's own
+# (`<`, `>`, `&`) become entities through the templates' autoescape instead.
+_MARKDOWN_SPECIALS = re.compile(r"([\\`*_\[\]#|])")
+# What report.html keeps of the HTML python-markdown makes: the tags a report uses; links to the web,
+# to mail or relative ones; images only as the data URIs the report inlines.
+_TAGS = {"h1", "h2", "h3", "h4", "h5", "h6", "p", "br", "hr", "em", "strong", "code", "pre", "blockquote",
+         "ul", "ol", "li", "a", "img", "table", "thead", "tbody", "tr", "th", "td"}
+_ATTRIBUTES = {"a": {"href", "title"}, "img": {"src", "alt", "title"}, "th": {"style"}, "td": {"style"}}
+
+
+def markdown_escape(value: Any) -> str:
+    """A value as markdown text that shows it as it is, on one line: no markup, no new line, row or heading."""
+    return _MARKDOWN_SPECIALS.sub(r"\\\1", " ".join(str(value).splitlines()))
+
+
+def as_text(value: Any) -> str:
+    """A value as the reports' markdown shows it, for markdown made outside the templates (the UI's headline)."""
+    from markupsafe import escape
+
+    return str(escape(markdown_escape(value)))
+
+
+def _cell(value: Any) -> Any:
+    """A table cell: numbers as they are, for tabulate to format; anything else as escaped text."""
+    import numbers
+
+    return value if value is None or isinstance(value, numbers.Number) else markdown_escape(value)
 
 
 def table(frame: "pd.DataFrame | list[dict[str, Any]]") -> str:
     """A pipe table of a frame or of rows (dicts, one key per column); integers stay integers, row numbers are left out.
 
     The call pandas' to_markdown makes, so rows need no pandas: a run's own report is made of them.
+    Text cells are escaped as markdown: a value cannot open a cell, a row or a link.
     """
     from tabulate import tabulate
 
     if isinstance(frame, list):
-        return tabulate(frame, headers="keys", tablefmt="pipe", floatfmt=".4f")
+        rows = [{_cell(key): _cell(value) for key, value in row.items()} for row in frame]
+        return tabulate(rows, headers="keys", tablefmt="pipe", floatfmt=".4f")
     import pandas as pd
 
     meaningful_index = not isinstance(frame.index, pd.RangeIndex) or frame.index.name is not None
-    return tabulate(frame.astype(object), headers="keys", tablefmt="pipe", floatfmt=".4f", showindex=meaningful_index)
+    cells = frame.apply(lambda column: column.map(_cell)).astype(object).rename(columns=_cell, index=_cell)
+    return tabulate(cells, headers="keys", tablefmt="pipe", floatfmt=".4f", showindex=meaningful_index)
+
+
+def code_block(text: str) -> str:
+    """`text` as a fenced code block that nothing in it can close: its fence outgrows every run of backticks in it."""
+    from markupsafe import Markup
+
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return Markup(f"{fence}\n{text.strip()}\n{fence}")
 
 
 @lru_cache(maxsize=None)
@@ -51,23 +94,28 @@ def _templates() -> Any:
     import jinja2
     from markupsafe import Markup, escape
 
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
-                             autoescape=True, keep_trailing_newline=True, trim_blocks=True)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined, autoescape=True,
+        keep_trailing_newline=True, trim_blocks=True,
+        # Every value the templates print is markdown-escaped, then HTML-escaped; what a filter made is Markup.
+        finalize=lambda value: value if isinstance(value, Markup) else markdown_escape(value))
     env.filters["table"] = lambda frame: Markup(escape(table(frame)))
+    env.filters["code"] = code_block
     return env
 
 
 def render(template: str, **context: Any) -> str:
-    """A template of templates/, rendered; every value HTML-escaped, as the page is made from it."""
+    """A template of templates/, rendered; every value shown as text (escaped for markdown and for HTML)."""
     return _templates().get_template(template).render(**context)
 
 
 def to_html(markdown_text: str, images: Path) -> str:
     """The page of `markdown_text`, titled by its first heading, each image read from `images` and put inside it."""
     import markdown
+    import nh3
     from markdown.extensions import Extension
     from markdown.treeprocessors import Treeprocessor
-    from markupsafe import Markup
+    from markupsafe import Markup, escape
 
     class InlineImages(Treeprocessor):
         def run(self, root):
@@ -80,14 +128,27 @@ def to_html(markdown_text: str, images: Path) -> str:
         def extendMarkdown(self, md):
             md.treeprocessors.register(InlineImages(md), "inline_images", 0)
 
-    body = markdown.markdown(markdown_text, extensions=["tables", "fenced_code", Extend()])
-    return render("page.html.j2", title=markdown_text.splitlines()[0].lstrip("# "), body=Markup(body))
+    body = nh3.clean(markdown.markdown(markdown_text, extensions=["tables", "fenced_code", Extend()]),
+                     tags=_TAGS, attributes=_ATTRIBUTES, url_schemes={"http", "https", "mailto", "data"},
+                     attribute_filter=_data_uris_for_images_only, filter_style_properties={"text-align"})
+    heading = re.search(r"<h1>(.*?)</h1>", body, re.DOTALL)
+    title = Markup(heading.group(1) if heading else "").striptags()
+    return render("page.html.j2", title=escape(title), body=Markup(body))
+
+
+def _data_uris_for_images_only(tag: str, attribute: str, value: str) -> "str | None":
+    """nh3's last word on an attribute whose scheme it allowed: a data URI is an image's source, nothing else."""
+    url = value.strip().lower()
+    if attribute == "src":  # the report inlines its PNGs
+        return value if url.startswith("data:image/png;") else None
+    return None if url.startswith("data:") else value
 
 
 def build_report(out: Path, raw: DatasetRef, data: PreparedRef, model: ModelRef, metrics: MetricsRef,
                  params: TrainParams) -> dict[str, Any]:
     """Render the run's report as Markdown and as self-contained HTML."""
     import pandas as pd
+    from markupsafe import Markup
 
     shutil.copy(data.folder / PreparedRef.SAMPLES, out / IMAGES["samples"])
     history = model.history()
@@ -95,7 +156,8 @@ def build_report(out: Path, raw: DatasetRef, data: PreparedRef, model: ModelRef,
     tables = metrics.tables()
     plots.confusion_heatmap(tables["confusion"], out / IMAGES["confusion"])
     plots.per_class_bars(tables["per_class"], out / IMAGES["per_class"])
-    images = dict(IMAGES)
+    # The images' own file names, linked as they are.
+    images = {name: Markup(file) for name, file in IMAGES.items()}
     worst = tables["misclassified"].head(MISCLASSIFIED_SHOWN)
     if len(worst):
         x_test, _ = data.split("test", mmap=True)

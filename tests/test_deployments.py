@@ -49,6 +49,19 @@ def test_serve_lists_both_deployments_with_the_nightly_schedule(api):
     assert ZOMBIES in [a["name"] for a in api.post("/automations/filter", json={}).json()]
 
 
+def test_the_api_answers_the_uis_own_origin_only(served):
+    """Another web page open in the operator's browser cannot call the API: its preflight gets no allow-origin."""
+    url = f"{served['url']}/api/deployments/filter"
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"}
+    with httpx.Client(timeout=30) as client:
+        for origin in ("https://evil.example", f"http://127.0.0.1:{served['env']['REPORTS_PORT']}"):
+            refused = client.options(url, headers={"Origin": origin, **preflight})
+            assert refused.status_code == 400 and "access-control-allow-origin" not in refused.headers, origin
+            assert "access-control-allow-origin" not in client.post(url, json={}, headers={"Origin": origin}).headers
+        ui = client.options(url, headers={"Origin": served["url"], **preflight})
+        assert ui.status_code == 200 and ui.headers["access-control-allow-origin"] == served["url"]
+
+
 def test_serve_twice_keeps_one_of_each(served, api):
     pids = {p.name: p.read_text() for p in (served["home"] / "run").glob("*.pid")}
     again = serving.serve_command("start", served["env"])

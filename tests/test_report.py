@@ -1,6 +1,10 @@
 import base64
 import io
+import json
 import re
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import matplotlib.image
 import pytest
@@ -14,9 +18,14 @@ SECTIONS = ["Dataset", "Model", "Training", "Metrics", "Confusion matrix", "Pred
 
 
 @pytest.fixture(scope="module")
-def entry(tmp_path_factory, mirror):
+def refs(tmp_path_factory, mirror):
     store = str(tmp_path_factory.mktemp("artifacts"))
-    return ArtifactStore(store).path(run_stages(store, mirror)["report"])
+    return {"store": store, **run_stages(store, mirror)}
+
+
+@pytest.fixture(scope="module")
+def entry(refs):
+    return ArtifactStore(refs["store"]).path(refs["report"])
 
 
 def test_markdown_has_every_section_and_its_images(entry):
@@ -87,3 +96,130 @@ def test_the_run_part_names_the_best_earlier_score_of_those_recorded(scores, bes
                          dataset="mnist", metrics=SimpleNamespace(test_accuracy=0.9), earlier=earlier)
     assert f"the best of the {len(scores)} runs before it: {best}." in text
     assert "| train   | Cached  |    0.5000 |          1 |" in text
+
+
+HEADINGS = ("h1", "h2", "h3", "h4", "h5", "h6")
+
+
+class _Page(HTMLParser):
+    """What a browser would make of a page: its elements' attributes, its headings, its tables' cells per row."""
+
+    def __init__(self, html: str):
+        super().__init__()
+        self.attributes, self.headings, self.tables, self.text = [], [], [], []
+        self._heading = None
+        self.feed(html)
+
+    def handle_starttag(self, tag, attrs):
+        self.attributes += [(tag, name, value or "") for name, value in attrs]
+        if tag in HEADINGS:
+            self._heading = ""
+        elif tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append(0)
+        elif tag in ("td", "th"):
+            self.tables[-1][-1] += 1
+
+    def handle_endtag(self, tag):
+        if tag in HEADINGS:
+            self.headings.append(self._heading.strip())
+            self._heading = None
+
+    def handle_data(self, data):
+        self.text.append(data)
+        if self._heading is not None:
+            self._heading += data
+
+    def links(self) -> list[str]:
+        return [value for tag, name, value in self.attributes if name in ("href", "src", "action", "formaction")]
+
+
+WEB_SCHEMES = {"", "http", "https", "mailto"}
+LINK = "[click me](javascript:alert(document.domain))"
+ROW = "3\n| injected | row |\n# injected heading"
+
+
+def _assert_nothing_live(page: _Page) -> None:
+    for link in page.links():
+        scheme = urlsplit(link).scheme.lower()
+        assert scheme in WEB_SCHEMES or link.startswith("data:image/png;base64,"), link
+    assert not [(tag, name) for tag, name, _ in page.attributes if name.startswith("on") or tag == "script"]
+    assert "injected heading" not in page.headings
+
+
+def test_stored_values_put_no_link_heading_or_row_in_the_run_report(refs, tmp_path, monkeypatch):
+    """A mirror named like a markdown link, a model summary that closes its code block and run-log
+    values holding links, newlines and `|` are shown as text: no live link, no heading, no row."""
+    import shutil
+
+    from flows.stages import build_report, download_dataset
+    from tasks.engine.gate import GateResult
+    from tasks.engine.refs import ModelRef
+    from tests.stages import PARAMS
+    from tests.synthetic import write_mirror
+
+    store = str(tmp_path / "store")
+    shutil.copytree(refs["store"], store)
+    mirror = write_mirror(tmp_path / f"{LINK} | {ROW}", train=64, test=20)
+    raw = download_dataset.fn(store, "mnist", str(mirror))
+    monkeypatch.setattr(ModelRef, "summary", lambda self: f"Model\n```\n<img src=x onerror=alert(1)>\n{LINK}\n")
+    stage_report = build_report.fn(store, raw, refs["data"], refs["model"], refs["metrics"], PARAMS)
+    (Path(store) / "runs.jsonl").write_text(json.dumps({
+        "flow_run_id": "earlier", "dataset": "mnist", "finished": LINK, "epochs": ROW, "lr_schedule": "a|b|c",
+        "test_accuracy": 0.5}) + "\n")
+    folder = Path(store) / "runs" / "this-run"
+    runner.write_run_report(store, folder, stage_report, refs["metrics"], "mnist",
+                            GateResult(passed=False, champion_accuracy=None, reason=ROW),
+                            {"train": {"state": LINK, "seconds": 1.0, "attempts": 1}})
+
+    markdown = (folder / report.REPORT_MD).read_text()
+    assert "\n# injected" not in markdown and "\n| injected" not in markdown
+    page = _Page((folder / report.REPORT_HTML).read_text())
+    _assert_nothing_live(page)
+    assert page.headings == [page.headings[0], *SECTIONS, "Quality gate", "This run", "Earlier runs"]
+    # Every row has its table's columns, and the earlier runs' table (the last) has the one run logged.
+    assert [set(rows) for rows in page.tables] == [{rows[0]} for rows in page.tables]
+    assert len(page.tables[-1]) == 2  # its header and the run
+    # The values are all there, as text.
+    text = " ".join(page.text)
+    assert LINK in text and str(mirror.resolve()).replace("\n", " ") in text and "a|b|c" in text
+    assert "<img src=x onerror=alert(1)>" in text  # in the model's code block
+
+
+def test_the_html_keeps_only_web_and_relative_links():
+    markdown = "\n\n".join([
+        "[a](javascript:alert(1)) [b](JaVaScRiPt:alert(2)) [c](data:text/html;base64,PHNjcmlwdD4=)",
+        "[d](vbscript:x) <a href=\"javascript:alert(3)\">e</a> <script>alert(4)</script>",
+        "<img src=\"x\" onerror=\"alert(5)\"> <form action=\"javascript:alert(6)\"><button>f</button></form>",
+        "[web](https://example.org/x) [page](runs/abc/report.html) [mail](mailto:team@example.org)",
+    ])
+    page = _Page(report.to_html(f"# Report\n\n{markdown}\n", Path("/nonexistent")))
+    _assert_nothing_live(page)
+    assert page.links() == ["https://example.org/x", "runs/abc/report.html", "mailto:team@example.org"]
+
+
+def test_the_ui_artifacts_show_stored_values_as_text(refs, tmp_path, monkeypatch):
+    """The Prefect UI renders the report's markdown too: its headline and body escaped like report.html's."""
+    import markdown as python_markdown
+    import prefect.artifacts
+
+    from tasks.engine.gate import GateResult
+
+    made = {}
+    for kind in ("markdown", "link", "table"):
+        monkeypatch.setattr(prefect.artifacts, f"create_{kind}_artifact",
+                            lambda kind=kind, **artifact: made.setdefault(kind, artifact))
+    monkeypatch.setenv("MNIST_PIPELINE_REPORTS_URL", "http://127.0.0.1:4201")
+    monkeypatch.setenv("MNIST_PIPELINE_REPORTS_ROOT", str(tmp_path))
+    folder = tmp_path / "runs" / "this-run"
+    folder.mkdir(parents=True)
+    (folder / report.REPORT_MD).write_text(report.render(
+        "run.md.j2", gate=GateResult(passed=False, champion_accuracy=None, reason=LINK), timing=[],
+        dataset="mnist", metrics=refs["metrics"], earlier=[{"finished": ROW, "test_accuracy": 0.5}]))
+    runner.publish_report.fn(refs["store"], folder, refs["metrics"], "mnist",
+                             GateResult(passed=False, champion_accuracy=None, reason=f"{LINK} {ROW}"))
+    page = _Page(python_markdown.markdown(made["markdown"]["markdown"], extensions=["tables"]))
+    _assert_nothing_live(page)
+    assert page.links() == ["http://127.0.0.1:4201/runs/this-run/report.html"]
+    assert LINK in " ".join(page.text)

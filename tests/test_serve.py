@@ -53,6 +53,31 @@ def test_basic_auth_guards_the_server_and_serve_uses_it(tmp_path):
         assert serving.eventually(lambda: client.post(
             f"{server['url']}/api/work_pools/local-process/workers/filter", json={}, auth=("admin", "s3cret"),
         ).json()), "the worker never reached the server"
+        _the_reports_and_nothing_else_are_served(server, client, tmp_path, auth=("admin", "s3cret"))
+
+
+def _the_reports_and_nothing_else_are_served(server, client, tmp_path, auth):
+    """The reports' port: a run's report with the API's credentials; without them, or anything else, nothing."""
+    import uuid
+
+    reports, store = f"http://127.0.0.1:{server['env']['REPORTS_PORT']}", server["store"]
+    run = store / "runs" / str(uuid.uuid4())
+    run.mkdir(parents=True)
+    (run / "report.html").write_text("<h1>a run's report</h1>")
+    (store / ".locks").mkdir(exist_ok=True)
+    (store / ".locks" / "redis.url").write_text("redis://:password@127.0.0.1:6379/0")
+    outside = tmp_path / "system-configuration"
+    outside.mkdir()
+    (outside / "shadow.html").write_text("root:$6$hash")
+    evil = store / "runs" / str(uuid.uuid4())
+    evil.symlink_to(outside)
+    page = f"{reports}/runs/{run.name}/report.html"
+    assert client.get(page).status_code == 401
+    assert client.get(page, auth=auth).text == "<h1>a run's report</h1>"
+    for path in ("/", "/runs/", "/.locks/redis.url", f"/runs/{evil.name}/shadow.html"):
+        response = client.get(f"{reports}{path}", auth=auth)
+        assert response.status_code == 404, path
+        assert "password" not in response.text and "hash" not in response.text
 
 
 def test_two_workers_on_postgres_redis_and_s3_share_runs_and_compute_each_stage_once(

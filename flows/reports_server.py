@@ -1,0 +1,90 @@
+"""`make serve`'s reports server: the run reports and report entries of the artifact store, read-only.
+
+It serves `runs/<flow run id>/<file>` and `report/<fingerprint>/<file>`, files
+of the kinds a report is made of (html, md, png, csv), and nothing else: no
+folder listings, no dot-files (the store's `.locks/`, Redis's URL), no other
+entry, nothing whose real path is not such a file of the store. With
+PREFECT_SERVER_API_AUTH_STRING set, every request needs the same basic auth as
+Prefect's API.
+
+    MNIST_PIPELINE_REPORTS_ROOT=artifacts python -m uvicorn --factory \\
+        flows.reports_server:from_environment --host 127.0.0.1 --port 4201
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import re
+import secrets
+from typing import Optional
+
+from starlette.applications import Starlette
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+# Set by `make serve`: the store whose reports are served.
+ROOT_ENV = "MNIST_PIPELINE_REPORTS_ROOT"
+# Prefect's server's credentials (user:password), when it requires them.
+AUTH_ENV = "PREFECT_SERVER_API_AUTH_STRING"
+# A run's report folder (its flow run id) or a report entry (its fingerprint), and a file of a report.
+SERVED = re.compile(r"(runs/[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}|report/[0-9a-f]{16})"
+                    r"/[A-Za-z0-9_-]+\.(html|md|png|csv)")
+# A report is self-contained (inline style, images as data URIs): it needs no script, and gets none.
+HEADERS = {"Content-Security-Policy": "default-src 'none'; img-src data:; style-src 'unsafe-inline'",
+           "X-Content-Type-Options": "nosniff"}
+
+
+class BasicAuth:
+    """Refuses every request that does not carry `credentials` (user:password) as HTTP basic auth."""
+
+    def __init__(self, app: ASGIApp, credentials: str):
+        self.app, self.credentials = app, credentials.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not self.authorized(Headers(scope=scope).get("authorization", "")):
+            refusal = PlainTextResponse("credentials required", status_code=401,
+                                        headers={"WWW-Authenticate": 'Basic realm="mnist-pipeline reports"'})
+            await refusal(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def authorized(self, header: str) -> bool:
+        scheme, _, token = header.partition(" ")
+        try:
+            given = base64.b64decode(token.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            return False
+        return scheme.lower() == "basic" and secrets.compare_digest(given, self.credentials)
+
+
+def create_app(root: str, credentials: Optional[str] = None) -> Starlette:
+    """The reports of the store at `root` (which may not exist yet), behind basic auth when `credentials` are given."""
+    files = StaticFiles(directory=root, check_dir=False, follow_symlink=False)
+
+    async def report_file(request: Request) -> Response:
+        path = request.path_params["path"]
+        if not SERVED.fullmatch(path):
+            raise HTTPException(status_code=404)
+        # A link is followed only to a file that would be served under its own name.
+        real = os.path.relpath(os.path.realpath(os.path.join(root, path)), os.path.realpath(root))
+        if not SERVED.fullmatch(real):
+            raise HTTPException(status_code=404)
+        response = await files.get_response(real, request.scope)
+        response.headers.update(HEADERS)
+        return response
+
+    return Starlette(routes=[Route("/{path:path}", report_file, methods=["GET", "HEAD"])],
+                     middleware=[Middleware(BasicAuth, credentials=credentials)] if credentials else [])
+
+
+def from_environment() -> Starlette:
+    """The app as `make serve` starts it: the store of MNIST_PIPELINE_REPORTS_ROOT, Prefect's server's credentials."""
+    return create_app(os.environ[ROOT_ENV], os.environ.get(AUTH_ENV) or None)
