@@ -53,7 +53,7 @@ def main() -> None:
     store = tempfile.mkdtemp(prefix="overhead-")
     home = tempfile.mkdtemp(prefix="overhead-home-")
     served_env = _env(True, home)
-    if "server" not in subprocess.run([sys.executable, "-c", "from flows import server; print("
+    if "server" not in subprocess.run([sys.executable, "-c", "from ops import temporary_server as server; print("
                                        "'server' if server.served_api_url() else '')"],
                                       capture_output=True, text=True, env=served_env).stdout:
         sys.exit("no `make serve` server answers for this PREFECT_HOME: start one first")
@@ -63,7 +63,7 @@ def main() -> None:
     _timed(base, served_env)  # fills the store
     for repeat in range(args.repeats):
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "flows.cli", "--help"], capture_output=True, check=True)
+        subprocess.run([sys.executable, "-m", "ops.cli", "--help"], capture_output=True, check=True)
         rows.append({"measure": "--help", "wall_s": time.perf_counter() - start})
         for served in ((True, False) if repeat % 2 == 0 else (False, True)):
             wall, summary = _timed(base, _env(served, home))

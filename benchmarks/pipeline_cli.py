@@ -20,7 +20,7 @@ def parser(description: str, epochs: int) -> argparse.ArgumentParser:
 
 def command(args: argparse.Namespace, store: str, epochs: int) -> list[str]:
     """The run command for the parsed options, against the artifact store `store`."""
-    return [sys.executable, "-m", "flows.cli", "run", "--dataset", args.dataset, "--mirror", args.mirror,
+    return [sys.executable, "-m", "ops.cli", "run", "--dataset", args.dataset, "--mirror", args.mirror,
             "--train-limit", str(args.train_limit), "--epochs", str(epochs),
             "--artifacts-dir", store, "--json"]
 

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator, model_validator
 
-from tasks.engine.settings import env_name, settings
+from engine.settings import env_name, settings
 from tasks.params import BatchSize, Epochs, LearningRate, LrSchedule, Seed, TrainParams
 
 # The TensorFlow Datasets names this pipeline knows: 28x28 grayscale, 10 classes.
@@ -45,7 +45,7 @@ DEFAULT_ACCURACY_THRESHOLD = {"mnist": 0.95, "fashion_mnist": 0.80}
 # Relative to the working directory, like the rest of a run's paths.
 DEFAULT_ARTIFACTS_DIR = "artifacts"
 
-# Set on a worker (`make serve` does): see tasks/engine/settings.py.
+# Set on a worker (`make serve` does): see engine/settings.py.
 ALLOWED_ROOTS_ENV = env_name("allowed_roots")
 
 # `mnist-pipeline run --recipe NAME`: settings that stand in for the defaults; options given stand over them.
@@ -108,7 +108,7 @@ class PipelineConfig(BaseModel):
     @field_validator("artifacts_dir")
     @classmethod
     def _store_inside_allowed_roots(cls, artifacts_dir: str) -> str:
-        from tasks.engine import remote
+        from engine import remote
 
         if artifacts_dir.startswith(remote.SCHEME):  # a bucket: its prefix must be an allowed one
             copy = remote.copy_path(artifacts_dir)

@@ -17,13 +17,16 @@ from prefect.states import Completed, State
 
 from flows.config import PipelineConfig
 from tasks import report as reports
-from tasks.engine import gate, layout, locking, remote, runlog
-from tasks.engine.caching import EntryRecords
-from tasks.engine.gate import GateResult
-from tasks.engine.refs import EntryRef, MetricsRef, ModelRef, ReportRef
-from tasks.engine.retries import INTERRUPTED, PermanentError, TransientError
-from tasks.engine.settings import settings
-from tasks.engine.store import ArtifactStore, StoreError, write_atomically
+from engine import layout, locking, remote, runlog
+from engine.champions import champion_lock
+from flows import gate
+from engine.caching import EntryRecords
+from flows.gate import GateResult
+from engine.refs import EntryRef
+from tasks.refs import MetricsRef, ModelRef, ReportRef
+from engine.retries import INTERRUPTED, PermanentError, TransientError
+from engine.settings import settings
+from engine.store import ArtifactStore, StoreError, write_atomically
 
 # The flow run's state when its model did not pass the quality gate.
 NOT_PROMOTED = "NotPromoted"
@@ -203,7 +206,7 @@ class StageRunner:
         """
         run_id = str(flow_run.id)
         folder = layout.run_folder(self.artifacts_dir, run_id)
-        with gate.champion_lock(self.locks, cfg.dataset), ExitStack() as undo:
+        with champion_lock(self.locks, cfg.dataset), ExitStack() as undo:
             verdict = gate_model(self.artifacts_dir, cfg.dataset, metrics, cfg.threshold)
             summary = self.summary(model=model, metrics=metrics, report=report)
             summary["gate"] = verdict.model_dump()

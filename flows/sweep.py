@@ -24,8 +24,8 @@ from flows import config
 from flows.config import GRID_FIELDS, PipelineConfig, SweepGrid
 from flows.runner import JsonFlow, StageRunner, report_link
 from flows.stages import build_report, download_dataset, evaluate_model, preprocess_dataset, train_model
-from tasks.engine import layout
-from tasks.engine.settings import settings
+from engine import layout
+from engine.settings import settings
 
 TABLE_CSV = "sweep.csv"
 PLOT_PNG = "sweep.png"

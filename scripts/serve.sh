@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PORT="${PORT:-4200}"
-# The store's reports, read-only over HTTP (flows/reports_server.py), so a run's report opens from the UI.
+# The store's reports, read-only over HTTP (ops/reports_server.py), so a run's report opens from the UI.
 REPORTS_PORT="${REPORTS_PORT:-$((PORT + 1))}"
 BIN="${BIN:-.venv/bin}"
 POOL="local-process"
@@ -74,12 +74,12 @@ PY
 services() {
   local url
   if [ "${DB:-sqlite}" = postgres ] && [ -z "${PREFECT_SERVER_DATABASE_CONNECTION_URL:-}" ]; then
-    url=$("$BIN/python" -m flows.services postgres start "$PG_DIR" "${PG_PORT:-$((PORT + 2))}") || exit 1
+    url=$("$BIN/python" -m ops.services postgres start "$PG_DIR" "${PG_PORT:-$((PORT + 2))}") || exit 1
     (umask 077; echo "$url" >"$RUN_DIR/postgres.url")  # it holds the password
     echo "$PG_DIR" >"$RUN_DIR/postgres.dir"
   fi
   if [ "${REDIS:-0}" = 1 ] && [ -z "${MNIST_PIPELINE_REDIS_URL:-}" ]; then
-    url=$("$BIN/python" -m flows.services redis start "$PREFECT_HOME/redis" "${REDIS_PORT:-$((PORT + 3))}") || exit 1
+    url=$("$BIN/python" -m ops.services redis start "$PREFECT_HOME/redis" "${REDIS_PORT:-$((PORT + 3))}") || exit 1
     (umask 077; echo "$url" >"$RUN_DIR/redis.url")
   fi
 }
@@ -106,25 +106,25 @@ start() {
   else
     services
     service_env
-    # Prefect's own server, its SQLite writers waiting their turn (flows/prefect_server.py).
-    launch server "$BIN/python" -m flows.prefect_server server start --host 127.0.0.1 --port "$PORT"
+    # Prefect's own server, its SQLite writers waiting their turn (ops/prefect_compat.py).
+    launch server "$BIN/python" -m ops.prefect_compat server start --host 127.0.0.1 --port "$PORT"
     echo "$PORT" >"$RUN_DIR/server.port"
   fi
   wait_healthy
-  "$BIN/python" -m flows.deployments pool "$POOL"
+  "$BIN/python" -m ops.deployments pool "$POOL"
   "$BIN/prefect" --no-prompt deploy --all >"$RUN_DIR/deploy.log" 2>&1 \
     || { cat "$RUN_DIR/deploy.log" >&2; exit 1; }
   # Unknown parameters refused at creation; nightly's own parameters (MNIST_PIPELINE_NIGHTLY), checked.
-  "$BIN/python" -m flows.deployments configure
+  "$BIN/python" -m ops.deployments configure
   if alive worker; then
     echo "worker already running (pid $(cat "$RUN_DIR/worker.pid"))"
   else
     launch worker "$BIN/prefect" worker start --pool "$POOL" --limit 1
   fi
   if ! alive reports; then
-    launch reports "$BIN/python" -m uvicorn --factory flows.reports_server:from_environment --host 127.0.0.1 --port "$REPORTS_PORT"
+    launch reports "$BIN/python" -m uvicorn --factory ops.reports_server:from_environment --host 127.0.0.1 --port "$REPORTS_PORT"
   fi
-  # For command-line runs that report to this server (flows/server.py).
+  # For command-line runs that report to this server (ops/temporary_server.py).
   printf 'MNIST_PIPELINE_REPORTS_URL=%s\nMNIST_PIPELINE_REPORTS_ROOT=%s\n' \
     "$MNIST_PIPELINE_REPORTS_URL" "$MNIST_PIPELINE_REPORTS_ROOT" >"$RUN_DIR/reports.env"
   # The same locks as the worker's runs, or two runs could build one entry at once.
@@ -189,7 +189,7 @@ stop() {
   local name pid i groups live port
   if alive server && alive worker && port=$(cat "$RUN_DIR/server.port" 2>/dev/null); then
     # Flow runs in flight end as Cancelled in the UI, not Crashed.
-    PREFECT_API_URL="http://127.0.0.1:$port/api" "$BIN/python" -m flows.deployments cancel \
+    PREFECT_API_URL="http://127.0.0.1:$port/api" "$BIN/python" -m ops.deployments cancel \
       || echo "could not cancel the flow runs in flight through the API; they will show as crashed" >&2
   fi
   for name in worker reports server; do
@@ -228,11 +228,11 @@ stop() {
   done
   rm -f "$RUN_DIR/server.port" "$RUN_DIR/reports.env"
   if [ -f "$RUN_DIR/redis.url" ]; then
-    "$BIN/python" -m flows.services redis stop "$PREFECT_HOME/redis" && echo "stopped redis"
+    "$BIN/python" -m ops.services redis stop "$PREFECT_HOME/redis" && echo "stopped redis"
     rm -f "$RUN_DIR/redis.url"
   fi
   if [ -f "$RUN_DIR/postgres.url" ]; then
-    "$BIN/python" -m flows.services postgres stop "$(cat "$RUN_DIR/postgres.dir" 2>/dev/null || echo "$PG_DIR")" \
+    "$BIN/python" -m ops.services postgres stop "$(cat "$RUN_DIR/postgres.dir" 2>/dev/null || echo "$PG_DIR")" \
       && echo "stopped postgres"
     rm -f "$RUN_DIR/postgres.url" "$RUN_DIR/postgres.dir"
   fi

@@ -18,8 +18,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from tasks.engine.retries import PermanentError
-from tasks.engine.store import fsync, raise_if_full
+from engine.retries import PermanentError
+from engine.store import fsync, raise_if_full
 
 MODEL = "model.keras"
 STATE = "state.json"

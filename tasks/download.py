@@ -14,9 +14,9 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from tasks import idx
-from tasks.engine.refs import DatasetRef
-from tasks.engine.retries import TransientError
-from tasks.engine.store import file_digest
+from tasks.refs import DatasetRef
+from engine.retries import TransientError
+from engine.store import file_digest
 
 _CONNECT_TIMEOUT_S = 5
 _READ_BATCH = 10_000

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks.engine.refs import MetricsRef, ModelRef, PreparedRef
+from tasks.refs import MetricsRef, ModelRef, PreparedRef
 from tasks.pixels import scaled
 from tasks.runtime import tensorflow
 

@@ -12,8 +12,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from tasks.engine.retries import PermanentError, TransientError
-from tasks.engine.store import file_digest
+from engine.retries import PermanentError, TransientError
+from engine.store import file_digest
 
 # The four files of an MNIST-family mirror, by split and role.
 FILES = {

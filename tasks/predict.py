@@ -14,6 +14,8 @@ from typing import Optional
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from tasks.refs import ModelRef
+
 _BOX = 20
 _SIZE = 28
 # More than a 50-megapixel photo is refused before it is decoded.
@@ -106,6 +108,25 @@ def prepare(path: Path, invert: Optional[bool] = None) -> np.ndarray:
         return to_mnist(gray, invert)
     except NotAnImage as blank:
         raise NotAnImage(f"{path} {blank}") from None
+
+
+def champion_model(artifacts_dir: str, dataset: str) -> Path:
+    """The dataset's champion's model file, once its train entry has been verified."""
+    from engine.champions import ChampionDamaged, read_champion
+    from engine.store import ArtifactStore
+
+    champion = read_champion(artifacts_dir, dataset)
+    if champion is None:
+        raise FileNotFoundError(
+            f"no {dataset} champion in {artifacts_dir}: no run has passed the quality gate yet "
+            "(see `mnist-pipeline runs`); pass --model PATH, or run with a lower --accuracy-threshold"
+        )
+    store = ArtifactStore(artifacts_dir)
+    problem = store.problem("train", champion.model)
+    if problem is not None:
+        raise ChampionDamaged(f"the {dataset} champion's model cannot be trusted: {problem}")
+    model: ModelRef = store.load_ref("train", champion.model)
+    return model.at(store.root).model_file
 
 
 def load_model(model_path: Path):

@@ -1,4 +1,4 @@
-"""Stage 2: reshape to (N, 28, 28, 1), hold out the validation split, draw 20 samples.
+"""Stage 2: reshape to (N, 28, 28, 1), hold out the validation split.
 
 The pixels stay uint8 (0..255) in the entry, a quarter of float32's bytes; the
 stages that feed a model scale them to [0, 1] as they load them (tasks/pixels.py).
@@ -11,10 +11,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from tasks import plots
-from tasks.engine.refs import DatasetRef, PreparedRef
-
-SAMPLE_COUNT = 20
+from tasks.refs import DatasetRef, PreparedRef
 
 
 def reshape(images: np.ndarray) -> np.ndarray:
@@ -31,7 +28,7 @@ def validation_size(examples: int, validation_split: float) -> int:
 
 def preprocess_dataset(out: Path, raw: DatasetRef, train_limit: Optional[int] = None,
                        validation_split: float = 0.0) -> dict[str, Any]:
-    """Reshape the splits, hold out the last `validation_split` of training, draw 20 samples."""
+    """Reshape the splits, hold out the last `validation_split` of training."""
     arrays = raw.arrays()
     images, labels = arrays["train_images"][:train_limit], arrays["train_labels"][:train_limit]
     held_out = validation_size(len(labels), validation_split)
@@ -44,6 +41,5 @@ def preprocess_dataset(out: Path, raw: DatasetRef, train_limit: Optional[int] = 
         x_file, y_file = PreparedRef.split_files(split)
         np.save(out / x_file, reshape(x))
         np.save(out / y_file, y.astype(np.int64))
-    plots.image_grid(images[:SAMPLE_COUNT], [str(label) for label in labels[:SAMPLE_COUNT]], out / PreparedRef.SAMPLES)
     return {"train_count": kept, "validation_count": held_out, "test_count": len(arrays["test_labels"]),
             "test_sha256": raw.test_sha256}

@@ -9,8 +9,8 @@ as markdown or HTML, and the page keeps only the tags and links a report makes.
 from __future__ import annotations
 
 import base64
+import json
 import re
-import shutil
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tasks import plots
-from tasks.engine.refs import DatasetRef, MetricsRef, ModelRef, PreparedRef
-from tasks.engine.versions import library_versions
+from tasks.refs import DatasetRef, MetricsRef, ModelRef, PreparedRef
+from engine.layout import MANIFEST
 from tasks.params import TrainParams
 
 if TYPE_CHECKING:
@@ -29,9 +29,9 @@ REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
 TEMPLATES = Path(__file__).with_name("templates")
 # The image files of a report, by their name in the template.
-IMAGES = {"samples": PreparedRef.SAMPLES, "curves": "curves.png", "per_class": "per_class.png",
+IMAGES = {"samples": "samples.png", "curves": "curves.png", "per_class": "per_class.png",
           "confusion": "confusion.png", "misclassified": "misclassified.png"}
-MISCLASSIFIED_SHOWN = 20
+MISCLASSIFIED_SHOWN = SAMPLES = 20
 # Markdown's characters that python-markdown (and CommonMark) take back from a backslash: a value
 # holding them makes no link, image, emphasis, code span, heading or table cell. HTML's own
 # (`<`, `>`, `&`) become entities through the templates' autoescape instead.
@@ -144,13 +144,23 @@ def _data_uris_for_images_only(tag: str, attribute: str, value: str) -> "str | N
     return None if url.startswith("data:") else value
 
 
+def versions(*entries: Any) -> dict[str, str]:
+    """The versions of the libraries that computed `entries`, as their manifests record them."""
+    found: dict[str, str] = {}
+    for entry in entries:
+        found.update(json.loads((entry.folder / MANIFEST).read_text()).get("versions", {}))
+    return dict(sorted(found.items()))
+
+
 def build_report(out: Path, raw: DatasetRef, data: PreparedRef, model: ModelRef, metrics: MetricsRef,
                  params: TrainParams) -> dict[str, Any]:
     """Render the run's report as Markdown and as self-contained HTML."""
     import pandas as pd
     from markupsafe import Markup
 
-    shutil.copy(data.folder / PreparedRef.SAMPLES, out / IMAGES["samples"])
+    # The tutorial's first look at the data: 20 training images and their labels.
+    x_train, y_train = data.split("train", mmap=True)
+    plots.image_grid(np.asarray(x_train[:SAMPLES]), [str(label) for label in y_train[:SAMPLES]], out / IMAGES["samples"])
     history = model.history()
     plots.training_curves(history, out / IMAGES["curves"])
     tables = metrics.tables()
@@ -168,7 +178,7 @@ def build_report(out: Path, raw: DatasetRef, data: PreparedRef, model: ModelRef,
     text = render(
         "report.md.j2", raw=raw, data=data, model=model, metrics=metrics, images=images, tables=tables,
         history=history, summary=model.summary(), settings=pd.DataFrame([params.model_dump()]),
-        versions=pd.DataFrame([library_versions()]),
+        versions=pd.DataFrame([versions(raw, data, model, metrics)]),
         files=pd.DataFrame(sorted(raw.files_sha256.items()), columns=["file", "sha256"]),
     )
     (out / REPORT_MD).write_text(text)

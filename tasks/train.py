@@ -11,8 +11,8 @@ from typing import Any, Callable, Optional
 
 from tasks import checkpoint
 from tasks.pixels import scaled
-from tasks.engine.refs import ModelRef, PreparedRef
-from tasks.engine.retries import TransientError
+from tasks.refs import ModelRef, PreparedRef
+from engine.retries import TransientError
 from tasks.params import TrainParams
 from tasks.runtime import distribution, select_device, visible_gpus
 

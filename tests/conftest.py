@@ -21,7 +21,7 @@ import pytest  # noqa: E402
 pytest.register_assert_rewrite("tests.serving")
 
 from tests.synthetic import write_mirror  # noqa: E402
-from flows.server import free_port  # noqa: E402
+from ops.temporary_server import free_port  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +56,7 @@ def _service(name: str, start, stop):
 @pytest.fixture(scope="session")
 def redis_url():
     """Debian's redis-server (see `make system-deps`): its redis:// URL."""
-    from flows import services
+    from ops import services
 
     yield from _service("redis", services.start_redis, services.stop_redis)
 
@@ -64,7 +64,7 @@ def redis_url():
 @pytest.fixture(scope="session")
 def postgres_url():
     """A cluster of Debian's postgresql: its connection URL for Prefect's server."""
-    from flows import services
+    from ops import services
 
     yield from _service("postgres", services.start_postgres, services.stop_postgres)
 

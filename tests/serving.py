@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 
 from flows.config import TINY
-from flows.server import free_port
+from ops.temporary_server import free_port
 from tests.prefect_homes import prefect_home
 
 ROOT = Path(__file__).resolve().parent.parent

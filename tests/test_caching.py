@@ -2,13 +2,15 @@ import importlib
 import sys
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parent.parent
+
 import pytest
 
-from tasks.engine import caching
-from tasks.engine.caching import StageCache, project_modules, source_digest
+from engine import caching
+from engine.caching import StageCache, project_modules, source_digest
 from flows.config import train_params
-from tasks.engine.refs import PreparedRef
-from tasks.engine.store import ArtifactStore
+from tasks.refs import PreparedRef
+from engine.store import ArtifactStore
 
 DATA = PreparedRef(stage="preprocess", fingerprint="00000000f00df00d", train_count=1, validation_count=0, test_count=1, test_sha256="0" * 64)
 
@@ -31,20 +33,21 @@ def helper_package(tmp_path, monkeypatch):
 
 
 def test_modules_are_followed_through_imports(helper_package):
-    assert project_modules("pkgx.stage", "pkgx") == ["pkgx.helper", "pkgx.leaf", "pkgx.stage"]
+    assert project_modules("pkgx.stage") == ["pkgx.helper", "pkgx.leaf", "pkgx.stage"]
 
 
 def test_editing_a_helper_changes_the_digest(helper_package):
-    before = source_digest("pkgx.stage", "pkgx")
+    before = source_digest("pkgx.stage")
     (helper_package / "leaf.py").write_text("SCALE = 256\n")
     source_digest.cache_clear()
     importlib.invalidate_caches()
-    assert source_digest("pkgx.stage", "pkgx") != before
+    assert source_digest("pkgx.stage") != before
 
 
 def test_train_depends_on_the_modules_it_runs_and_no_more():
     modules = project_modules("tasks.train")
-    assert set(modules) == {"tasks.train", "tasks.checkpoint", "tasks.params", "tasks.pixels", "tasks.runtime"}
+    assert set(modules) == {"tasks.train", "tasks.checkpoint", "tasks.params", "tasks.pixels", "tasks.runtime",
+                            "tasks.refs"}
 
 
 def test_fingerprint_follows_parameters_and_upstream_not_location():
@@ -60,7 +63,7 @@ def test_library_versions_enter_the_fingerprint(monkeypatch):
     cache = StageCache(stage="train", module="tasks.train")
     inputs = {"data": DATA, "params": train_params()}
     before = cache.fingerprint(inputs)
-    monkeypatch.setattr(caching, "library_versions", lambda: {"tensorflow": "9.9.9"})
+    monkeypatch.setattr(caching, "library_versions", lambda names: {"tensorflow": "9.9.9"})
     assert cache.fingerprint(inputs) != before
 
 
@@ -93,7 +96,7 @@ def test_cache_key_names_the_entry(tmp_path):
     assert key == f"train/{cache.fingerprint(inputs)}/result.json"
 
 
-def test_downstream_key_follows_what_the_upstream_entry_holds(tmp_path):
+def test_downstream_key_follows_what_the_upstream_entry_holds_and_not_its_fingerprint(tmp_path):
     upstream = StageCache(stage="preprocess", module="tasks.preprocess")
     downstream = StageCache(stage="train", module="tasks.train")
     store = str(tmp_path)
@@ -112,6 +115,11 @@ def test_downstream_key_follows_what_the_upstream_entry_holds(tmp_path):
     assert again.fingerprint == first.fingerprint
     after = downstream.fingerprint({"artifacts_dir": store, "data": again, "params": train_params()})
     assert after != before
+    # Another upstream entry (its source edited, say) that holds what the first held: the same key.
+    other = StageCache(stage="preprocess", module="tasks.preprocess", libraries=("numpy",))
+    same = other.produce(build_with(b"A"), store, {"raw": "r"})
+    assert same.fingerprint != first.fingerprint
+    assert downstream.fingerprint({"artifacts_dir": store, "data": same, "params": train_params()}) == before
 
 
 @pytest.fixture
@@ -134,8 +142,8 @@ def immutable():
 
 
 def test_a_broken_entry_that_cannot_be_removed_is_never_served(tmp_path, immutable):
-    from tasks.engine.caching import EntryRecords, record_key
-    from tasks.engine.store import StoreError
+    from engine.caching import EntryRecords, record_key
+    from engine.store import StoreError
 
     cache = StageCache(stage="preprocess", module="tasks.preprocess")
     ref = cache.produce(_write, str(tmp_path), {"raw": "r"})
@@ -151,23 +159,24 @@ def test_a_broken_entry_that_cannot_be_removed_is_never_served(tmp_path, immutab
 
 
 _KEYS = """
-import sys
-from pathlib import Path
-from tasks.engine.caching import StageCache
-from tasks.engine.refs import DatasetRef, MetricsRef, ModelRef, PreparedRef
+from flows import stages
 from tasks.params import TrainParams
-from tasks.report import TEMPLATES
+from tasks.refs import DatasetRef, MetricsRef, ModelRef, PreparedRef
 
 ref = dict(fingerprint="00000000f00df00d")
-inputs = {
-    "train": {"data": PreparedRef(stage="preprocess", train_count=1, validation_count=0, test_count=1, test_sha256="0" * 64, **ref),
-              "params": TrainParams(epochs=1, batch_size=8, learning_rate=0.001, lr_schedule="constant", seed=0)},
-    "report": {"metrics": MetricsRef(stage="evaluate", test_accuracy=0.5, test_loss=1.0, test_count=1,
-                                     test_sha256="0" * 64, **ref)},
-}
-for stage, given in inputs.items():
-    files = (TEMPLATES / "report.md.j2",) if stage == "report" else ()
-    print(stage, StageCache(stage=stage, module=f"tasks.{stage}", files=files).fingerprint(given))
+raw = DatasetRef(dataset="mnist", source="tfds", train_count=1, test_count=1, files_sha256={}, arrays_sha256="0",
+                 test_sha256="0", **ref)
+data = PreparedRef(train_count=1, validation_count=0, test_count=1, test_sha256="0" * 64, **ref)
+model = ModelRef(epochs_run=1, epoch_seconds=[1.0], device="CPU", batch_size=8, train_count=1, validation_count=1,
+                 validated_on="validation", validation_accuracy=0.5, validation_loss=1.0, **ref)
+metrics = MetricsRef(test_accuracy=0.5, test_loss=1.0, test_count=1, test_sha256="0" * 64, **ref)
+params = TrainParams(epochs=1, batch_size=8, learning_rate=0.001, lr_schedule="constant", seed=0)
+inputs = {"download_dataset": {"dataset": "mnist", "mirror": None}, "preprocess_dataset": {"raw": raw},
+          "train_model": {"data": data, "params": params}, "evaluate_model": {"model": model, "data": data},
+          "build_report": {"raw": raw, "data": data, "model": model, "metrics": metrics, "params": params}}
+for name, given in inputs.items():
+    cache = getattr(stages, name).cache_policy
+    print(cache.stage, cache.fingerprint(given))
 """
 
 
@@ -175,63 +184,86 @@ def _keys(project: Path) -> dict[str, str]:
     """Train's and report's keys as computed from the sources of `project`."""
     import subprocess
 
-    done = subprocess.run([sys.executable, "-c", _KEYS], cwd=project, capture_output=True, text=True, check=True,
+    done = subprocess.run([sys.executable, "-c", _KEYS], cwd=project, capture_output=True, text=True,
                           env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(project), "PREFECT_HOME": str(project / ".prefect"),
                                "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
+    assert done.returncode == 0, done.stderr[-3000:]
     return dict(line.split() for line in done.stdout.splitlines())
 
 
 @pytest.fixture
 def project_copy(tmp_path):
-    """The project's tasks/ package, copied: edited here, the real sources stay as they are."""
+    """The project's packages, copied: edited here, the real sources stay as they are."""
     import shutil
-    from pathlib import Path
 
-    import tasks
-
-    shutil.copytree(Path(tasks.__file__).parent, tmp_path / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("engine", "tasks", "flows"):
+        shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
     return tmp_path
+
+
+def _edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
 
 
 def test_keys_follow_what_each_stage_computes(project_copy):
     before = _keys(project_copy)
-    # A figure's size: the report draws figures, training does not.
-    plots = project_copy / "tasks" / "plots.py"
-    plots.write_text(plots.read_text().replace("figsize=(10, 3.5)", "figsize=(12, 4)"))
+    # A figure's size: only the report draws figures, the sample grid included.
+    _edit(project_copy / "tasks" / "plots.py", "_DPI = 100", "_DPI = 120")
     after_plots = _keys(project_copy)
-    assert after_plots["train"] == before["train"]
-    assert after_plots["report"] != before["report"]
-    # The model's layers: training computes something else.
-    train = project_copy / "tasks" / "train.py"
-    train.write_text(train.read_text().replace("layers.Dense(64, activation=\"relu\")",
-                                               "layers.Dense(128, activation=\"relu\")"))
-    assert _keys(project_copy)["train"] != after_plots["train"]
+    assert {stage for stage in before if after_plots[stage] != before[stage]} == {"report"}
+    # The model's layers: training computes something else (and what follows it, once it has).
+    _edit(project_copy / "tasks" / "train.py", 'layers.Dense(64, activation="relu")',
+          'layers.Dense(128, activation="relu")')
+    after_layers = _keys(project_copy)
+    assert {stage for stage in before if after_layers[stage] != after_plots[stage]} == {"train"}
     # The machinery: only STORE_VERSION reaches the keys.
-    store = project_copy / "tasks" / "engine" / "store.py"
-    store.write_text(store.read_text() + "\n# a comment\n")
-    assert _keys(project_copy)["train"] != after_plots["train"]  # still the new layers
-    layout = project_copy / "tasks" / "engine" / "layout.py"
-    keys = _keys(project_copy)
-    layout.write_text(layout.read_text().replace("STORE_VERSION = ", "STORE_VERSION = 1 + "))
+    _edit(project_copy / "engine" / "store.py", '"""The artifact store', '# a comment\n"""The artifact store')
+    assert _keys(project_copy) == after_layers
+    _edit(project_copy / "engine" / "layout.py", "STORE_VERSION = ", "STORE_VERSION = 1 + ")
     bumped = _keys(project_copy)
-    assert bumped["train"] != keys["train"] and bumped["report"] != keys["report"]
+    assert all(bumped[stage] != after_layers[stage] for stage in bumped)
+
+
+def test_a_library_only_the_report_uses_reaches_only_the_reports_key(monkeypatch):
+    from flows import stages
+
+    def keys() -> dict[str, tuple[str, ...]]:
+        return {name: getattr(stages, name).cache_policy.libraries for name in
+                ("download_dataset", "preprocess_dataset", "train_model", "evaluate_model", "build_report")}
+
+    using = {library: {name for name, libraries in keys().items() if library in libraries}
+             for library in ("markdown", "jinja2", "matplotlib", "nh3", "tensorflow-datasets", "keras")}
+    assert using == {"markdown": {"build_report"}, "jinja2": {"build_report"}, "matplotlib": {"build_report"},
+                     "nh3": {"build_report"}, "tensorflow-datasets": {"download_dataset"},
+                     "keras": {"train_model", "evaluate_model"}}
+    cache = stages.build_report.cache_policy
+    given = {"metrics": DATA}
+    before = cache.fingerprint(given)
+    real = caching.library_versions
+    monkeypatch.setattr(caching, "library_versions", lambda names: {**real(names), **(
+        {"markdown": "99.0"} if "markdown" in names else {})})
+    assert cache.fingerprint(given) != before
+    train = stages.train_model.cache_policy
+    assert train.fingerprint({"data": DATA}) == StageCache(stage="train", module="tasks.train",
+                                                           libraries=train.libraries).fingerprint({"data": DATA})
 
 
 def test_the_machinery_and_other_stages_stay_out_of_every_key():
     for stage in ("download", "preprocess", "train", "evaluate", "report"):
         modules = project_modules(f"tasks.{stage}")
-        assert not [m for m in modules if m.startswith("tasks.engine")], stage
+        assert not [m for m in modules if m.startswith("engine")], stage
         assert not [m for m in modules if m.rsplit(".", 1)[1] in {"download", "preprocess", "train", "evaluate",
                                                                     "report"} and m != f"tasks.{stage}"], stage
 
 
 def test_the_readme_says_what_each_key_covers():
     import re
-    from pathlib import Path
 
     from flows import stages
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
     rows = dict(re.findall(r"^\| (\w+) \| (`tasks/.*`) \|$", readme, re.M))
     for name in ("download_dataset", "preprocess_dataset", "train_model", "evaluate_model", "build_report"):
         cache = getattr(stages, name).cache_policy

@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flows import cli, config
+from flows import config
+from ops import cli
 from tasks import idx
 from tests.synthetic import write_mirror
 from tests.prefect_homes import prefect_home
@@ -66,7 +67,7 @@ def test_malformed_idx_file(capsys, tmp_path):
 
 def test_bad_input_starts_no_stage_and_no_prefect(tmp_path):
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "home")}
-    probe = "import sys; from flows import cli\ntry: cli.main(['run', '--epochs', '0'])\nexcept SystemExit as e: print(e.code, 'prefect' in sys.modules, 'tensorflow' in sys.modules)"
+    probe = "import sys; from ops import cli\ntry: cli.main(['run', '--epochs', '0'])\nexcept SystemExit as e: print(e.code, 'prefect' in sys.modules, 'tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert out.stdout.split() == ["2", "False", "False"]
     assert not (tmp_path / "artifacts").exists()
@@ -76,7 +77,7 @@ def test_bad_input_starts_no_stage_and_no_prefect(tmp_path):
 def server():
     """One Prefect server the module's command-line runs join (as they join `make serve`'s), where the
     temporary server each would start is not what a test is about: that start costs ~10 s a run."""
-    from flows.server import TemporaryServer
+    from ops.temporary_server import TemporaryServer
 
     prefect_home(Path(os.environ["PREFECT_HOME"]))
     started = TemporaryServer()
@@ -94,7 +95,7 @@ def _start_cli(tmp_path, *args, importtime=False, home="prefect-home", new_sessi
         prefect_home(tmp_path / home)
     flags = ["-X", "importtime"] if importtime else []
     return subprocess.Popen(
-        [sys.executable, *flags, "-m", "flows.cli", "run", *args, "--json"],
+        [sys.executable, *flags, "-m", "ops.cli", "run", *args, "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
         start_new_session=new_session,
     )
@@ -304,7 +305,7 @@ def ctrl_c_as_in_a_terminal():
 
     A suite started as a background job (`make test &`, a CI script's `cmd &`) runs with
     SIGINT ignored, and a started process inherits that; a run then rightly leaves it
-    ignored (flows/cli.py), as a background job's Ctrl-C is not its own. A handler, unlike
+    ignored (ops/cli.py), as a background job's Ctrl-C is not its own. A handler, unlike
     an ignored signal, goes back to SIGINT's default when a child starts its program.
     """
     before = signal.getsignal(signal.SIGINT)
@@ -369,7 +370,7 @@ def test_the_readme_lists_every_flow_parameter_with_its_description():
     ('{"mirror": ', "MNIST_PIPELINE_NIGHTLY is not a JSON object of parameters (Expecting value"),
 ])
 def test_nightly_parameters_are_checked_at_serve(monkeypatch, setting, message):
-    from flows import deployments
+    from ops import deployments
 
     monkeypatch.setenv("MNIST_PIPELINE_NIGHTLY", setting)
     with pytest.raises(SystemExit) as refused:
@@ -378,7 +379,7 @@ def test_nightly_parameters_are_checked_at_serve(monkeypatch, setting, message):
 
 
 def test_nightly_parameters_from_the_setting(monkeypatch, mirror):
-    from flows import deployments
+    from ops import deployments
 
     monkeypatch.setenv("MNIST_PIPELINE_NIGHTLY", f'{{"mirror": "{mirror}", "epochs": 3}}')
     assert deployments.nightly_parameters() == {"mirror": str(mirror), "epochs": 3}
@@ -433,7 +434,7 @@ def test_a_command_line_run_sends_heartbeats_without_waiting_for_their_thread(mo
 
 def test_a_command_line_run_beats_within_the_zombie_automations_window(monkeypatch):
     """A run reporting to `make serve`'s server is not marked Crashed while it lives: Prefect's default is 180 s."""
-    from flows import deployments
+    from ops import deployments
 
     environment = {k: v for k, v in os.environ.items() if k != "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"}
     monkeypatch.setattr(os, "environ", environment)
@@ -495,7 +496,7 @@ def test_the_tutorial_recipes_help_shows_its_settings_as_the_defaults(capsys):
 @pytest.fixture
 def interrupted(ctrl_c_as_in_a_terminal):
     """The run's interrupt flag, and SIGINT's handler, as they were, after the test."""
-    from tasks.engine import retries
+    from engine import retries
 
     yield retries
     retries.INTERRUPTED.clear()
@@ -531,7 +532,7 @@ def test_a_ctrl_c_the_flow_turned_into_a_failure_still_ends_the_run_as_interrupt
 
     monkeypatch.setattr(flows.pipeline, "mnist_pipeline", flow)
     # As if `make serve` answered: no temporary server is started, and the flow above reaches none.
-    monkeypatch.setattr("flows.server.served_api_url", lambda: "http://127.0.0.1:9/api")
+    monkeypatch.setattr("ops.temporary_server.served_api_url", lambda: "http://127.0.0.1:9/api")
     with pytest.raises(KeyboardInterrupt):
         cli.run(config.PipelineConfig().model_dump(), as_json=True)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler put back
@@ -544,7 +545,7 @@ def test_a_run_after_an_interrupted_one_in_the_same_process_is_not_taken_for_int
     interrupted.INTERRUPTED.set()  # an earlier run's Ctrl-C, in a process that runs again (a notebook, say)
     monkeypatch.setattr(flows.pipeline, "mnist_pipeline",
                         lambda **parameters: Failed(data=OSError("the store is read-only"), message="failed"))
-    monkeypatch.setattr("flows.server.served_api_url", lambda: "http://127.0.0.1:9/api")
+    monkeypatch.setattr("ops.temporary_server.served_api_url", lambda: "http://127.0.0.1:9/api")
     assert cli.run(config.PipelineConfig().model_dump(), as_json=True) == cli.EXIT_FAILED
 
 
@@ -555,7 +556,7 @@ def test_a_run_after_an_interrupted_one_in_the_same_process_is_not_taken_for_int
 def test_a_bad_setting_in_the_environment_is_one_line_naming_it(variable, value, tmp_path):
     env = {**os.environ, variable: value}
     for command in (["runs", "--artifacts-dir", str(tmp_path)], ["run", "--epochs", "1"]):
-        done = subprocess.run([sys.executable, "-m", "flows.cli", *command], env=env, capture_output=True,
+        done = subprocess.run([sys.executable, "-m", "ops.cli", *command], env=env, capture_output=True,
                               text=True, timeout=120, cwd=tmp_path)
         assert done.returncode == 2, done.stderr
         assert done.stderr.count("\n") == 1 and done.stderr.startswith(f"mnist-pipeline: error: {variable}="), \
@@ -564,7 +565,7 @@ def test_a_bad_setting_in_the_environment_is_one_line_naming_it(variable, value,
 
 @pytest.mark.parametrize("command", [["runs"], ["runs", "--json"], ["store"], ["store", "--all"], ["gc"]])
 def test_a_reader_that_stops_early_ends_the_command_quietly(command, tmp_path):
-    from tasks.engine import runlog
+    from engine import runlog
 
     store = tmp_path / "artifacts"
     store.mkdir()
@@ -573,7 +574,7 @@ def test_a_reader_that_stops_early_ends_the_command_quietly(command, tmp_path):
                                    "gate_reason": "x" * 40})
     for n in range(500):
         (store / "train" / f".tmp-{n:016x}-00000000").mkdir(parents=True)
-    done = subprocess.run(["bash", "-c", f'"$0" -m flows.cli {" ".join(command)} --artifacts-dir "$1" | head -1;'
+    done = subprocess.run(["bash", "-c", f'"$0" -m ops.cli {" ".join(command)} --artifacts-dir "$1" | head -1;'
                            ' echo "status ${PIPESTATUS[0]}"', sys.executable, str(store)],
                           capture_output=True, text=True, timeout=120)
     assert done.stdout.splitlines()[-1] == "status 0", done.stderr
@@ -581,7 +582,7 @@ def test_a_reader_that_stops_early_ends_the_command_quietly(command, tmp_path):
 
 
 def test_logged_values_and_file_names_print_no_terminal_escapes(tmp_path, capsys):
-    from tasks.engine import runlog
+    from engine import runlog
 
     runlog.append(str(tmp_path), {"flow_run_id": "run-\x1b]0;pwned\x07", "dataset": "mnist\x1b[2J",
                                   "test_accuracy": 0.9})

@@ -44,7 +44,7 @@ def test_serve_lists_both_deployments_with_the_nightly_schedule(api):
     assert serving.deployment(api, "on-demand")["schedules"] == []
     assert api.get("/work_pools/local-process").json()["type"] == "process"
     # Prefect's zombie-run detection: a flow run whose heartbeats stop is marked Crashed.
-    from flows.deployments import ZOMBIES
+    from ops.deployments import ZOMBIES
 
     assert ZOMBIES in [a["name"] for a in api.post("/automations/filter", json={}).json()]
 
@@ -276,7 +276,7 @@ def test_a_command_line_run_reports_to_the_served_server(served, api, mirror, tm
 
     env = {**served["env"]}
     env.pop("PREFECT_API_URL", None)  # as in a new shell: found through `make serve`'s record of its port
-    done = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--mirror", str(mirror), "--artifacts-dir",
+    done = subprocess.run([sys.executable, "-m", "ops.cli", "run", "--mirror", str(mirror), "--artifacts-dir",
                            str(tmp_path / "artifacts"), "--epochs", "1", "--batch-size", "16", "--json"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -6,7 +6,7 @@ import pytest
 from tasks import download
 from flows.stages import download_dataset
 from tasks.download import DownloadUnavailable
-from tasks.engine.store import ArtifactStore
+from engine.store import ArtifactStore
 from tests.synthetic import write_mirror
 
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from tasks import evaluate
-from tasks.engine.refs import MetricsRef
-from tasks.engine.store import ArtifactStore
+from tasks.refs import MetricsRef
+from engine.store import ArtifactStore
 from tests.stages import run_stages
 
 

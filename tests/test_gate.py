@@ -2,9 +2,10 @@ from pathlib import Path
 
 import pytest
 
-from tasks.engine import gate, layout
-from tasks.engine.locking import FileLockManager
-from tasks.engine.refs import MetricsRef, ModelRef
+from engine import champions, layout
+from flows import gate
+from engine.locking import FileLockManager
+from tasks.refs import MetricsRef, ModelRef
 
 
 TEST_DATA = "t" * 64
@@ -52,7 +53,7 @@ def _decide(store: str, fingerprint: str, accuracy: float, run_id: str,
             test_data: str = TEST_DATA) -> gate.GateResult:
     """The gate's steps as a run takes them: judge, then promote if passed, under the champion's lock."""
     model, metrics = _refs(fingerprint, accuracy, test_data)
-    with gate.champion_lock(FileLockManager(Path(store) / ".locks"), "mnist"):
+    with champions.champion_lock(FileLockManager(Path(store) / ".locks"), "mnist"):
         verdict = gate.gate_model(store, "mnist", metrics, 0.97)
         if verdict.passed:
             gate.promote(store, "mnist", model, metrics, run_id)
@@ -62,16 +63,16 @@ def _decide(store: str, fingerprint: str, accuracy: float, run_id: str,
 def test_champion_record_follows_the_gate(tmp_path):
     store = str(tmp_path)
     assert _decide(store, "a" * 16, 0.98, "run-1").passed
-    assert gate.read_champion(store, "mnist").model == "a" * 16
+    assert champions.read_champion(store, "mnist").model == "a" * 16
     assert not _decide(store, "b" * 16, 0.96, "run-2").passed
-    assert gate.read_champion(store, "mnist").model == "a" * 16
+    assert champions.read_champion(store, "mnist").model == "a" * 16
     assert _decide(store, "c" * 16, 0.99, "run-3").passed
-    champion = gate.read_champion(store, "mnist")
+    champion = champions.read_champion(store, "mnist")
     assert (champion.model, champion.flow_run_id, champion.model_path) == ("c" * 16, "run-3", "train/" + "c" * 16)
     # The same model again (a cached rerun): the record keeps the run that promoted it.
     assert _decide(store, "c" * 16, 0.99, "run-4").passed
-    assert gate.read_champion(store, "mnist").flow_run_id == "run-3"
-    assert gate.read_champion(store, "fashion_mnist") is None
+    assert champions.read_champion(store, "mnist").flow_run_id == "run-3"
+    assert champions.read_champion(store, "fashion_mnist") is None
 
 
 @pytest.mark.parametrize("record", ['{"model": "aaaa', "42", "null", '{"model": "../../x", "test_accuracy": 0.99}',
@@ -81,12 +82,12 @@ def test_a_damaged_champion_record_is_judged_as_none_and_kept_as_evidence(tmp_pa
     path = layout.champion(store, "mnist")
     path.parent.mkdir(parents=True)
     path.write_text(record)
-    with pytest.raises(gate.ChampionDamaged, match=f"the mnist champion record {path} is damaged"):
-        gate.read_champion(store, "mnist")
+    with pytest.raises(champions.ChampionDamaged, match=f"the mnist champion record {path} is damaged"):
+        champions.read_champion(store, "mnist")
     verdict = _decide(store, "d" * 16, 0.98, "run-4")
     assert verdict.passed and verdict.champion_accuracy is None
     assert f"the mnist champion record {path} is damaged" in caplog.text
-    assert gate.read_champion(store, "mnist").model == "d" * 16
+    assert champions.read_champion(store, "mnist").model == "d" * 16
     [evidence] = path.parent.glob("mnist.json.damaged-*")
     assert evidence.read_text() == record
 
@@ -106,13 +107,13 @@ def test_promotion_waits_for_another_runs_judgement(tmp_path):
     store = str(tmp_path)
     results = []
     # Another run (another lock manager: its own open file) is judging right now.
-    with gate.champion_lock(FileLockManager(tmp_path / ".locks"), "mnist"):
+    with champions.champion_lock(FileLockManager(tmp_path / ".locks"), "mnist"):
         judge = threading.Thread(target=lambda: results.append(_decide(store, "a" * 16, 0.98, "run-1")))
         judge.start()
         time.sleep(0.5)
-        assert results == [] and gate.read_champion(store, "mnist") is None
+        assert results == [] and champions.read_champion(store, "mnist") is None
     judge.join(timeout=10)
-    assert results[0].passed and gate.read_champion(store, "mnist").model == "a" * 16
+    assert results[0].passed and champions.read_champion(store, "mnist").model == "a" * 16
 
 
 
@@ -123,7 +124,7 @@ def test_a_run_on_other_test_data_is_judged_against_the_threshold_alone(tmp_path
     verdict = _decide(store, "b" * 16, 0.9700, "run-2", test_data="2" * 64)
     assert verdict.passed and verdict.champion_accuracy is None
     assert "measured on other test data, so it was judged against the threshold alone" in verdict.reason
-    champion = gate.read_champion(store, "mnist")
+    champion = champions.read_champion(store, "mnist")
     assert (champion.model, champion.test_sha256) == ("b" * 16, "2" * 64)
     # Back on the first test data, the bar is still what was promoted there.
     refused = _decide(store, "c" * 16, 0.9700, "run-3", test_data="1" * 64)
@@ -138,4 +139,4 @@ def test_promotions_cannot_ratchet_down():
     accuracies = [0.990 - 0.004 * i for i in range(5)]
     passed = [_decide(store, f"{i:016x}", accuracy, f"run-{i}").passed for i, accuracy in enumerate(accuracies)]
     assert passed == [True, True, False, False, False]
-    assert gate.read_champion(store, "mnist").best == {TEST_DATA: 0.990}
+    assert champions.read_champion(store, "mnist").best == {TEST_DATA: 0.990}

@@ -9,13 +9,13 @@ from typing import Optional
 
 import pytest
 
-from flows import cli
+from ops import cli
 from flows.config import TINY
 from tests.prefect_homes import prefect_home
-from tasks.engine import gate, inventory
-from tasks.engine.caching import record_key
-from tasks.engine.locking import FileLockManager
-from tasks.engine.store import ArtifactStore
+from engine import champions, inventory
+from engine.caching import record_key
+from engine.locking import FileLockManager
+from engine.store import ArtifactStore
 
 STAGES = ["download", "preprocess", "train", "evaluate", "report"]
 
@@ -63,7 +63,7 @@ def test_store_adds_up_to_the_bytes_on_disk_and_names_what_keeps_each_entry(hist
     assert cli.main(["store", "--artifacts-dir", store, "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert sum(row["bytes"] for row in rows) == _du(store)
-    champion = gate.read_champion(store, "mnist")
+    champion = champions.read_champion(store, "mnist")
     by_entry = {f"{r['stage']}/{r['fingerprint']}": r for r in rows if r["kind"] == "entry"}
     assert by_entry[champion.model_path]["champion"] == "mnist"
     last = summaries[-1]
@@ -89,7 +89,7 @@ def test_gc_keeps_the_champions_lineage_and_the_last_runs_and_a_rerun_of_them_is
 
     store = _copy(history[0], tmp_path)
     summaries = history[1]
-    champion = gate.read_champion(store, "mnist")
+    champion = champions.read_champion(store, "mnist")
     promoted = next(s for s in summaries if s["flow_run_id"] == champion.flow_run_id)
     kept = _used(promoted) | _used(summaries[-1]) | _used(summaries[-2])
     leftover = Path(store) / "train" / ".tmp-0123456789abcdef-deadbeef"
@@ -178,7 +178,7 @@ def test_a_run_started_during_gc_completes(history, tmp_path, mirror, capsys):
     store = _copy(history[0], tmp_path)
     env = {**os.environ, "PREFECT_HOME": str(prefect_home(tmp_path / "home"))}
     env.pop("PREFECT_API_URL", None)
-    run = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--mirror", str(mirror), "--epochs", "1",
+    run = subprocess.Popen([sys.executable, "-m", "ops.cli", "run", "--mirror", str(mirror), "--epochs", "1",
                             "--batch-size", "16", "--train-limit", "200", "--seed", "1", "--accuracy-threshold", "0",
                             "--artifacts-dir", store, "--json"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
@@ -204,7 +204,7 @@ def test_a_run_started_during_gc_completes(history, tmp_path, mirror, capsys):
 
 @pytest.mark.e2e
 def test_gc_removes_nothing_while_a_run_is_in_progress(history, tmp_path, capsys):
-    from tasks.engine import locking
+    from engine import locking
 
     store = _copy(history[0], tmp_path)
     before = _entries(store)
@@ -232,7 +232,7 @@ def _logged_run(store: Path, dataset: str = "mnist", run_id: str = "", with_entr
     """A run's five entries (each computed from the ones before it, as the pipeline's are) and its run-log line."""
     import uuid
 
-    from tasks.engine import runlog
+    from engine import runlog
 
     entries = dict(reuse or {})
     entries.setdefault("download", _entry(store, "download"))
@@ -305,7 +305,7 @@ def test_gc_takes_the_store_before_it_reads_so_a_run_that_finishes_meanwhile_los
     """A run that starts and finishes while gc walks the store promotes a model gc must not remove."""
     import threading
 
-    from tasks.engine import locking
+    from engine import locking
 
     store = tmp_path / "artifacts"
     old = _logged_run(store)
@@ -332,7 +332,7 @@ def test_gc_takes_the_store_before_it_reads_so_a_run_that_finishes_meanwhile_los
     while "run" not in done and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _five(done["run"]) <= _entries(store)
-    assert gate.read_champion(str(store), "mnist").model == done["run"]["train"].split("/")[1]
+    assert champions.read_champion(str(store), "mnist").model == done["run"]["train"].split("/")[1]
 
 
 def test_gc_removes_only_names_an_entry_or_a_leftover_can_have(tmp_path, capsys):

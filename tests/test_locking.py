@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from tasks.engine import locking
-from tasks.engine.locking import FileLockManager, lock_manager
+from engine import locking
+from engine.locking import FileLockManager, lock_manager
 
 
 # Redis is a server: out of the fast lane, as the other servers are.
@@ -31,7 +31,7 @@ def key(tmp_path) -> str:
 def _probe(tmp_path, code: str) -> subprocess.Popen:
     """Another process with the same lock settings (the environment) and folder."""
     return subprocess.Popen(
-        [sys.executable, "-c", f"from tasks.engine.locking import lock_manager; locks = lock_manager({str(tmp_path)!r}); {code}"],
+        [sys.executable, "-c", f"from engine.locking import lock_manager; locks = lock_manager({str(tmp_path)!r}); {code}"],
         stdout=subprocess.PIPE, text=True)
 
 
@@ -42,7 +42,7 @@ def test_the_setting_chooses_the_lock_manager(backend, tmp_path):
 
 @pytest.mark.e2e
 def test_a_store_locked_in_redis_keeps_every_process_on_redis(redis_url, tmp_path, monkeypatch):
-    from tasks.engine.store import StoreError
+    from engine.store import StoreError
 
     monkeypatch.setenv(locking.REDIS_URL_ENV, redis_url)
     lock_manager(tmp_path)
@@ -105,7 +105,7 @@ def test_release_by_a_non_holder_is_refused(backend, tmp_path, key):
 
 
 def test_gc_is_kept_out_while_a_run_is_in_progress_and_a_killed_run_lets_it_in(backend, tmp_path):
-    from tasks.engine.locking import run_in_progress, store_exclusively
+    from engine.locking import run_in_progress, store_exclusively
 
     store = str(tmp_path / "store")
     with run_in_progress(lock_manager(tmp_path), store):
@@ -115,7 +115,7 @@ def test_gc_is_kept_out_while_a_run_is_in_progress_and_a_killed_run_lets_it_in(b
             assert alone  # another store's gc is none of this run's business
     with store_exclusively(lock_manager(tmp_path), store) as alone:
         assert alone
-    holder = _probe(tmp_path, "import time; from tasks.engine.locking import run_in_progress\n"
+    holder = _probe(tmp_path, "import time; from engine.locking import run_in_progress\n"
                               f"with run_in_progress(locks, {store!r}):\n print('running', flush=True); time.sleep(60)")
     assert holder.stdout.readline().strip() == "running"
     holder.kill()
@@ -127,7 +127,7 @@ def test_gc_is_kept_out_while_a_run_is_in_progress_and_a_killed_run_lets_it_in(b
 
 @pytest.mark.e2e
 def test_gc_sees_a_run_in_progress_on_a_store_whose_path_reads_as_a_pattern(redis_url, tmp_path, monkeypatch):
-    from tasks.engine.locking import run_in_progress, store_exclusively
+    from engine.locking import run_in_progress, store_exclusively
 
     monkeypatch.setenv(locking.REDIS_URL_ENV, redis_url)
     store = str(tmp_path / "art[2]*?\\")  # SCAN MATCH's pattern characters, which a folder's name may hold
@@ -142,7 +142,7 @@ def test_a_lock_that_expired_while_its_holder_was_stopped_is_found_lost_and_rele
     monkeypatch.setenv(locking.REDIS_URL_ENV, redis_url)
     monkeypatch.setenv(locking.REDIS_LOCK_TTL_ENV, "1.5")
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys\nfrom tasks.engine import locking\n"
+        [sys.executable, "-c", "import sys\nfrom engine import locking\n"
          f"locks = locking.lock_manager({str(tmp_path)!r}); locks.acquire_lock({key!r}, 'run-a')\n"
          f"print(locking.lost(locks, {key!r}), flush=True); sys.stdin.readline()\n"
          f"print(locking.lost(locks, {key!r}), flush=True)\n"
@@ -163,8 +163,8 @@ def test_a_lock_that_expired_while_its_holder_was_stopped_is_found_lost_and_rele
 
 
 def test_locks_that_cannot_be_taken_are_one_line_without_the_password(tmp_path, monkeypatch):
-    from flows.server import free_port
-    from tasks.engine.store import StoreError
+    from ops.temporary_server import free_port
+    from engine.store import StoreError
 
     (tmp_path / "file").write_text("")
     monkeypatch.delenv(locking.REDIS_URL_ENV, raising=False)
@@ -185,8 +185,8 @@ def test_locks_that_cannot_be_taken_are_one_line_without_the_password(tmp_path, 
 
 
 def test_a_lock_on_a_read_only_disk_is_a_store_error(tmp_path):
-    from tasks.engine.locking import store_exclusively
-    from tasks.engine.store import StoreError
+    from engine.locking import store_exclusively
+    from engine.store import StoreError
 
     disk = tmp_path / "disk"
     disk.mkdir()
@@ -208,12 +208,12 @@ def test_a_lock_on_a_read_only_disk_is_a_store_error(tmp_path):
 
 @pytest.mark.e2e
 def test_a_run_stopped_past_the_time_to_live_is_in_progress_again_once_it_goes_on(redis_url, tmp_path, monkeypatch):
-    from tasks.engine.locking import store_exclusively
+    from engine.locking import store_exclusively
 
     monkeypatch.setenv(locking.REDIS_URL_ENV, redis_url)
     monkeypatch.setenv(locking.REDIS_LOCK_TTL_ENV, "1.5")
     store = str(tmp_path / "store")
-    holder = _probe(tmp_path, "import time; from tasks.engine.locking import run_in_progress\n"
+    holder = _probe(tmp_path, "import time; from engine.locking import run_in_progress\n"
                               f"with run_in_progress(locks, {store!r}):\n print('running', flush=True); time.sleep(60)")
     assert holder.stdout.readline().strip() == "running"
     holder.send_signal(signal.SIGSTOP)

@@ -8,7 +8,7 @@ import pytest
 from flows.pipeline import mnist_pipeline
 import numpy as np
 from flows.config import TINY
-from tasks.engine.store import ArtifactStore
+from engine.store import ArtifactStore
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_harness")]
 STAGES = ["download", "preprocess", "train", "evaluate", "report"]
@@ -104,7 +104,7 @@ def test_invalid_parameter_is_refused_before_any_stage(store):
 
 
 def test_unwritable_store_fails_clearly_and_leaves_no_entry(mirror, tmp_path):
-    from tasks.engine.store import StoreError
+    from engine.store import StoreError
 
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
@@ -168,7 +168,7 @@ def test_deterministic_failure_is_not_retried(tmp_path, store):
 
 
 def test_gate_promotes_a_good_model_and_refuses_a_weak_one(run, store):
-    from tasks.engine.gate import read_champion
+    from engine.gate import read_champion
 
     promoted = run(accuracy_threshold=0.5)
     assert promoted["gate"]["passed"] is True
@@ -184,7 +184,7 @@ def test_gate_promotes_a_good_model_and_refuses_a_weak_one(run, store):
 
 
 def test_runs_are_logged_with_parameters_metrics_and_gate(run, store):
-    from tasks.engine import runlog
+    from engine import runlog
 
     first = run(accuracy_threshold=0.5)
     second = run(accuracy_threshold=0.999)
@@ -205,8 +205,8 @@ def test_flow_run_publishes_its_artifacts(run):
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
             flow_run_id=ArtifactFilterFlowRunId(any_=[summary["flow_run_id"]])))
     by_key = {a.key: a for a in artifacts}
-    assert set(by_key) >= {"mnist-report", "mnist-metrics", "mnist-report-html", "training-progress"}
-    assert by_key["training-progress"].type == "progress" and by_key["training-progress"].data == 100.0
+    assert set(by_key) >= {"mnist-report", "mnist-metrics", "mnist-report-html", "train-progress"}
+    assert by_key["train-progress"].type == "progress" and by_key["train-progress"].data == 100.0
     assert by_key["mnist-metrics"].type == "table"
     markdown = by_key["mnist-report"].data
     assert "## Quality gate" in markdown and "## This run" in markdown
@@ -220,7 +220,7 @@ def test_flow_run_publishes_its_artifacts(run):
 
 
 def test_runs_command_lists_what_ran(run, store, capsys):
-    from flows import cli
+    from ops import cli
 
     summary = run(accuracy_threshold=0.5)
     assert cli.main(["runs", "--artifacts-dir", store, "--json"]) == 0
@@ -231,7 +231,7 @@ def test_runs_command_lists_what_ran(run, store, capsys):
 
 
 def test_bad_lines_in_the_run_log_and_a_damaged_champion_block_nothing(run, store, capsys):
-    from flows import cli
+    from ops import cli
 
     run(accuracy_threshold=0.5)
     champion = Path(store) / "champions" / "mnist.json"
@@ -248,8 +248,8 @@ def test_bad_lines_in_the_run_log_and_a_damaged_champion_block_nothing(run, stor
 def test_a_full_disk_after_the_gate_leaves_the_previous_state(run, store, monkeypatch):
     import os
 
-    from tasks.engine import store as store_module
-    from tasks.engine.store import StoreError
+    from engine import store as store_module
+    from engine.store import StoreError
 
     first = run(accuracy_threshold=0.5)
     before = {name: (Path(store) / name).read_bytes() for name in ("champions/mnist.json", "runs.jsonl")}

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flows import cli
+from ops import cli
 from flows.config import train_params
 from tasks import predict
-from tasks.engine.refs import ModelRef
+from tasks.refs import ModelRef
 from flows.stages import download_dataset, preprocess_dataset, train_model
-from tasks.engine.store import ArtifactStore
+from engine.store import ArtifactStore
 from tests.synthetic import glyph, write_glyph_mirror
 
 
@@ -80,8 +80,8 @@ def champion(model_path, tmp_path):
     """A store whose mnist champion is the glyph model, moved away from where it was trained."""
     import shutil
 
-    from tasks.engine import gate
-    from tasks.engine.refs import MetricsRef, ModelRef
+    from flows import gate
+    from tasks.refs import MetricsRef, ModelRef
 
     store = tmp_path / "moved-store"
     shutil.copytree(model_path.parent.parent.parent, store)

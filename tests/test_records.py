@@ -10,9 +10,9 @@ import pytest
 from prefect.results import ResultRecord, ResultRecordMetadata, ResultStore
 from prefect.serializers import JSONSerializer, PickleSerializer
 
-from tasks.engine.caching import EntryRecords, StageCache, record_key
-from tasks.engine.refs import MetricsRef
-from tasks.engine.store import MANIFEST, REF, ArtifactStore, sha256_file
+from engine.caching import EntryRecords, StageCache, record_key
+from tasks.refs import MetricsRef
+from engine.store import MANIFEST, REF, ArtifactStore, sha256_file
 
 # One per process: the test lanes (pytest-xdist) run test_pipeline.py's use of it at the same time.
 MARKER = Path(tempfile.gettempdir()) / f"mnist-pipeline-record-ran-code-{os.getpid()}"

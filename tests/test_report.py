@@ -11,7 +11,7 @@ import pytest
 
 from flows import runner
 from tasks import report
-from tasks.engine.store import ArtifactStore
+from engine.store import ArtifactStore
 from tests.stages import run_stages
 
 SECTIONS = ["Dataset", "Model", "Training", "Metrics", "Confusion matrix", "Predictions", "Misclassified examples"]
@@ -34,6 +34,11 @@ def test_markdown_has_every_section_and_its_images(entry):
         assert f"## {section}\n" in text
     for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
         assert matplotlib.image.imread(entry / image).size > 0
+
+
+def test_the_sample_grid_is_the_tutorials_two_rows_of_ten(entry):
+    grid = matplotlib.image.imread(entry / report.IMAGES["samples"])
+    assert grid.shape[1] > 2 * grid.shape[0]
 
 
 def test_html_is_self_contained_and_its_images_decode(entry):
@@ -88,7 +93,7 @@ def test_a_report_links_through_the_file_server_that_serves_its_store(tmp_path, 
 def test_the_run_part_names_the_best_earlier_score_of_those_recorded(scores, best):
     from types import SimpleNamespace
 
-    from tasks.engine.gate import GateResult
+    from flows.gate import GateResult
 
     earlier = [{"finished": f"2026-11-0{i + 1}", "test_accuracy": score} for i, score in enumerate(scores)]
     text = report.render("run.md.j2", gate=GateResult(passed=False, champion_accuracy=None, reason="r"),
@@ -154,8 +159,8 @@ def test_stored_values_put_no_link_heading_or_row_in_the_run_report(refs, tmp_pa
     import shutil
 
     from flows.stages import build_report, download_dataset
-    from tasks.engine.gate import GateResult
-    from tasks.engine.refs import ModelRef
+    from flows.gate import GateResult
+    from tasks.refs import ModelRef
     from tests.stages import PARAMS
     from tests.synthetic import write_mirror
 
@@ -204,7 +209,7 @@ def test_the_ui_artifacts_show_stored_values_as_text(refs, tmp_path, monkeypatch
     import markdown as python_markdown
     import prefect.artifacts
 
-    from tasks.engine.gate import GateResult
+    from flows.gate import GateResult
 
     made = {}
     for kind in ("markdown", "link", "table"):

@@ -8,7 +8,7 @@ import uuid
 import httpx
 import pytest
 
-from flows import reports_server
+from ops import reports_server
 
 RUN = str(uuid.UUID(int=7))
 FINGERPRINT = "0123456789abcdef"

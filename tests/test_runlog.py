@@ -1,5 +1,5 @@
-from tasks.engine import runlog
-from tasks.engine.layout import RUN_LOG
+from engine import runlog
+from engine.layout import RUN_LOG
 
 
 def test_runs_are_read_back_in_order(tmp_path):
@@ -53,7 +53,7 @@ def test_a_full_disk_leaves_the_log_as_it_was(tmp_path, monkeypatch):
 
     import pytest
 
-    from tasks.engine.store import StoreError
+    from engine.store import StoreError
 
     runlog.append(str(tmp_path), {"flow_run_id": "run-0"})
     before = (tmp_path / RUN_LOG).read_bytes()
@@ -80,7 +80,7 @@ def test_a_line_taken_back_never_takes_a_line_another_run_added_meanwhile(tmp_pa
 
     import pytest
 
-    from tasks.engine.locking import FileLockManager
+    from engine.locking import FileLockManager
 
     def fashion_run_finishes() -> None:
         with runlog.added(str(tmp_path), {"flow_run_id": "fashion", "dataset": "fashion_mnist"},

@@ -8,10 +8,10 @@ import uuid
 
 import pytest
 
-from tasks.engine import remote
-from tasks.engine.caching import EntryRecords  # imports Prefect, which sets up logging before caplog
-from tasks.engine.layout import MANIFEST
-from tasks.engine.store import ArtifactStore
+from engine import remote
+from engine.caching import EntryRecords  # imports Prefect, which sets up logging before caplog
+from engine.layout import MANIFEST
+from engine.store import ArtifactStore
 from tests.prefect_homes import prefect_home
 
 pytestmark = pytest.mark.e2e  # moto's S3 server: out of the fast lane
@@ -80,7 +80,7 @@ def test_an_address_without_a_bucket_is_refused(url):
 def _run(tmp_path, store: str, cache: str, mirror, s3_settings):
     env = {**os.environ, **s3_settings, "PREFECT_HOME": str(prefect_home(tmp_path / "home")), remote.CACHE_ENV: str(tmp_path / cache)}
     env.pop("PREFECT_API_URL", None)
-    done = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--mirror", str(mirror), "--epochs", "1",
+    done = subprocess.run([sys.executable, "-m", "ops.cli", "run", "--mirror", str(mirror), "--epochs", "1",
                            "--batch-size", "16", "--artifacts-dir", store, "--json"],
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -104,7 +104,7 @@ def test_a_hosts_copy_uploads_each_entry_it_serves_that_the_bucket_lacks(bucket,
     from flows.config import TINY
     from flows.pipeline import mnist_pipeline
 
-    from tasks.engine import inventory
+    from engine import inventory
 
     first = mnist_pipeline(mirror=str(mirror), artifacts_dir=bucket, **TINY)
     fs = remote.Remote(bucket).fs
@@ -122,8 +122,8 @@ def test_a_hosts_copy_uploads_each_entry_it_serves_that_the_bucket_lacks(bucket,
 
 
 def test_a_remote_file_planted_in_a_store_on_disk_is_refused_and_uploads_nothing(bucket, tmp_path, mirror, capsys):
-    from flows import cli
-    from tasks.engine.store import StoreError
+    from ops import cli
+    from engine.store import StoreError
 
     store = tmp_path / "store"
     store.mkdir()

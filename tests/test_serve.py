@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.server import free_port
+from ops.temporary_server import free_port
 from tests import serving
 from tests.serving import ROOT
 
@@ -87,7 +87,7 @@ def test_two_workers_on_postgres_redis_and_s3_share_runs_and_compute_each_stage_
     import tempfile
     import uuid
 
-    from tasks.engine import remote
+    from engine import remote
 
     home = tmp_path_factory.mktemp("cluster-prefect-home")
     for name, value in s3_settings.items():

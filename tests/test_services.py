@@ -15,8 +15,8 @@ from urllib.parse import urlparse
 
 import pytest
 
-from flows import services
-from flows.server import free_port
+from ops import services
+from ops.temporary_server import free_port
 from tests.synthetic import write_mirror
 
 pytestmark = pytest.mark.e2e  # servers: out of the fast lane
@@ -30,7 +30,7 @@ def postgres_server(postgres_url, tmp_path_factory):
            "PREFECT_SERVER_DATABASE_CONNECTION_URL": postgres_url, "PREFECT_SERVER_API_PORT": str(port)}
     env.pop("PREFECT_API_URL", None)
     server = subprocess.Popen(
-        [sys.executable, "-m", "flows.prefect_server", "server", "start", "--host", "127.0.0.1", "--port", str(port),
+        [sys.executable, "-m", "ops.prefect_compat", "server", "start", "--host", "127.0.0.1", "--port", str(port),
          "--no-services"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     api = f"http://127.0.0.1:{port}/api"
     for _ in range(240):
@@ -81,7 +81,7 @@ def test_concurrent_runs_on_postgres_and_redis_compute_each_stage_once(postgres_
         env = {**os.environ, "PREFECT_HOME": str(tmp_path / f"home-{i}"), "PREFECT_API_URL": postgres_server,
                "MNIST_PIPELINE_REDIS_URL": redis_url}
         runs.append(subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "run", "--mirror", str(mirror), "--epochs", "2", "--batch-size", "16",
+            [sys.executable, "-m", "ops.cli", "run", "--mirror", str(mirror), "--epochs", "2", "--batch-size", "16",
              "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path))
     outputs = [run.communicate(timeout=300) for run in runs]
     assert [run.returncode for run in runs] == [0, 0], [err[-2000:] for _, err in outputs]
@@ -105,7 +105,7 @@ def test_a_run_stopped_past_its_locks_time_to_live_stops_writing_and_is_served_w
     def start(name: str) -> subprocess.Popen:
         env = {**os.environ, "PREFECT_HOME": str(tmp_path / name), "PREFECT_API_URL": postgres_server,
                "MNIST_PIPELINE_REDIS_URL": redis_url, "MNIST_PIPELINE_REDIS_LOCK_TTL_S": "3"}
-        return subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--mirror", str(mirror), "--epochs", "4",
+        return subprocess.Popen([sys.executable, "-m", "ops.cli", "run", "--mirror", str(mirror), "--epochs", "4",
                                  "--batch-size", "16", "--json"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
 

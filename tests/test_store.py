@@ -1,7 +1,7 @@
 import pytest
 
-from tasks.engine.refs import PreparedRef
-from tasks.engine.store import MANIFEST, REF, ArtifactStore, StoreError
+from tasks.refs import PreparedRef
+from engine.store import MANIFEST, REF, ArtifactStore, StoreError
 
 FP = "0123456789abcdef"
 
@@ -126,7 +126,7 @@ def test_a_store_path_that_is_a_file_is_not_a_directory(tmp_path):
 
 
 def test_a_locks_folder_that_is_a_file_is_refused_not_ignored(tmp_path):
-    from tasks.engine.locking import FileLockManager
+    from engine.locking import FileLockManager
 
     (tmp_path / ".locks").write_text("")
     with pytest.raises(StoreError, match=f"cannot keep locks in {tmp_path / '.locks'}: Not a directory"):
@@ -136,7 +136,7 @@ def test_a_locks_folder_that_is_a_file_is_refused_not_ignored(tmp_path):
 def test_a_failed_atomic_write_leaves_the_old_file_and_no_temporary_one(tmp_path, monkeypatch):
     import os
 
-    from tasks.engine.store import write_atomically
+    from engine.store import write_atomically
 
     target = tmp_path / "champion.json"
     target.write_text("old")
@@ -159,7 +159,7 @@ def _add_to_manifest(entry, name: str, like) -> None:
     """A manifest entry for `name` with the size and checksum of the file `like`: right, but for its name."""
     import json
 
-    from tasks.engine.store import sha256_file
+    from engine.store import sha256_file
 
     manifest = json.loads((entry / MANIFEST).read_text())
     manifest["files"][name] = {"sha256": sha256_file(like), "bytes": like.stat().st_size}

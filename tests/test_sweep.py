@@ -8,7 +8,8 @@ import sys
 import pandas as pd
 import pytest
 
-from flows import cli, config
+from flows import config
+from ops import cli
 from flows.config import SweepGrid
 from tests.prefect_homes import prefect_home
 
@@ -67,7 +68,7 @@ def test_the_flows_parameters_are_the_grid_and_the_runs_settings_but_what_the_gr
 def test_a_sweep_on_two_dask_workers_trains_the_grid_and_gates_the_best(tmp_path, mirror):
     env = {**os.environ, "PREFECT_HOME": str(prefect_home(tmp_path / "home")), "MNIST_PIPELINE_DASK_WORKERS": "2"}
     env.pop("PREFECT_API_URL", None)
-    command = [sys.executable, "-m", "flows.cli", "sweep", "--mirror", str(mirror), "--epochs", "1",
+    command = [sys.executable, "-m", "ops.cli", "sweep", "--mirror", str(mirror), "--epochs", "1",
                "--learning-rates", "0.01", "0.001", "--batch-sizes", "16", "32", "--json"]
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from tasks import train
-from tasks.engine.refs import ModelRef
-from tasks.engine.store import ArtifactStore
+from tasks.refs import ModelRef
+from engine.store import ArtifactStore
 from tests.stages import PARAMS, run_stages
 
 
@@ -170,7 +170,7 @@ def test_resumed_training_matches_an_uninterrupted_run(mirror, tmp_path):
 def test_gpu_out_of_memory_retries_with_half_the_batch(mirror, tmp_path, monkeypatch):
     import tensorflow as tf
 
-    from tasks.engine.retries import is_transient
+    from engine.retries import is_transient
 
     store = str(tmp_path / "artifacts")
     data = _prepared(store, mirror)
@@ -212,7 +212,7 @@ def test_a_checkpoint_that_fills_the_disk_leaves_no_temporary_folder(tmp_path, m
     import os
 
     from tasks import checkpoint
-    from tasks.engine.store import StoreError
+    from engine.store import StoreError
 
     class Model:
         def save(self, path):
@@ -270,7 +270,7 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from tasks import train
 from tests.test_train import fit
-from tasks.engine.refs import PreparedRef
+from tasks.refs import PreparedRef
 train.distribution = lambda: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 data = PreparedRef.model_validate_json(sys.argv[1]).at(sys.argv[2])
 params = train.TrainParams.model_validate_json(sys.argv[5])
@@ -294,7 +294,7 @@ def test_two_replicas_split_a_global_batch_of_twice_the_batch_size(tmp_path, tra
 
 def test_several_replicas_make_another_training_and_one_device_changes_no_key(monkeypatch):
     from flows.stages import train_model
-    from tasks.engine.refs import PreparedRef
+    from tasks.refs import PreparedRef
     from tests.stages import PARAMS
 
     data = PreparedRef(stage="preprocess", fingerprint="0" * 16, train_count=10, validation_count=1, test_count=5,

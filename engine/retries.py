@@ -11,7 +11,7 @@ import errno
 import threading
 from typing import Any, NoReturn
 
-from tasks.engine.store import StoreError
+from engine.store import StoreError
 
 # Errors of the machine, not of the moment: another try meets them again.
 _LASTING_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR}

@@ -1,8 +1,8 @@
 """What `make serve` and `make stop` do to the deployments beyond `prefect deploy`.
 
-    python -m flows.deployments pool NAME   before `prefect deploy --all`
-    python -m flows.deployments configure   after it
-    python -m flows.deployments cancel      before the worker is stopped
+    python -m ops.deployments pool NAME   before `prefect deploy --all`
+    python -m ops.deployments configure   after it
+    python -m ops.deployments cancel      before the worker is stopped
 
 `configure` closes each deployment's parameter schema: Prefect's lets unknown
 keys through, so a run created with a misspelt parameter would be accepted and
@@ -39,7 +39,7 @@ from prefect.states import Cancelled, Cancelling
 from pydantic import ValidationError
 
 from flows import config
-from tasks.engine.settings import env_name, settings
+from engine.settings import env_name, settings
 
 # The flows of prefect.yaml's deployments.
 FLOWS = ["mnist-pipeline", "mnist-sweep", "mnist-store-gc"]

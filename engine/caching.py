@@ -4,7 +4,7 @@ A stage is a plain function `compute(out, *inputs)` that writes its files to
 the folder `out` and returns its reference's fields. `stage()` turns it into
 the cached Prefect task. Its key (the fingerprint) hashes the inputs (upstream
 entries by their fingerprints and contents), the source of the stage's module
-and of the project modules it uses (the machinery in tasks.engine excepted:
+and of the project modules it uses (the machinery in engine excepted:
 STORE_VERSION stands for it), and the versions of the libraries that compute
 it. Prefect's record of a stage's result is the entry itself: whenever Prefect
 reads it, it is rebuilt from the entry's verified `ref.json`, so nothing
@@ -34,29 +34,23 @@ from prefect.logging import get_run_logger
 from prefect.transactions import get_transaction
 from pydantic import BaseModel
 
-from tasks.engine import layout, locking, retries
-from tasks.engine.layout import RECORD, record_key
-from tasks.engine.refs import REF_TYPES, EntryRef
-from tasks.engine.settings import settings
-from tasks.engine.store import ArtifactStore
-from tasks.engine.versions import library_versions
-
-_PROGRESS_KEYS = {"train": "training-progress"}
-# The machinery: its changes reach the keys through layout.STORE_VERSION only.
-_MACHINERY = "tasks.engine"
+from engine import layout, locking, retries
+from engine.layout import RECORD, record_key
+from engine.refs import EntryRef, ref_type, stages
+from engine.settings import settings
+from engine.store import ArtifactStore
+from engine.versions import library_versions
 
 log = logging.getLogger(__name__)
 
 
-_PACKAGE = "tasks"
-
-
-def project_modules(root: str, package: str = _PACKAGE) -> list[str]:
-    """`root` and every project module it imports, directly or through another, the machinery excepted."""
+def project_modules(root: str) -> list[str]:
+    """`root` and every module of its package that it imports, directly or through another."""
+    package = root.split(".")[0]
     seen, todo = set(), [root]
     while todo:
         name = todo.pop()
-        if name not in seen and name != _MACHINERY and not name.startswith(f"{_MACHINERY}."):
+        if name not in seen:
             seen.add(name)
             todo.extend(_imports(name, package))
     return sorted(seen)
@@ -64,14 +58,12 @@ def project_modules(root: str, package: str = _PACKAGE) -> list[str]:
 
 def _imports(module: str, package: str) -> set[str]:
     # Read from the source, so a constant imported by name counts too.
-    tree = ast.parse(_source_path(module).read_bytes())
     found = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(ast.parse(_source(module))):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            found.add(node.module)
-            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+            found.update([node.module, *(f"{node.module}.{alias.name}" for alias in node.names)])
     return {name for name in found if name.startswith(f"{package}.") and _is_module(name)}
 
 
@@ -82,33 +74,30 @@ def _is_module(name: str) -> bool:
         return False
 
 
-def _source_path(module: str) -> Path:
+def _source(module: str) -> bytes:
     spec = importlib.util.find_spec(module)
     if spec is None or spec.origin is None:
         raise ValueError(f"module {module} has no source file")
-    return Path(spec.origin)
+    return Path(spec.origin).read_bytes()
 
 
 @lru_cache(maxsize=None)
-def source_digest(root: str, package: str = _PACKAGE, files: tuple[Path, ...] = ()) -> str:
-    """SHA-256 over the source of `root`, every project module it uses, and `files` (its templates)."""
+def source_digest(root: str, files: tuple[Path, ...] = ()) -> str:
+    """SHA-256 over the source of `root`, every module of its package it uses, and `files` (its templates)."""
     digest = hashlib.sha256()
-    for name in project_modules(root, package):
-        digest.update(name.encode())
-        digest.update(_source_path(name).read_bytes())
+    for name in project_modules(root):
+        digest.update(name.encode() + _source(name))
     for path in sorted(files):
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
+        digest.update(path.name.encode() + path.read_bytes())
     return digest.hexdigest()
 
 
 def _canonical(value: Any, store: Optional[ArtifactStore]) -> Any:
     if isinstance(value, EntryRef):
-        # What the upstream entry holds, not only what it was asked to compute: an
-        # upstream stage computed again (after eviction, on another device) may
-        # come out different, and then what follows it must be computed again too.
-        return {"stage": value.stage, "fingerprint": value.fingerprint,
-                "content": store.content_digest(value) if store else None}
+        # What the upstream entry holds, not how it came to be: an upstream stage computed
+        # again (its source edited, another device) that comes out the same changes nothing
+        # here, and one that comes out different makes this stage compute again.
+        return {"stage": value.stage, "content": (store and store.content_digest(value)) or value.fingerprint}
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
     return value
@@ -126,6 +115,8 @@ class StageCache(CachePolicy):
     describe_inputs: Optional[Callable[[Mapping[str, Any]], Mapping[str, Any]]] = None
     # Files besides modules that decide the output (the report's templates).
     files: tuple[Path, ...] = field(default_factory=tuple)
+    # The libraries whose numerics or data the stage's output depends on (PyPI names).
+    libraries: tuple[str, ...] = ()
 
     def fingerprint(self, inputs: Mapping[str, Any]) -> str:
         """The stage's key for `inputs`: the task's arguments, `artifacts_dir` included."""
@@ -138,7 +129,7 @@ class StageCache(CachePolicy):
             "stage": self.stage,
             "inputs": {k: _canonical(v, store) for k, v in sorted(relevant.items())},
             "source": source_digest(self.module, files=self.files),
-            "versions": library_versions(),
+            "versions": library_versions(self.libraries),
         }
         blob = json.dumps(material, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
@@ -166,14 +157,14 @@ class StageCache(CachePolicy):
             store.evict(self.stage, fingerprint)
         located = {k: v.at(store.root) if isinstance(v, EntryRef) else v for k, v in inputs.items()}
         work = layout.work(store.root, self.stage, fingerprint)
-        extras = {"work": lambda: work, "downloads": lambda: store.root / layout.TFDS, "log": run_logger,
+        extras = {"work": lambda: work, "downloads": lambda: store.root / layout.DOWNLOADS, "log": run_logger,
                   "progress": lambda: _progress_artifact(self.stage), "attempt": _attempt,
                   "check_lock": lambda: _check_lock}
         wanted = {name: extras[name]() for name, p in inspect.signature(compute).parameters.items()
                   if p.kind is p.KEYWORD_ONLY}
-        upstream = [f"{ref.stage}/{ref.fingerprint}" for ref in inputs.values() if isinstance(ref, EntryRef)]
-        with store.writing(self.stage, fingerprint, upstream) as folder:
-            ref = REF_TYPES[self.stage](stage=self.stage, fingerprint=fingerprint,
+        upstream = [ref.name for ref in inputs.values() if isinstance(ref, EntryRef)]
+        with store.writing(self.stage, fingerprint, upstream, library_versions(self.libraries)) as folder:
+            ref = ref_type(self.stage)(stage=self.stage, fingerprint=fingerprint,
                                         **compute(folder, **located, **wanted))
             (folder / layout.REF).write_text(ref.model_dump_json(indent=1))
             _check_lock()  # before publishing
@@ -182,7 +173,7 @@ class StageCache(CachePolicy):
         return ref
 
 
-def stage(compute: Callable[..., Mapping[str, Any]], *,
+def stage(compute: Callable[..., Mapping[str, Any]], *, libraries: Sequence[str],
           describe_inputs: Optional[Callable[[Mapping[str, Any]], Mapping[str, Any]]] = None,
           files: Sequence[Path] = ()) -> Task:
     """The cached Prefect task `<compute's name>(artifacts_dir, *inputs)`: its stage is its module's name.
@@ -191,10 +182,12 @@ def stage(compute: Callable[..., Mapping[str, Any]], *,
     function: `out` is the entry's folder being written, the inputs are its
     key, and of the keyword-only extras it declares, each gets its own: `work`
     (a folder kept between attempts, removed once the entry is complete),
-    `downloads` (TensorFlow Datasets' folder in the store), `log` (the run
-    logger), `progress` (percent done, shown live in the UI), `attempt` (1 for
-    the first try of the task run), `check_lock` (call it before writing to
-    `work`: it raises once the stage's lock was lost to another run).
+    `downloads` (a folder of the store the stage keeps its downloads in), `log`
+    (the run logger), `progress` (percent done, shown live in the UI),
+    `check_lock` (call it before writing to `work`: it raises once the stage's
+    lock was lost to another run). The versions of `libraries` are part of its
+    key, as are the source of its module, the project modules it imports, and
+    `files` (templates).
     """
     name = compute.__module__.rsplit(".", 1)[-1]
     signature = inspect.signature(compute)
@@ -202,8 +195,9 @@ def stage(compute: Callable[..., Mapping[str, Any]], *,
     task_signature = signature.replace(
         parameters=[inspect.Parameter("artifacts_dir", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=str),
                     *inputs],
-        return_annotation=REF_TYPES[name])
-    cache = StageCache(stage=name, module=compute.__module__, describe_inputs=describe_inputs, files=tuple(files))
+        return_annotation=ref_type(name))
+    cache = StageCache(stage=name, module=compute.__module__, describe_inputs=describe_inputs, files=tuple(files),
+                       libraries=tuple(libraries))
     tries = settings()
 
     def run(*args: Any, **kwargs: Any) -> EntryRef:
@@ -277,7 +271,7 @@ def _progress_artifact(stage: str) -> Callable[[float], None]:
 
     def report(percent: float) -> None:
         if not made:
-            made.append(create_progress_artifact(progress=round(percent, 1), key=_PROGRESS_KEYS.get(stage, stage),
+            made.append(create_progress_artifact(progress=round(percent, 1), key=f"{stage}-progress",
                                                  description=f"Share of the {stage} stage done"))
         else:
             update_progress_artifact(artifact_id=made[0], progress=round(percent, 1))
@@ -308,7 +302,7 @@ class EntryRecords(LocalFileSystem):
         from prefect.serializers import JSONSerializer
 
         match = _RECORD_KEY.match(path)
-        if match is None or match[1] not in REF_TYPES:
+        if match is None or match[1] not in stages():
             raise ValueError(f"{path} is not a stage's record")
         store = ArtifactStore(self.basepath)
         problem = store.problem(match[1], match[2])

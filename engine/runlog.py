@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Callable, Iterator, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tasks.engine.layout import RUN_LOG
-from tasks.engine.locking import held
-from tasks.engine.store import raise_if_full
+from engine.layout import RUN_LOG
+from engine.locking import held
+from engine.store import raise_if_full
 
 if TYPE_CHECKING:
     import pandas as pd

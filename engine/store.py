@@ -5,7 +5,7 @@ beside it, sealed with a manifest of SHA-256 checksums, flushed to disk, and
 only then renamed into place, so a crash can leave litter but never an entry
 that looks complete. Every read verifies the manifest first.
 
-A store in S3 is used through a local copy of it (tasks/engine/remote.py): a
+A store in S3 is used through a local copy of it (engine/remote.py): a
 published entry is uploaded too, and one the copy lacks is fetched, then
 verified like any other.
 """
@@ -22,11 +22,11 @@ import uuid
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
-from tasks.engine import layout, remote
-from tasks.engine.layout import MANIFEST, REF
-from tasks.engine.refs import REF_TYPES, EntryRef
+from engine import layout, remote
+from engine.layout import MANIFEST, REF
+from engine.refs import EntryRef, ref_type
 
 _CHUNK = 1 << 20
 # Less free space than this, after a failed write, means the disk is full.
@@ -136,7 +136,7 @@ class ArtifactStore:
         """Create the store's folder if needed; a clear error if it cannot be written."""
         with store_errors(f"cannot write to the artifact store {self.root}"):
             make_folder(self.root)
-            probe = self.root / f".probe-{uuid.uuid4().hex[:8]}"
+            probe = self.root / f"{layout.PROBE}{uuid.uuid4().hex[:8]}"
             probe.write_bytes(b"")
             probe.unlink()
         return self
@@ -184,15 +184,20 @@ class ArtifactStore:
 
     def load_ref(self, stage: str, fingerprint: str) -> EntryRef:
         """The reference an entry's `ref.json` holds, as its stage's type, naming that very entry."""
-        ref = REF_TYPES[stage].model_validate_json((self.entry(stage, fingerprint) / REF).read_text())
+        ref = ref_type(stage).model_validate_json((self.entry(stage, fingerprint) / REF).read_text())
         if (ref.stage, ref.fingerprint) != (stage, fingerprint):
             raise ValueError(f"{self.entry(stage, fingerprint) / REF} names {ref.stage}/{ref.fingerprint}")
         return ref
 
     def content_digest(self, ref: EntryRef) -> Optional[str]:
-        """SHA-256 of the entry's manifest, which names every file's checksum."""
-        manifest = self.path(ref) / MANIFEST
-        return sha256_file(manifest) if manifest.is_file() else None
+        """SHA-256 of what the entry holds: its files' checksums and its reference's fields, less its own name."""
+        try:
+            files = json.loads((self.path(ref) / MANIFEST).read_text())["files"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        held = {"files": {name: info["sha256"] for name, info in files.items() if name != REF},
+                "ref": ref.model_dump(mode="json", exclude={"fingerprint"})}
+        return hashlib.sha256(json.dumps(held, sort_keys=True).encode()).hexdigest()
 
     def exists(self, stage: str, fingerprint: str) -> bool:
         return self.entry(stage, fingerprint).exists() or (
@@ -216,7 +221,7 @@ class ArtifactStore:
     def _fetch(self, stage: str, fingerprint: str) -> None:
         """The bucket's copy of an entry, into place in the local copy (unverified: problem() does that)."""
         final = self.entry(stage, fingerprint)
-        tmp = final.with_name(f".fetch-{fingerprint}-{uuid.uuid4().hex[:8]}")
+        tmp = layout.beside(final, layout.FETCH)
         tmp.mkdir(parents=True)
         try:
             if self.remote.fetch(stage, fingerprint, tmp) and not final.exists():
@@ -238,7 +243,7 @@ class ArtifactStore:
         if entry.is_symlink():
             entry.unlink()  # the link goes, never what it points at
             return
-        doomed = entry.with_name(f".evicted-{fingerprint}-{uuid.uuid4().hex[:8]}")
+        doomed = layout.beside(entry, layout.EVICTED)
         try:
             entry.rename(doomed)
         except FileNotFoundError:
@@ -249,23 +254,26 @@ class ArtifactStore:
         shutil.rmtree(doomed, ignore_errors=True)
 
     @contextmanager
-    def writing(self, stage: str, fingerprint: str, inputs: Sequence[str] = ()) -> Iterator[Path]:
+    def writing(self, stage: str, fingerprint: str, inputs: Sequence[str] = (),
+                versions: Optional[dict[str, str]] = None) -> Iterator[Path]:
         """A temporary folder to build the entry in; sealed and published on success.
 
-        `inputs` names the entries it is computed from (`<stage>/<fingerprint>`): its manifest
-        keeps them, so the entries a champion's model was made from can be found (gc's lineage).
+        Its manifest keeps `inputs`, the entries it is computed from (`<stage>/<fingerprint>`), so
+        the entries a champion's model was made from can be found (gc's lineage), and the
+        `versions` of the libraries that computed it.
         """
         final = self.entry(stage, fingerprint)
         # Left by a writer that died. Writers of one entry take turns (the flow locks
         # each stage's cache key), so no other writer is using them.
-        for stale in final.parent.glob(f".tmp-{fingerprint}-*"):
+        for stale in final.parent.glob(f"{layout.TMP}{fingerprint}-*"):
             shutil.rmtree(stale, ignore_errors=True)
-        tmp = final.with_name(f".tmp-{fingerprint}-{uuid.uuid4().hex[:8]}")
+        tmp = layout.beside(final, layout.TMP)
         with store_errors(f"cannot write to the artifact store {self.root}"):
             tmp.mkdir(parents=True)
         try:
             yield tmp
-            self._seal(tmp, stage, fingerprint, inputs)
+            self._seal(tmp, {"stage": stage, "fingerprint": fingerprint, "inputs": sorted(inputs),
+                             "versions": versions or {}})
             self._publish(tmp, final, stage, fingerprint)
         except OSError as err:
             raise_if_full(err, tmp, f"the {stage} entry", store=f"the artifact store {self.root}")
@@ -273,12 +281,12 @@ class ArtifactStore:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def _seal(self, tmp: Path, stage: str, fingerprint: str, inputs: Sequence[str]) -> None:
+    def _seal(self, tmp: Path, about: dict[str, Any]) -> None:
         files = {}
         for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
             fsync(path)
             files[path.relative_to(tmp).as_posix()] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-        manifest = {"stage": stage, "fingerprint": fingerprint, "files": files, "inputs": sorted(inputs)}
+        manifest = {**about, "files": files}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
         fsync(tmp / MANIFEST)
         fsync(tmp)

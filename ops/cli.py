@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from flows import config
 from flows.config import PipelineConfig
-from tasks.engine.settings import SettingsError, settings
+from engine.settings import SettingsError, settings
 
 PROG = "mnist-pipeline"
 EXIT_FAILED = 1
@@ -207,7 +207,7 @@ def run(parameters: dict[str, Any], as_json: bool, verbose: bool = False, sweep:
     atexit.register(lambda: last_word and print(*last_word, file=sys.stderr, flush=True))
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows import server as servers
+    from ops import temporary_server as servers
 
     # The server the run reports to: the one configured, else the one `make serve`
     # started, else a temporary one of the run's own, started while the flow's modules import.
@@ -218,7 +218,7 @@ def run(parameters: dict[str, Any], as_json: bool, verbose: bool = False, sweep:
     else:
         from flows.pipeline import mnist_pipeline as flow
     from flows.runner import StageFailed
-    from tasks.engine.retries import INTERRUPTED, interrupt
+    from engine.retries import INTERRUPTED, interrupt
 
     if not verbose:
         _quiet_terminal()
@@ -230,7 +230,7 @@ def run(parameters: dict[str, Any], as_json: bool, verbose: bool = False, sweep:
             last_word.append(f"{PROG}: error: {error}")
             return EXIT_FAILED
     server = {"api_url": api_url or temporary.api_url, "temporary": temporary is not None}
-    # A Ctrl-C stays one, whatever error it surfaces as (tasks/engine/retries.py); where
+    # A Ctrl-C stays one, whatever error it surfaces as (engine/retries.py); where
     # SIGINT is ignored (a background job) or handled by the caller, it is left so.
     ours = (threading.current_thread() is threading.main_thread()
             and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
@@ -271,16 +271,17 @@ def _emit(summary: dict[str, Any], as_json: bool) -> None:
 def predict(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from engine import remote
+    from engine.champions import ChampionDamaged
     from tasks import predict as prediction
-    from tasks.engine import gate, remote
 
     invert = {"auto": None, "yes": True, "no": False}[args.invert]
     try:
         images = [prediction.prepare(path, invert) for path in args.images]
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        model = prediction.load_model(args.model or gate.champion_model(remote.store_root(args.artifacts_dir),
-                                                                        args.dataset))
-    except (prediction.NotAnImage, prediction.ModelUnreadable, gate.ChampionDamaged, FileNotFoundError) as error:
+        model = prediction.load_model(args.model or prediction.champion_model(
+            remote.store_root(args.artifacts_dir), args.dataset))
+    except (prediction.NotAnImage, prediction.ModelUnreadable, ChampionDamaged, FileNotFoundError) as error:
         print(f"{PROG}: error: {config.shown(str(error))}", file=sys.stderr)
         return EXIT_INVALID
     probabilities = prediction.classify(model, np.stack(images))
@@ -297,7 +298,7 @@ def predict(args: argparse.Namespace) -> int:
 
 
 def runs(args: argparse.Namespace) -> int:
-    from tasks.engine import remote, runlog
+    from engine import remote, runlog
 
     table = runlog.read(remote.store_root(args.artifacts_dir))
     if args.json:
@@ -311,8 +312,9 @@ def runs(args: argparse.Namespace) -> int:
 
 def _in_store(args: argparse.Namespace, inspect: Any, *more: Any, **options: Any) -> Any:
     """`inspect(root, ...)` on the store of `--artifacts-dir`; what stops it is one line, exit 2 or 1."""
-    from tasks.engine import inventory, remote
-    from tasks.engine.store import StoreError
+    from engine import inventory, remote
+    from engine.store import StoreError
+    from tasks import refs  # noqa: F401  the stages' entries, which gc looks after
 
     try:
         return inspect(Path(remote.store_root(args.artifacts_dir)), *more, **options)
@@ -346,7 +348,7 @@ def _json(table: Any) -> str:
 
 
 def store(args: argparse.Namespace) -> int:
-    from tasks.engine import inventory
+    from engine import inventory
 
     keep_runs = _gc_policy(args).runs_kept
 
@@ -376,7 +378,7 @@ def store(args: argparse.Namespace) -> int:
 
 
 def gc(args: argparse.Namespace) -> int:
-    from tasks.engine import inventory
+    from engine import inventory
 
     policy = _gc_policy(args)
     try:

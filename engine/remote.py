@@ -25,13 +25,14 @@ import os
 from pathlib import Path, PurePosixPath
 from typing import Any, Optional
 
-from tasks.engine.layout import MANIFEST
-from tasks.engine.settings import env_name, settings
+from engine import layout
+from engine.layout import MANIFEST
+from engine.settings import env_name, settings
 
 SCHEME = "s3://"
 CACHE_ENV = env_name("s3_cache")
 # In a local copy: the URL of the store it copies.
-MARKER = ".remote"
+MARKER = layout.REMOTE
 
 
 def bucket_path(url: str) -> str:

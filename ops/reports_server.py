@@ -8,7 +8,7 @@ PREFECT_SERVER_API_AUTH_STRING set, every request needs the same basic auth as
 Prefect's API.
 
     MNIST_PIPELINE_REPORTS_ROOT=artifacts python -m uvicorn --factory \\
-        flows.reports_server:from_environment --host 127.0.0.1 --port 4201
+        ops.reports_server:from_environment --host 127.0.0.1 --port 4201
 """
 
 from __future__ import annotations

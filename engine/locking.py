@@ -26,13 +26,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Union
 from uuid import uuid4
 
-from tasks.engine.settings import env_name, settings
-from tasks.engine.store import StoreError, make_folder, store_errors
+from engine import layout
+from engine.settings import env_name, settings
+from engine.store import StoreError, make_folder, store_errors
 
 _POLL_S = 0.1
 REDIS_URL_ENV = env_name("redis_url")
 # In a store's lock folder: the Redis its locks are in.
-REDIS_RECORD = "redis.url"
+REDIS_RECORD = layout.REDIS_RECORD
 REDIS_LOCK_TTL_ENV = env_name("redis_lock_ttl_s")
 
 log = logging.getLogger(__name__)
@@ -176,7 +177,7 @@ def _flocked(path: Path, operation: int) -> Optional[int]:
 
 # The store's own lock: runs hold it shared from start to end, gc exclusively (never waiting).
 STORE_KEY = "store/in-use"
-STORE_LOCK_FILE = "store.lock"
+STORE_LOCK_FILE = layout.STORE_LOCK
 _RUN_KEYS = "mnist-pipeline:run:"
 
 

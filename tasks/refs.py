@@ -1,8 +1,6 @@
-"""The small typed references that stages pass on instead of data, and the files they name.
+"""The stages' references: what each entry's `ref.json` holds, and the files it names.
 
-A reference names one entry of the artifact store. Located in a store
-(`ref.at(root)`, which the stage decorator does for every input), it reads its
-entry's files: stages learn nothing of each other's file names.
+Stages learn nothing of each other's file names: a located reference reads them.
 """
 
 from __future__ import annotations
@@ -10,45 +8,19 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
-
-from tasks.engine import layout
+from engine.refs import EntryRef
 
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-StageName = Literal["download", "preprocess", "train", "evaluate", "report"]
-# 16 hex digits: never a path separator nor `..`, so a reference cannot point outside its stage's folder.
-Fingerprint = Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]
-
-
-class EntryRef(BaseModel):
-    """Names one complete entry of the artifact store: `<stage>/<fingerprint>/`."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    stage: StageName
-    fingerprint: Fingerprint
-    _folder: Optional[Path] = PrivateAttr(default=None)
-
-    def at(self, root: layout.Root) -> "EntryRef":
-        """This reference, reading its files from the store at `root`."""
-        located = self.model_copy()
-        located._folder = layout.entry(root, self.stage, self.fingerprint)
-        return located
-
-    @property
-    def folder(self) -> Path:
-        if self._folder is None:
-            raise ValueError(f"{self.stage}/{self.fingerprint} is not located in a store: use .at(root)")
-        return self._folder
-
 
 class DatasetRef(EntryRef):
     """The raw uint8 splits, as downloaded or read from a mirror."""
+
+    stage: Literal["download"] = "download"
 
     ARRAYS: ClassVar[str] = "data.npz"
 
@@ -81,7 +53,7 @@ class PreparedRef(EntryRef):
     tutorial does); and `test`, which only evaluate reads.
     """
 
-    SAMPLES: ClassVar[str] = "samples.png"
+    stage: Literal["preprocess"] = "preprocess"
 
     train_count: int
     validation_count: int
@@ -107,6 +79,8 @@ class PreparedRef(EntryRef):
 
 class ModelRef(EntryRef):
     """A trained model with its per-epoch history."""
+
+    stage: Literal["train"] = "train"
 
     MODEL: ClassVar[str] = "model.keras"
     HISTORY: ClassVar[str] = "history.csv"
@@ -152,6 +126,8 @@ class ModelRef(EntryRef):
 class MetricsRef(EntryRef):
     """Test-set metrics and the tables behind them."""
 
+    stage: Literal["evaluate"] = "evaluate"
+
     METRICS: ClassVar[str] = "metrics.json"
     # Table name: its file, and whether its first column is the index.
     TABLES: ClassVar[dict[str, tuple[str, bool]]] = {
@@ -183,15 +159,8 @@ class MetricsRef(EntryRef):
 class ReportRef(EntryRef):
     """The rendered report."""
 
+    stage: Literal["report"] = "report"
+
     markdown: str
     html: str
 
-
-# What each stage returns: the type its entry's ref.json is read back as.
-REF_TYPES: dict[str, type[EntryRef]] = {
-    "download": DatasetRef,
-    "preprocess": PreparedRef,
-    "train": ModelRef,
-    "evaluate": MetricsRef,
-    "report": ReportRef,
-}

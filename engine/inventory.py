@@ -26,16 +26,15 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from tasks.engine import gate, layout, locking, runlog
-from tasks.engine.refs import REF_TYPES
-from tasks.engine.store import ArtifactStore
+from engine import layout, locking, runlog
+from engine.champions import ChampionDamaged, read_champion
+from engine.refs import stages
+from engine.store import ArtifactStore
 
 # Folders a store may hold at its top, besides the stages': anything else means it is not a store.
-_OWN = {layout.TFDS, layout.LOCKS, layout.RUNS, layout.CHAMPIONS, layout.RUN_LOG, "README.md", ".remote"}
 # The names gc may remove in a stage's folder: entries, and the store's own temporary folders.
-_ENTRY = re.compile(r"[0-9a-f]{16}")
-_LEFTOVER = re.compile(r"\.(?:tmp|evicted|fetch)-([0-9a-f]{16})-[0-9a-f]{8}")
-_ENTRY_NAME = re.compile(rf"(?:{'|'.join(REF_TYPES)})/[0-9a-f]{{16}}")
+# What a manifest's inputs and a run log's entries name: `<stage>/<fingerprint>`.
+_ENTRY_NAME = re.compile(r"[a-z]+/[0-9a-f]{16}")
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +77,11 @@ def _stage_rows(top: Path) -> Iterator[dict[str, Any]]:
         if item.name == layout.WORK and item.is_dir() and not item.is_symlink():
             yield _row("store", item, stage, folder_only=True)
             for work in sorted(item.iterdir()):
-                checkpoint = _ENTRY.fullmatch(work.name)
+                checkpoint = layout.ENTRY_NAME.fullmatch(work.name)
                 yield _row("checkpoint" if checkpoint else "foreign", work, stage, work.name if checkpoint else "")
-        elif _ENTRY.fullmatch(item.name):
+        elif layout.ENTRY_NAME.fullmatch(item.name):
             yield _row("entry", item, stage, item.name)
-        elif leftover := _LEFTOVER.fullmatch(item.name):
+        elif leftover := layout.LEFTOVER_NAME.fullmatch(item.name):
             yield _row("leftover", item, stage, leftover[1])
         else:
             yield _row("foreign", item, stage)
@@ -92,7 +91,7 @@ def _rows(root: Path) -> Iterator[dict[str, Any]]:
     # The folders themselves: a block each, which `du` counts too.
     yield _row("store", root, folder_only=True)
     for top in sorted(root.iterdir()):
-        if top.name in REF_TYPES and top.is_dir() and not top.is_symlink():
+        if top.name in stages() and top.is_dir() and not top.is_symlink():
             yield from _stage_rows(top)
         elif top.name == layout.RUNS and top.is_dir() and not top.is_symlink():
             yield _row("store", top, folder_only=True)
@@ -107,8 +106,8 @@ def check(root: Path) -> None:
     """Refuse a folder that is not an artifact store, before anything in it is touched."""
     if not root.is_dir() or root.is_symlink():
         raise NotAStore(f"{root} is not a folder")
-    foreign = sorted(p.name for p in root.iterdir() if p.name not in _OWN and p.name not in REF_TYPES
-                     and not p.name.startswith(".probe-"))
+    foreign = sorted(p.name for p in root.iterdir() if p.name not in layout.OWN and p.name not in stages()
+                     and not p.name.startswith(layout.PROBE))
     if foreign:
         raise NotAStore(f"{root} does not look like an artifact store: it holds {', '.join(foreign[:5])}")
 
@@ -185,12 +184,14 @@ def champion_lineages(root: Path, runs: Any = None) -> dict[str, set[str]]:
     lineages = {}
     for record in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         try:
-            champion = gate.read_champion(str(root), record.stem)
-        except gate.ChampionDamaged as damaged:
+            champion = read_champion(root, record.stem)
+        except ChampionDamaged as damaged:
             raise CannotJudge(f"{damaged}; gc removes nothing until it is repaired or moved aside") from None
         if champion is None:  # removed a moment ago
             continue
-        kept = lineage(root, "train", champion.model)
+        # The model's entry, wherever the record says it is: the stage folder that holds its fingerprint.
+        kept = set().union(*(lineage(root, stage, champion.model) for stage in stages()
+                             if (root / stage / champion.model).is_dir()))
         for _, run in runs[runs["flow_run_id"] == champion.flow_run_id].iterrows():
             kept.update(_entries(run))
         lineages[record.stem] = kept

@@ -4,10 +4,10 @@
 server, in folders under $PREFECT_HOME; the tests start them in temporary
 folders. Each binds loopback only and keeps all its files in its folder.
 
-    python -m flows.services postgres start FOLDER PORT   # prints the connection URL
-    python -m flows.services postgres stop FOLDER
-    python -m flows.services redis start FOLDER PORT      # prints the redis:// URL
-    python -m flows.services redis stop FOLDER
+    python -m ops.services postgres start FOLDER PORT   # prints the connection URL
+    python -m ops.services postgres stop FOLDER
+    python -m ops.services redis start FOLDER PORT      # prints the redis:// URL
+    python -m ops.services redis stop FOLDER
 """
 
 from __future__ import annotations
