@@ -46,6 +46,28 @@ def test_changing_epochs_reruns_only_training_and_after(run):
     assert summary["train"]["epochs_run"] == 2
 
 
+def test_an_edit_reruns_what_it_changes_and_what_comes_out_different_only(run, monkeypatch, request):
+    """Keys follow content: the stages after an edited one run again only if what it wrote changed."""
+    from engine import caching
+
+    request.addfinalizer(caching.source_digest.cache_clear)  # after monkeypatch's undo: the real sources again
+    run()
+    real = caching._source
+
+    def edited(*modules):
+        monkeypatch.setattr(caching, "_source", lambda name: real(name) + (b"\n# edited" if name in modules else b""))
+        caching.source_digest.cache_clear()
+
+    edited("tasks.plots")  # a figure's look: only the report draws figures
+    assert _states(run()) == ["Cached", "Cached", "Cached", "Cached", "Completed"]
+    edited("tasks.plots", "tasks.preprocess")  # an edit of preprocess that leaves its arrays as they were
+    assert _states(run()) == ["Cached", "Completed", "Cached", "Cached", "Cached"]
+    real_versions = caching.library_versions
+    monkeypatch.setattr(caching, "library_versions", lambda names: {**real_versions(names), **(
+        {"markdown": "99.0"} if "markdown" in names else {})})  # a library only the report uses, upgraded
+    assert _states(run()) == ["Cached", "Cached", "Cached", "Cached", "Completed"]
+
+
 def test_corrupted_entry_is_recomputed_not_served(run, store):
     first = run()
     entry = ArtifactStore(store).root / "preprocess" / first["stages"]["preprocess"]["artifact"].rsplit("/", 1)[1]
