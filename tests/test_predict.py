@@ -95,6 +95,16 @@ def champion(model_path, tmp_path):
     return store
 
 
+def test_predict_with_the_champion_loads_no_prefect(champion, tmp_path):
+    import subprocess
+    import sys
+
+    probe = (f"import sys; from ops import cli; code = cli.main(['predict', {str(_digit(tmp_path))!r}, "
+             f"'--artifacts-dir', {str(champion)!r}]); print(code, 'prefect' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert done.stdout.splitlines()[-1] == "0 False", done.stdout + done.stderr[-2000:]
+
+
 def test_predict_finds_the_champion_in_a_moved_store(champion, tmp_path, capsys):
     assert cli.main(["predict", str(_digit(tmp_path)), "--artifacts-dir", str(champion), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["class"] == 3
