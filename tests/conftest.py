@@ -29,7 +29,8 @@ def prefect_harness():
     """One Prefect test server for the whole session (it takes ~20 s to start)."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness():
+    # Its default 30 s start-up limit fails the suite on a machine busy with other work.
+    with prefect_test_harness(server_startup_timeout=180):
         yield
 
 
