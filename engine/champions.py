@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from engine import layout
 from engine.locking import held
 from engine.refs import Fingerprint
-from engine.store import write_atomically
+from engine.store import store_errors, write_atomically
 
 Accuracy = Annotated[float, Field(ge=0, le=1, strict=True)]
 
@@ -63,14 +63,16 @@ def read_for_update(artifacts_dir: layout.Root, dataset: str) -> Optional[Champi
         return read_champion(artifacts_dir, dataset)
     except ChampionDamaged:
         path = layout.champion(artifacts_dir, dataset)
-        os.replace(path, path.with_name(f"{path.name}{layout.DAMAGED}{time.strftime('%Y%m%dT%H%M%S')}"))
+        with store_errors(f"cannot write the {dataset} champion record {path}"):
+            os.replace(path, path.with_name(f"{path.name}{layout.DAMAGED}{time.strftime('%Y%m%dT%H%M%S')}"))
         return None
 
 
 def write_champion(artifacts_dir: layout.Root, dataset: str, champion: Champion) -> None:
     path = layout.champion(artifacts_dir, dataset)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, champion.model_dump_json(indent=1))
+    with store_errors(f"cannot write the {dataset} champion record {path}"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, champion.model_dump_json(indent=1))
 
 
 def champion_lock(locks: Any, dataset: str) -> ContextManager[None]:

@@ -29,7 +29,7 @@ from typing import Any, Iterator, Optional
 from engine import layout, locking, runlog
 from engine.champions import ChampionDamaged, read_champion
 from engine.refs import stages
-from engine.store import ArtifactStore
+from engine.store import ArtifactStore, StoreError
 
 # Folders a store may hold at its top, besides the stages': anything else means it is not a store.
 # The names gc may remove in a stage's folder: entries, and the store's own temporary folders.
@@ -112,15 +112,22 @@ def check(root: Path) -> None:
         raise NotAStore(f"{root} does not look like an artifact store: it holds {', '.join(foreign[:5])}")
 
 
-def inventory(root: Path, keep_runs: int = 5, champions: Optional[dict[str, set[str]]] = None) -> Any:
+def inventory(root: Path, keep_runs: int = 5, judged: bool = True) -> Any:
     """One row per path under the store: kind, stage, fingerprint, bytes, age, last run, what keeps it.
 
-    `champions`: each dataset's champion lineage (champion_lineages()); read here when not given.
+    CannotJudge when what keeps an entry cannot be read; unless `judged`, which lists the store all
+    the same, as if no run and no champion kept anything.
     """
     import pandas as pd
 
     check(root)
-    runs = runlog.read(str(root))
+    try:
+        runs = _run_log(root)
+        champions = champion_lineages(root, runs)
+    except CannotJudge:
+        if judged:
+            raise
+        runs, champions = pd.DataFrame(columns=runlog.COLUMNS), {}
     used: dict[str, str] = {}
     kept_by_runs: set[str] = set()
     for _, run in runs.iterrows():  # oldest first: the last run that used an entry wins
@@ -128,8 +135,6 @@ def inventory(root: Path, keep_runs: int = 5, champions: Optional[dict[str, set[
             used[entry] = run["flow_run_id"]
     for _, recent in runs.groupby("dataset", sort=False).tail(keep_runs).iterrows():
         kept_by_runs.update(_entries(recent))
-    if champions is None:
-        champions = champion_lineages(root, runs)
     # In this host's copy of a store in S3, but not in the bucket: no other host can be served it.
     store = ArtifactStore(root)
     local_only = (lambda row: row["kind"] == "entry" and not store.in_bucket(row["stage"], row["fingerprint"])
@@ -174,17 +179,32 @@ def lineage(root: Path, stage: str, fingerprint: str) -> set[str]:
     return seen
 
 
+def _run_log(root: Path) -> Any:
+    """The run log as a table; CannotJudge when it is there but cannot be read as a file."""
+    path = root / layout.RUN_LOG
+    if os.path.lexists(path) and not path.is_file():
+        raise CannotJudge(f"the run log {path} is not a file that can be read; gc removes nothing until it is")
+    return runlog.read(str(root))
+
+
 def champion_lineages(root: Path, runs: Any = None) -> dict[str, set[str]]:
     """Each dataset's champion: its model's lineage, and the entries of the run that promoted it.
 
     CannotJudge when a champion record cannot be read: what it keeps is unknown.
     """
-    runs = runlog.read(str(root)) if runs is None else runs
+    runs = _run_log(root) if runs is None else runs
     folder = root / layout.CHAMPIONS
+    try:
+        records = sorted(p for p in folder.iterdir() if p.name.endswith(".json")) if os.path.lexists(folder) else []
+    except OSError as error:  # not a folder, a link to nothing, not readable
+        raise CannotJudge(f"the champion records in {folder} cannot be listed ({error.strerror or error}); "
+                          "gc removes nothing until they can") from None
     lineages = {}
-    for record in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+    for record in records:
         try:
             champion = read_champion(root, record.stem)
+            if champion is None and os.path.lexists(record):  # a link to nothing: an offline disk, say
+                raise ChampionDamaged(f"the {record.stem} champion record {record} cannot be opened")
         except ChampionDamaged as damaged:
             raise CannotJudge(f"{damaged}; gc removes nothing until it is repaired or moved aside") from None
         if champion is None:  # removed a moment ago
@@ -245,13 +265,13 @@ def collect(root: Path, doomed: Any, locks: Any) -> tuple[int, list[str]]:
             continue
         try:
             path = Path(row["path"])
-            if row["kind"] == "entry":
-                store.evict(row["stage"], row["fingerprint"], remote=False)  # out of sight first
-                problem = None if not os.path.lexists(path) else "still there"
+            if row["kind"] == "entry":  # out of sight first, then from disk
+                left = store.evict(row["stage"], row["fingerprint"], remote=False)
+                problem = f"part of it is left in {left.name}, for the next gc" if left else None
             else:
                 problem = _remove(path)
-        except OSError as error:  # StoreError included: a read-only disk, an immutable folder
-            problem = str(error)
+        except (OSError, StoreError) as error:  # a read-only disk, an immutable folder
+            problem = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
         finally:
             locks.release_lock(key, holder)
         if problem:
@@ -281,7 +301,8 @@ def clean(root: Path, keep_runs: int, older_than_days: Optional[float] = None,
     store, locks = ArtifactStore(root), locking.lock_manager(root / layout.LOCKS)
     with locking.store_exclusively(locks, store.identity) as alone:
         if not alone:
-            raise RunsInProgress("a run is in progress in this store: gc removes nothing until it ends")
+            raise RunsInProgress("a run (or another gc) is in progress in this store: gc removes nothing until it "
+                                 "ends")
         table = inventory(root, keep_runs=keep_runs)
         doomed = plan(table, older_than_days)
         freed, skipped = collect(root, doomed, locks)

@@ -265,14 +265,14 @@ def renewed_redis_locks(url: str, ttl: float, source: str = REDIS_URL_ENV) -> An
         def __init__(self, **kwargs: Any) -> None:
             super().__init__(**kwargs)
             self.ttl = ttl
-            self._renewals: dict[str, threading.Event] = {}
+            self.renewals: dict[str, threading.Event] = {}
 
         def __getstate__(self) -> dict[str, Any]:
             return {**super().__getstate__(), "ttl": self.ttl}
 
         def __setstate__(self, state: dict[str, Any]) -> None:
             super().__setstate__(state)
-            self._renewals = {}
+            self.renewals = {}
 
         def acquire_lock(self, key: str, holder: str, acquire_timeout: Optional[float] = None,
                          hold_timeout: Optional[float] = None) -> bool:
@@ -281,7 +281,7 @@ def renewed_redis_locks(url: str, ttl: float, source: str = REDIS_URL_ENV) -> An
             if not super().acquire_lock(key, holder, acquire_timeout, hold_timeout=self.ttl):
                 return False
             lock = self._locks[self._lock_name_for_key(key)]
-            self._renewals[key] = _renewing(lock.reacquire, f"the lock on {key}", self.ttl / 3)
+            self.renewals[key] = _renewing(lock.reacquire, f"the lock on {key}", self.ttl / 3)
             return True
 
         async def aacquire_lock(self, *args: Any, **kwargs: Any) -> bool:
@@ -289,7 +289,7 @@ def renewed_redis_locks(url: str, ttl: float, source: str = REDIS_URL_ENV) -> An
 
         def release_lock(self, key: str, holder: str) -> None:
             if self.is_lock_holder(key, holder):
-                self._renewals.pop(key).set()
+                self.renewals.pop(key).set()
             try:
                 super().release_lock(key, holder)
             except LockNotOwnedError:  # it expired while this process was stopped: nothing left to release

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field
 
 from engine import layout
 
@@ -25,19 +25,18 @@ class EntryRef(BaseModel):
 
     stage: Annotated[str, Field(pattern=r"^[a-z]+$")]
     fingerprint: Fingerprint
-    _folder: Optional[Path] = PrivateAttr(default=None)
+    # Where its files are read from, once located in a store: never stored, never part of a key.
+    located_in: Optional[Path] = Field(None, exclude=True, repr=False)
 
     def at(self, root: layout.Root) -> "EntryRef":
         """This reference, reading its files from the store at `root`."""
-        located = self.model_copy()
-        located._folder = layout.entry(root, self.stage, self.fingerprint)
-        return located
+        return self.model_copy(update={"located_in": layout.entry(root, self.stage, self.fingerprint)})
 
     @property
     def folder(self) -> Path:
-        if self._folder is None:
+        if self.located_in is None:
             raise ValueError(f"{self.stage}/{self.fingerprint} is not located in a store: use .at(root)")
-        return self._folder
+        return self.located_in
 
     @property
     def name(self) -> str:

@@ -40,9 +40,9 @@ def bucket_path(url: str) -> str:
     rest = url[len(SCHEME):]
     path = rest.strip("/")
     parts = PurePosixPath(path).parts
-    if rest.startswith("/") or not parts or any(part in ("..", ".") for part in parts):
+    if rest.startswith("/") or not parts or ".." in parts:
         raise ValueError(f"{url} is not an s3://bucket/prefix address")
-    return path
+    return "/".join(parts)  # one spelling of each address: `team//mnist/./x` is `team/mnist/x`
 
 
 def copy_path(url: str) -> Path:

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from engine.layout import RUN_LOG
 from engine.locking import held
 from engine.store import raise_if_full
+from engine.text import shown
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -90,7 +91,7 @@ def records(artifacts_dir: str) -> list[dict[str, Any]]:
             run = _Line.model_validate_json(line).model_dump()
         except ValidationError as err:
             # A line cut short (a full disk, a crash) or altered: the others still count.
-            log.warning("%s line %d is not a run record (%s); skipped", path, number, err.errors()[0]["msg"])
+            log.warning("%s line %d is not a run record (%s); skipped", shown(path), number, err.errors()[0]["msg"])
             continue
         # Runs logged before the schedule was a setting trained at a constant rate.
         runs.append({**run, "lr_schedule": run.get("lr_schedule") or "constant"})

@@ -229,8 +229,8 @@ class ArtifactStore:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def evict(self, stage: str, fingerprint: str, remote: bool = True) -> None:
-        """Remove an entry: first out of sight by rename, then from disk.
+    def evict(self, stage: str, fingerprint: str, remote: bool = True) -> Optional[Path]:
+        """Remove an entry: first out of sight by rename, then from disk; returns what is left on disk, if any.
 
         An entry that cannot be moved out of sight (immutable, a read-only
         disk) fails the stage: it must never be served, nor built over. With
@@ -242,16 +242,17 @@ class ArtifactStore:
             _IN_BUCKET.discard(f"{self.remote.path}/{stage}/{fingerprint}")
         if entry.is_symlink():
             entry.unlink()  # the link goes, never what it points at
-            return
+            return None
         doomed = layout.beside(entry, layout.EVICTED)
         try:
             entry.rename(doomed)
         except FileNotFoundError:
-            return
+            return None
         except OSError as err:
-            raise StoreError(f"the {stage} entry {entry} is damaged and cannot be removed "
-                             f"({err.strerror or err}); remove it by hand") from err
+            raise StoreError(f"the {stage} entry {entry} cannot be removed ({err.strerror or err}); "
+                             "remove it by hand") from err
         shutil.rmtree(doomed, ignore_errors=True)
+        return doomed if os.path.lexists(doomed) else None
 
     @contextmanager
     def writing(self, stage: str, fingerprint: str, inputs: Sequence[str] = (),

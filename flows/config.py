@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import inspect
 import os
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator, model_validator
 
+from engine import roots
+from engine.text import shown
 from engine.settings import env_name, settings
 from tasks.params import BatchSize, Epochs, LearningRate, LrSchedule, Seed, TrainParams
 
@@ -45,8 +46,6 @@ DEFAULT_ACCURACY_THRESHOLD = {"mnist": 0.95, "fashion_mnist": 0.80}
 # Relative to the working directory, like the rest of a run's paths.
 DEFAULT_ARTIFACTS_DIR = "artifacts"
 
-# Set on a worker (`make serve` does): see engine/settings.py.
-ALLOWED_ROOTS_ENV = env_name("allowed_roots")
 
 # `mnist-pipeline run --recipe NAME`: settings that stand in for the defaults; options given stand over them.
 # The tutorial's: Adam's default 1e-3 throughout, batch 32, 10 epochs, the test split as validation.
@@ -55,9 +54,6 @@ RECIPES: dict[str, dict[str, Any]] = {
     "tutorial": {"epochs": 10, "batch_size": 32, "learning_rate": 1e-3, "lr_schedule": "constant",
                  "validation_split": 0.0},
 }
-
-# C0 and C1 control characters: never printed as they are.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 # A few seconds of work end to end: what the tests and quick local checks run.
 TINY = {"epochs": 1, "batch_size": 16, "train_limit": 256}
@@ -101,25 +97,14 @@ class PipelineConfig(BaseModel):
         if mirror is not None:
             from tasks import idx  # NumPy: only when there is a mirror to check
 
-            confine(mirror)
+            roots.confine(mirror)
             idx.check_mirror_headers(Path(mirror))
         return mirror
 
     @field_validator("artifacts_dir")
     @classmethod
     def _store_inside_allowed_roots(cls, artifacts_dir: str) -> str:
-        from engine import remote
-
-        if artifacts_dir.startswith(remote.SCHEME):  # a bucket: its prefix must be an allowed one
-            copy = remote.copy_path(artifacts_dir)
-            confine_url(artifacts_dir)
-            # The run writes to this host's copy of it: checked like any store (not made here).
-            confine(str(copy), links=True)
-            return artifacts_dir
-        confine(artifacts_dir, links=True)
-        bucket = remote.copied_url(Path(artifacts_dir))  # a bucket's copy, named by its folder
-        if bucket is not None:
-            confine_url(bucket)
+        roots.confine_store(artifacts_dir)
         return artifacts_dir
 
     @property
@@ -132,63 +117,6 @@ class PipelineConfig(BaseModel):
     def train(self) -> TrainParams:
         """What the train stage takes: the fields of TrainParams."""
         return TrainParams(**self.model_dump(include=set(TrainParams.model_fields)))
-
-
-def shown(value: object) -> str:
-    """`value` as text that can be printed: bytes that are not UTF-8 as `\\xff`, control characters
-    (a terminal's escape sequences, newlines) as `\\x1b`, `\\n`."""
-    text = str(value)
-    try:
-        text = os.fsencode(text).decode("utf-8", "backslashreplace")
-    except UnicodeEncodeError:  # a lone surrogate that no file name holds
-        text = text.encode("utf-8", "backslashreplace").decode()
-    return _CONTROL.sub(lambda char: char[0].encode("unicode_escape").decode(), text)
-
-
-def _allowed_roots() -> list[Path]:
-    return [Path(os.path.realpath(root)) for root in _allowed() if not root.startswith("s3:")]
-
-
-def _allowed() -> list[str]:
-    return settings().allowed_roots
-
-
-def confine_url(url: str) -> None:
-    """Refuse a bucket address outside the allowed `s3://bucket/prefix` roots (when any roots are set)."""
-    roots = _allowed()
-    buckets = [root.rstrip("/") for root in roots if root.startswith("s3://")]
-    if roots and not any(url.rstrip("/") == b or url.startswith(f"{b}/") for b in buckets):
-        raise ValueError(f"{url} is outside the buckets this worker allows ({', '.join(buckets) or 'none'}); "
-                         f"to allow it, add its s3://bucket/prefix to {ALLOWED_ROOTS_ENV} before `make serve`")
-
-
-def _inside(path: str, roots: list[Path]) -> bool:
-    real = Path(os.path.realpath(path))
-    return any(real == root or root in real.parents for root in roots)
-
-
-def _outside(roots: list[Path]) -> str:
-    return (f"outside the folders this worker allows ({', '.join(map(str, roots))}); to allow it, "
-            f"add its folder to {ALLOWED_ROOTS_ENV} (folders separated by ':') before `make serve`")
-
-
-def confine(path: str, links: bool = False) -> None:
-    """Refuse `path` when it resolves outside the allowed roots (if any are set).
-
-    With `links`, refuse also a folder holding a symbolic link that leads outside them: every path
-    a run opens in the artifact store lies under the store's folder, so none leads out.
-    """
-    roots = _allowed_roots()
-    if not roots:
-        return
-    if not _inside(path, roots):
-        raise ValueError(f"{path} is {_outside(roots)}")
-    for parent, dirs, files in os.walk(path) if links else ():  # links to folders are listed, not followed
-        for name in dirs + files:
-            link = os.path.join(parent, name)
-            if os.path.islink(link) and not _inside(link, roots):
-                raise ValueError(f"{path} holds {link}, a link to {os.path.realpath(link)}, which is "
-                                 + _outside(roots))
 
 
 def describe(error: ValidationError, as_option: bool = False) -> str:

@@ -17,6 +17,7 @@ from pydantic import Field
 from flows import config
 from flows.config import KeepRuns, OlderThanDays
 from engine import inventory, remote
+from engine.text import shown
 from tasks import refs  # noqa: F401  the stages' entries, which gc looks after
 
 
@@ -41,7 +42,7 @@ def store_gc(artifacts_dir: Annotated[str, Field(min_length=1)] = config.DEFAULT
         logger.info("%s; nothing removed this time", busy)
         return {"removed": 0, "runs_in_progress": True}
     for line in summary.pop("skipped_paths"):  # gone on past them, each logged
-        logger.warning("skipped %s", config.shown(line))
+        logger.warning("skipped %s", shown(line))
     create_markdown_artifact(key="mnist-store-gc", markdown=(
         f"Removed {summary['removed']} paths, freed {summary['freed_bytes'] / 1e6:.1f} MB; the store now holds "
         f"{summary['store_bytes'] / 1e6:.1f} MB. Skipped: {summary['skipped']} (see the logs).\n"))

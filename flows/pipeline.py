@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from prefect import Flow
 from prefect.states import Failed
 from pydantic import ValidationError
 
 from flows import config
 from flows.config import PipelineConfig
-from flows.runner import JsonFlow, StageRunner
+from flows.runner import StageRunner
 from flows.stages import build_report, download_dataset, evaluate_model, preprocess_dataset, train_model
 
 
@@ -37,4 +38,4 @@ def mnist_pipeline(**parameters: Any) -> dict[str, Any]:
 
 
 # Its parameters are PipelineConfig's fields. Retries: Prefect's own PREFECT_FLOWS_DEFAULT_RETRIES.
-mnist_pipeline = JsonFlow(config.with_parameters(mnist_pipeline), name="mnist-pipeline")
+mnist_pipeline = Flow(config.with_parameters(mnist_pipeline), name="mnist-pipeline")

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from prefect import Flow, Task, task
+from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Completed, State
@@ -26,29 +26,12 @@ from engine.refs import EntryRef
 from tasks.refs import MetricsRef, ModelRef, ReportRef
 from engine.retries import INTERRUPTED, PermanentError, TransientError
 from engine.settings import settings
-from engine.store import ArtifactStore, StoreError, write_atomically
+from engine.store import ArtifactStore, StoreError, store_errors, write_atomically
 
 # The flow run's state when its model did not pass the quality gate.
 NOT_PROMOTED = "NotPromoted"
 # How many earlier runs of the same dataset a run's report compares against.
 PREVIOUS_RUNS = 5
-
-
-class JsonFlow(Flow):
-    """A flow whose parameters are JSON values (the config's fields), sent to Prefect's API as they are.
-
-    Prefect passes each parameter through FastAPI's jsonable_encoder when it
-    creates a flow run, and importing FastAPI costs 0.13-0.2 s of every
-    command-line run; for JSON values the encoder returns them unchanged.
-    Anything else still goes through it.
-    """
-
-    def serialize_parameters(self, parameters: dict[str, Any]) -> dict[str, Any]:
-        try:
-            json.dumps(parameters)
-        except (TypeError, ValueError):
-            return super().serialize_parameters(parameters)
-        return dict(parameters)
 
 
 # The quality gate's verdict, a task of its own in the UI.
@@ -120,17 +103,17 @@ class StageRunner:
 
     def __enter__(self) -> "StageRunner":
         """The run is in progress: `mnist-pipeline gc` removes nothing until it ends (and it waits for a gc)."""
-        self._in_progress = locking.run_in_progress(self.locks, self.store.identity)
-        self._in_progress.__enter__()
+        self.in_progress = locking.run_in_progress(self.locks, self.store.identity)
+        self.in_progress.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self._in_progress.__exit__(*exc)
+        self.in_progress.__exit__(*exc)
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickled with the hooks of the tasks sent to other processes (Dask's workers):
         # the hold on the store stays with the run's own process.
-        return {name: value for name, value in self.__dict__.items() if name != "_in_progress"}
+        return {name: value for name, value in self.__dict__.items() if name != "in_progress"}
 
     def _bound(self, stage_task: Task) -> Task:
         bound = stage_task.with_options(
@@ -206,7 +189,8 @@ class StageRunner:
         """
         run_id = str(flow_run.id)
         folder = layout.run_folder(self.artifacts_dir, run_id)
-        with champion_lock(self.locks, cfg.dataset), ExitStack() as undo:
+        with champion_lock(self.locks, cfg.dataset), ExitStack() as undo, \
+                store_errors(f"cannot record the run in the artifact store {self.store.root}"):
             verdict = gate_model(self.artifacts_dir, cfg.dataset, metrics, cfg.threshold)
             summary = self.summary(model=model, metrics=metrics, report=report)
             summary["gate"] = verdict.model_dump()

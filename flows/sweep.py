@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import task
+from prefect import Flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Failed
@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from flows import config
 from flows.config import GRID_FIELDS, PipelineConfig, SweepGrid
-from flows.runner import JsonFlow, StageRunner, report_link
+from flows.runner import StageRunner, report_link
 from flows.stages import build_report, download_dataset, evaluate_model, preprocess_dataset, train_model
 from engine import layout
 from engine.settings import settings
@@ -94,5 +94,5 @@ def mnist_sweep(**parameters: Any) -> Any:
                           sweep={"best": best, "combinations": table.to_dict(orient="records")})
 
 
-mnist_sweep = JsonFlow(config.with_parameters(mnist_sweep, SweepGrid, PipelineConfig, exclude=GRID_FIELDS),
+mnist_sweep = Flow(config.with_parameters(mnist_sweep, SweepGrid, PipelineConfig, exclude=GRID_FIELDS),
                        name="mnist-sweep", task_runner=task_runner())

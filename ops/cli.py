@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import functools
-import inspect
 import json
 import logging
 import os
@@ -20,30 +18,11 @@ from pydantic import ValidationError
 from flows import config
 from flows.config import PipelineConfig
 from engine.settings import SettingsError, settings
+from engine.text import shown
 
 PROG = "mnist-pipeline"
 EXIT_FAILED = 1
 EXIT_INVALID = 2
-
-# The console script's status, once main() has returned it (see entry()).
-_exit_code: Optional[int] = None
-
-
-@atexit.register  # registered first of the CLI's handlers, so it runs after all of them
-def _skip_teardown() -> None:
-    """End the console script without tearing down its ~1,800 modules (half a second).
-
-    Every other exit handler has run by now (Prefect's services, the temporary
-    server, the last word); logging's shutdown drains the log records bound for
-    Prefect's API. The store's files are all written and renamed by then.
-    """
-    if _exit_code is None:
-        return  # main() was called from Python (tests), or raised: a normal exit
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(_exit_code)
-
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
@@ -123,23 +102,6 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
     except ValidationError as error:
         print(f"{PROG}: error: {config.describe(error, as_option=True)}", file=sys.stderr)
         raise SystemExit(EXIT_INVALID) from None
-
-
-def _unjoined_heartbeats() -> None:
-    """The flow run's heartbeats, without waiting for their thread when the flow ends.
-
-    Prefect's sync engine (3.9) joins its heartbeat thread at the end of every
-    flow run, and that thread sleeps in one-second steps: half a second a run on
-    average, a sixth of a cached rerun. The thread is a daemon and stops at its
-    next step, or with the process. Heartbeats are sent as before, so a run whose
-    process is killed is still marked Crashed; Prefect's async engine already
-    leaves the thread unjoined.
-    """
-    from prefect import flow_engine
-
-    heartbeats = flow_engine._send_heartbeats
-    if "join_on_exit" in inspect.signature(heartbeats).parameters:
-        flow_engine._send_heartbeats = functools.partial(heartbeats, join_on_exit=False)
 
 
 class _WithoutExpectedTracebacks(logging.Formatter):
@@ -222,12 +184,11 @@ def run(parameters: dict[str, Any], as_json: bool, verbose: bool = False, sweep:
 
     if not verbose:
         _quiet_terminal()
-    _unjoined_heartbeats()
     if temporary is not None:
         try:
             temporary.wait_until_healthy()
         except servers.ServerError as error:
-            last_word.append(f"{PROG}: error: {error}")
+            last_word.append(f"{PROG}: error: {shown(error)}")
             return EXIT_FAILED
     server = {"api_url": api_url or temporary.api_url, "temporary": temporary is not None}
     # A Ctrl-C stays one, whatever error it surfaces as (engine/retries.py); where
@@ -255,7 +216,7 @@ def run(parameters: dict[str, Any], as_json: bool, verbose: bool = False, sweep:
     else:
         # Failed outside any stage (an unwritable store, say): its first line is the sentence.
         reason = f"flow {state.name.lower()}: " + (str(outcome).strip().splitlines() or [type(outcome).__name__])[0]
-    last_word.append(f"{PROG}: error: {reason}")
+    last_word.append(f"{PROG}: error: {shown(reason)}")
     return EXIT_FAILED
 
 
@@ -263,7 +224,7 @@ def _emit(summary: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(summary), flush=True)
     elif "metrics" in summary:
-        print(f"test accuracy {summary['metrics']['test_accuracy']:.4f}; report: {summary['report']}")
+        print(f"test accuracy {summary['metrics']['test_accuracy']:.4f}; report: {shown(summary['report'])}")
         print(("promoted to champion: " if summary["gate"]["passed"] else "not promoted: ")
               + summary["gate"]["reason"])
 
@@ -282,10 +243,10 @@ def predict(args: argparse.Namespace) -> int:
         model = prediction.load_model(args.model or prediction.champion_model(
             remote.store_root(args.artifacts_dir), args.dataset))
     except (prediction.NotAnImage, prediction.ModelUnreadable, ChampionDamaged, FileNotFoundError) as error:
-        print(f"{PROG}: error: {config.shown(str(error))}", file=sys.stderr)
+        print(f"{PROG}: error: {shown(str(error))}", file=sys.stderr)
         return EXIT_INVALID
     probabilities = prediction.classify(model, np.stack(images))
-    results = [{"image": config.shown(str(path)), "class": int(p.argmax()),
+    results = [{"image": shown(str(path)), "class": int(p.argmax()),
                 "probabilities": [round(float(x), 6) for x in p]}
                for path, p in zip(args.images, probabilities)]
     if args.json:
@@ -304,7 +265,7 @@ def runs(args: argparse.Namespace) -> int:
     if args.json:
         print(_json(table))
     elif table.empty:
-        print(f"no runs logged in {config.shown(args.artifacts_dir)}")
+        print(f"no runs logged in {shown(args.artifacts_dir)}")
     else:
         print(_text(table[runlog.COLUMNS]))
     return 0
@@ -325,7 +286,7 @@ def _in_store(args: argparse.Namespace, inspect: Any, *more: Any, **options: Any
 
 
 def _fail(error: object, status: int) -> NoReturn:
-    print(f"{PROG}: error: {config.shown(error)}", file=sys.stderr)
+    print(f"{PROG}: error: {shown(error)}", file=sys.stderr)
     raise SystemExit(status)
 
 
@@ -338,12 +299,12 @@ def _gc_policy(args: argparse.Namespace) -> config.GcPolicy:
 
 def _text(table: Any) -> str:
     """A table as text, every cell printable (no control characters, no undecodable bytes)."""
-    return table.map(lambda cell: config.shown(cell) if isinstance(cell, (str, Path)) else cell).to_string(
+    return table.map(lambda cell: shown(cell) if isinstance(cell, (str, Path)) else cell).to_string(
         index=False)
 
 
 def _json(table: Any) -> str:
-    return table.map(lambda cell: config.shown(cell) if isinstance(cell, (str, Path)) else cell).to_json(
+    return table.map(lambda cell: shown(cell) if isinstance(cell, (str, Path)) else cell).to_json(
         orient="records")
 
 
@@ -356,8 +317,8 @@ def store(args: argparse.Namespace) -> int:
         try:
             return inventory.inventory(root, keep_runs=keep_runs)
         except inventory.CannotJudge as error:  # listed all the same, without what the champions keep
-            print(f"{PROG}: warning: {config.shown(error)}", file=sys.stderr)
-            return inventory.inventory(root, keep_runs=keep_runs, champions={})
+            print(f"{PROG}: warning: {shown(error)}", file=sys.stderr)
+            return inventory.inventory(root, keep_runs=keep_runs, judged=False)
 
     table = _in_store(args, listed)
     if args.json:
@@ -365,7 +326,7 @@ def store(args: argparse.Namespace) -> int:
         return 0
     if args.all:  # each path as the store names it
         root = table["path"].iloc[0]
-        shown = table.assign(path=[config.shown(os.path.relpath(path, root)) for path in table["path"]])
+        shown = table.assign(path=[shown(os.path.relpath(path, root)) for path in table["path"]])
     else:
         shown = table.groupby(["kind", "stage"], sort=False).agg(
             count=("bytes", "size"), bytes=("bytes", "sum"), oldest_days=("age_days", "max"),
@@ -373,7 +334,7 @@ def store(args: argparse.Namespace) -> int:
             kept_by_recent_run=("recent_run", "sum"), local_only=("local_only", "sum")).reset_index()
     print(_text(shown))
     total = int(table["bytes"].sum())
-    print(f"total: {total} bytes ({total / 1e6:.1f} MB) in {config.shown(args.artifacts_dir)}")
+    print(f"total: {total} bytes ({total / 1e6:.1f} MB) in {shown(args.artifacts_dir)}")
     return 0
 
 
@@ -393,7 +354,7 @@ def gc(args: argparse.Namespace) -> int:
               "run again with --yes to remove it", file=sys.stderr)
         return 0
     for line in summary["skipped_paths"]:
-        print(f"skipped {config.shown(line)}", file=sys.stderr)
+        print(f"skipped {shown(line)}", file=sys.stderr)
     freed = summary["freed_bytes"]
     print(json.dumps({key: summary[key] for key in ("removed", "skipped", "freed_bytes")}) if args.json else
           f"removed {summary['removed']}, skipped {summary['skipped']}, freed {freed} bytes ({freed / 1e6:.1f} MB)")
@@ -419,10 +380,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def entry() -> None:
-    """The `mnist-pipeline` console script: main(), then the quick exit."""
-    global _exit_code
-    _exit_code = main()
-    sys.exit(_exit_code)
+    """The `mnist-pipeline` console script."""
+    sys.exit(main())
 
 
 if __name__ == "__main__":

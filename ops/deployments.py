@@ -38,6 +38,7 @@ from prefect.client.schemas.objects import StateType
 from prefect.states import Cancelled, Cancelling
 from pydantic import ValidationError
 
+from engine.text import shown
 from flows import config
 from engine.settings import env_name, settings
 
@@ -148,4 +149,7 @@ def cancel_in_flight(timeout_s: float = 15) -> int:
 
 
 if __name__ == "__main__":
-    {"pool": work_pool, "configure": configure, "cancel": cancel_in_flight}[sys.argv[1]](*sys.argv[2:])
+    try:
+        {"pool": work_pool, "configure": configure, "cancel": cancel_in_flight}[sys.argv[1]](*sys.argv[2:])
+    except Exception as error:  # the API refused (401 without the credentials make serve had), or is gone
+        sys.exit(f"{sys.argv[1]}: {shown(str(error).strip().splitlines()[0] if str(error).strip() else error)}")

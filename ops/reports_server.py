@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import mimetypes
 import os
 import re
 import secrets
+import stat
 from typing import Optional
 
+import anyio
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
@@ -27,18 +30,18 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
-from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-# Set by `make serve`: the store whose reports are served.
-ROOT_ENV = "MNIST_PIPELINE_REPORTS_ROOT"
+from engine.settings import settings
+
 # Prefect's server's credentials (user:password), when it requires them.
 AUTH_ENV = "PREFECT_SERVER_API_AUTH_STRING"
 # A run's report folder (its flow run id) or a report entry (its fingerprint), and a file of a report.
 SERVED = re.compile(r"(runs/[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}|report/[0-9a-f]{16})"
                     r"/[A-Za-z0-9_-]+\.(html|md|png|csv)")
 # A report is self-contained (inline style, images as data URIs): it needs no script, and gets none.
-HEADERS = {"Content-Security-Policy": "default-src 'none'; img-src data:; style-src 'unsafe-inline'",
+HEADERS = {"Content-Security-Policy": "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
+                                      "frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
            "X-Content-Type-Options": "nosniff"}
 
 
@@ -65,21 +68,40 @@ class BasicAuth:
         return scheme.lower() == "basic" and secrets.compare_digest(given, self.credentials)
 
 
+def read_beneath(root: str, path: str) -> bytes:
+    """The regular file `path` under `root`, opened a name at a time, never through a link.
+
+    A name swapped for a link between a check and the read is refused, not
+    followed (FileNotFoundError, or an OSError such as ELOOP).
+    """
+    folder = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        *parts, name = path.split("/")
+        for part in parts:
+            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=folder)
+            os.close(folder)
+            folder = inner
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=folder)
+    finally:
+        os.close(folder)
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+            raise FileNotFoundError(path)
+        return file.read()
+
+
 def create_app(root: str, credentials: Optional[str] = None) -> Starlette:
     """The reports of the store at `root` (which may not exist yet), behind basic auth when `credentials` are given."""
-    files = StaticFiles(directory=root, check_dir=False, follow_symlink=False)
 
     async def report_file(request: Request) -> Response:
         path = request.path_params["path"]
         if not SERVED.fullmatch(path):
             raise HTTPException(status_code=404)
-        # A link is followed only to a file that would be served under its own name.
-        real = os.path.relpath(os.path.realpath(os.path.join(root, path)), os.path.realpath(root))
-        if not SERVED.fullmatch(real):
-            raise HTTPException(status_code=404)
-        response = await files.get_response(real, request.scope)
-        response.headers.update(HEADERS)
-        return response
+        try:
+            content = await anyio.to_thread.run_sync(read_beneath, root, path)
+        except OSError:  # missing, a link, a folder, not readable
+            raise HTTPException(status_code=404) from None
+        return Response(content, media_type=mimetypes.guess_type(path)[0], headers=HEADERS)
 
     return Starlette(routes=[Route("/{path:path}", report_file, methods=["GET", "HEAD"])],
                      middleware=[Middleware(BasicAuth, credentials=credentials)] if credentials else [])
@@ -87,4 +109,4 @@ def create_app(root: str, credentials: Optional[str] = None) -> Starlette:
 
 def from_environment() -> Starlette:
     """The app as `make serve` starts it: the store of MNIST_PIPELINE_REPORTS_ROOT, Prefect's server's credentials."""
-    return create_app(os.environ[ROOT_ENV], os.environ.get(AUTH_ENV) or None)
+    return create_app(settings().reports_root, os.environ.get(AUTH_ENV) or None)

@@ -8,6 +8,7 @@ folders. Each binds loopback only and keeps all its files in its folder.
     python -m ops.services postgres stop FOLDER
     python -m ops.services redis start FOLDER PORT      # prints the redis:// URL
     python -m ops.services redis stop FOLDER
+    python -m ops.services process stop NAME PID         # a process of make serve's, with all it started
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import shutil
 import subprocess
 import sys
 import time
+from contextlib import suppress
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 DATABASE = "prefect"
 _POSTGRES_USER = "postgres"  # Debian's account for the server, when this process is root
@@ -152,8 +154,52 @@ def stop_redis(folder: Path) -> None:
     pidfile.unlink(missing_ok=True)
 
 
+def stop_process(name: str, pid: int, grace_s: float = 15) -> str:
+    """End `make serve`'s process `pid` and every process it started: SIGTERM, then SIGKILL after `grace_s`.
+
+    Prefect starts each flow run in a session of its own, so a process group
+    alone would leave a running flow run behind. A leader that died and left
+    its group behind: the group is ended.
+    """
+    import psutil
+
+    try:
+        leader = psutil.Process(pid)
+        tree = [leader, *leader.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        leader, tree = None, [p for p in psutil.process_iter() if _group(p) == pid]
+    if not tree:
+        return f"{name} (pid {pid}) had ended"
+    for process in tree:
+        with suppress(psutil.NoSuchProcess):
+            process.terminate()
+    # Prefect's worker turns SIGTERM into a graceful shutdown that can hang when idle: once
+    # what it started has ended, nothing is lost by not waiting for it longer than 2 s.
+    patient = [p for p in tree if not (name == "worker" and p is leader)]
+    _, alive = psutil.wait_procs(patient, timeout=grace_s)
+    alive += psutil.wait_procs([p for p in tree if p not in patient], timeout=2)[1]
+    for process in alive:
+        with suppress(psutil.NoSuchProcess):
+            process.kill()
+    if not alive:
+        return f"stopped {name} (pid {pid})"
+    if alive == [leader]:
+        return f"stopped {name} (pid {pid}; killed after SIGTERM)"
+    return f"killed {name} (pid {pid}) and what it started: still running {grace_s:.0f} s after SIGTERM"
+
+
+def _group(process: Any) -> Optional[int]:
+    try:
+        return os.getpgid(process.pid)
+    except OSError:
+        return None
+
+
 def main(argv: list[str]) -> int:
     service, action, folder, *rest = argv
+    if service == "process":  # process stop NAME PID
+        print(stop_process(folder, int(rest[0])))
+        return 0
     try:
         if action == "start":
             start = {"postgres": start_postgres, "redis": start_redis}[service]

@@ -20,7 +20,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 _PR_SET_PDEATHSIG = 1
 # A first start creates and migrates the database: about 26 s here, more on a slow disk.
@@ -69,18 +69,23 @@ def served_api_url() -> Optional[str]:
     return url
 
 
+def app() -> Any:
+    """Prefect's API as Prefect's own temporary server runs it: no UI, no background services."""
+    from prefect.server.api.server import create_app
+
+    return create_app(ephemeral=True, final=True)
+
+
 class TemporaryServer:
     """Prefect's API (no UI) on a free loopback port, as a child that dies with this process."""
 
     def __init__(self) -> None:
         self.port = free_port()
         self.api_url = f"http://127.0.0.1:{self.port}/api"
-        # The settings Prefect gives its own temporary server.
-        env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
-               "PREFECT__SERVER_FINAL": "1"}
+        env = {**os.environ, "PREFECT_UI_ENABLED": "0"}
         env.pop("PREFECT_API_URL", None)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
+            [sys.executable, "-m", "uvicorn", "--factory", "ops.temporary_server:app",
              "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "error", "--lifespan", "on"],
             env=env, stdin=subprocess.DEVNULL, preexec_fn=_dying_with(os.getpid()),
         )

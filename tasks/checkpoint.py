@@ -76,7 +76,7 @@ def epoch_recorder(epochs: int, history: list[dict[str, Any]], folder: Path, say
 
     class EpochRecorder(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
-            self._start = time.perf_counter()
+            self.started = time.perf_counter()
 
         def on_epoch_end(self, epoch, logs=None):
             loss = float((logs or {}).get("loss", 0.0))
@@ -92,7 +92,7 @@ def epoch_recorder(epochs: int, history: list[dict[str, Any]], folder: Path, say
             if what:
                 raise TrainingDiverged(f"training diverged: {what} after epoch {epoch + 1}; "
                                        "lower the learning rate")
-            seconds = round(time.perf_counter() - self._start, 3)
+            seconds = round(time.perf_counter() - self.started, 3)
             history.append({"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()},
                             "seconds": seconds})
             check_lock()  # the folder is this run's still

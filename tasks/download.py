@@ -17,6 +17,7 @@ from tasks import idx
 from tasks.refs import DatasetRef
 from engine.retries import TransientError
 from engine.store import file_digest
+from engine.text import shown
 
 _CONNECT_TIMEOUT_S = 5
 _READ_BATCH = 10_000
@@ -145,7 +146,7 @@ def download_dataset(out: Path, dataset: str, mirror: Optional[str] = None, *, d
         arrays, checksums = load_tfds(dataset, downloads)
         source = "tfds"
     for warning in warnings:
-        log.warning("mirror %s: %s", mirror, warning)
+        log.warning("mirror %s: %s", shown(mirror), shown(warning))
     np.savez(out / DatasetRef.ARRAYS, **arrays)
     return {
         "dataset": dataset,

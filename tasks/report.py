@@ -20,6 +20,7 @@ import numpy as np
 from tasks import plots
 from tasks.refs import DatasetRef, MetricsRef, ModelRef, PreparedRef
 from engine.layout import MANIFEST
+from engine.text import shown
 from tasks.params import TrainParams
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ _ATTRIBUTES = {"a": {"href", "title"}, "img": {"src", "alt", "title"}, "th": {"s
 
 def markdown_escape(value: Any) -> str:
     """A value as markdown text that shows it as it is, on one line: no markup, no new line, row or heading."""
-    return _MARKDOWN_SPECIALS.sub(r"\\\1", " ".join(str(value).splitlines()))
+    return _MARKDOWN_SPECIALS.sub(r"\\\1", shown(" ".join(str(value).splitlines())))
 
 
 def as_text(value: Any) -> str:

@@ -153,7 +153,7 @@ def test_a_broken_entry_that_cannot_be_removed_is_never_served(tmp_path, immutab
     immutable(folder)
     with pytest.raises(ValueError, match="is not served: .*weights.bin does not match its checksum"):
         EntryRecords(basepath=str(tmp_path)).read_path(record_key(ref.stage, ref.fingerprint))
-    with pytest.raises(StoreError, match=f"the preprocess entry {folder} is damaged and cannot be removed "
+    with pytest.raises(StoreError, match=f"the preprocess entry {folder} cannot be removed "
                                          r"\(Operation not permitted\); remove it by hand"):
         cache.produce(_write, str(tmp_path), {"raw": "r"})
 

@@ -139,7 +139,8 @@ def test_command_runs_then_serves_everything_from_cache(tmp_path, mirror, server
 
 @pytest.mark.e2e
 def test_failed_stage_exits_1_naming_it(tmp_path, server):
-    mirror = write_mirror(tmp_path / "mirror", gzipped=False)
+    # A folder name that would drive the terminal, were it printed as it is.
+    mirror = write_mirror(tmp_path / "mirror\x1b]0;title\x07\x1b[2J", gzipped=False)
     labels = mirror / "t10k-labels-idx1-ubyte"
     labels.write_bytes(labels.read_bytes()[:-10])  # the header is fine, the body is short
     result = _run_cli(tmp_path, "--mirror", str(mirror), "--epochs", "1", server=server)
@@ -147,12 +148,27 @@ def test_failed_stage_exits_1_naming_it(tmp_path, server):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("mnist-pipeline: error: stage download failed:")
     assert "t10k-labels-idx1-ubyte holds 90 bytes of data, its header promises 100" in last
+    assert "\x1b" not in result.stderr and "\x07" not in result.stderr and "mirror\\x1b]0;title\\x07" in last
     summary = _summary(result.stdout)
     assert summary["state"] == "Failed" and summary["stages"]["download"]["state"] == "Failed"
     # An expected failure: its message says all, no traceback on the terminal.
     assert "Traceback" not in result.stderr
     verbose = _run_cli(tmp_path, "--mirror", str(mirror), "--epochs", "1", "--verbose", server=server)
     assert verbose.returncode == cli.EXIT_FAILED and "Traceback" in verbose.stderr
+
+
+@pytest.mark.e2e
+def test_a_promotion_that_cannot_be_written_is_one_line_and_takes_the_runs_line_back(tmp_path, mirror, server):
+    store = tmp_path / "artifacts"
+    store.mkdir()
+    (store / "champions").write_text("a file where the champions' folder should be")
+    result = _run_cli(tmp_path, "--mirror", str(mirror), "--epochs", "1", "--accuracy-threshold", "0", server=server)
+    assert result.returncode == cli.EXIT_FAILED
+    assert result.stderr.strip().splitlines()[-1] == (
+        "mnist-pipeline: error: flow failed: cannot write the mnist champion record artifacts/champions/mnist.json: "
+        "Not a directory")
+    assert "Traceback" not in result.stderr
+    assert not (store / "runs.jsonl").read_text() and not list((store / "runs").iterdir())
 
 
 @pytest.mark.e2e
@@ -397,39 +413,6 @@ def test_the_flow_and_the_command_line_take_the_configs_fields():
         name: field.description for name, field in PipelineConfig.model_fields.items()}
     options = vars(cli._parser().parse_args(["run"]))
     assert {name: options[name] for name in fields} == fields
-
-
-def test_a_command_line_run_sends_heartbeats_without_waiting_for_their_thread(monkeypatch):
-    """The flow's end does not join Prefect's heartbeat thread, which sleeps in one-second steps."""
-    import logging
-    import threading
-
-    from prefect import flow_engine
-
-    monkeypatch.setattr(flow_engine, "_send_heartbeats", flow_engine._send_heartbeats)  # undone after the test
-    cli._unjoined_heartbeats()
-    sent = threading.Event()
-
-    class Engine:
-        """What the heartbeat context reads of Prefect's flow-run engine."""
-
-        heartbeat_seconds = 30
-        flow_run = None
-        logger = logging.getLogger(__name__)
-
-        def _build_heartbeat_event_template(self):
-            return None, None
-
-        def _emit_flow_run_heartbeat(self, resource, related):
-            sent.set()
-
-    before = set(threading.enumerate())
-    with flow_engine._send_heartbeats(Engine()):
-        assert sent.wait(10), "no heartbeat was sent"
-        (beating,) = set(threading.enumerate()) - before
-    assert beating.is_alive(), "the end of the run waited for the heartbeat thread"
-    beating.join(timeout=5)  # it stops by itself at its next one-second step
-    assert not beating.is_alive()
 
 
 def test_a_command_line_run_beats_within_the_zombie_automations_window(monkeypatch):

@@ -13,6 +13,7 @@ from ops import cli
 from flows.config import TINY
 from tests.prefect_homes import prefect_home
 from engine import champions, inventory
+from tasks import refs  # noqa: F401  the stages, whose entries gc looks after
 from engine.caching import record_key
 from engine.locking import FileLockManager
 from engine.store import ArtifactStore
@@ -189,7 +190,7 @@ def test_a_run_started_during_gc_completes(history, tmp_path, mirror, capsys):
         if code == 0:
             freed += json.loads(captured.out)["freed_bytes"]
         else:  # the run holds the store: gc waits for its end
-            assert code == cli.EXIT_FAILED and "a run is in progress in this store" in captured.err
+            assert code == cli.EXIT_FAILED and "a run (or another gc) is in progress in this store" in captured.err
             refused += 1
         time.sleep(0.2)
     out, err = run.communicate()
@@ -210,7 +211,7 @@ def test_gc_removes_nothing_while_a_run_is_in_progress(history, tmp_path, capsys
     before = _entries(store)
     with locking.run_in_progress(FileLockManager(Path(store) / ".locks").open(), ArtifactStore(store).identity):
         assert cli.main(["gc", "--artifacts-dir", store, "--keep-runs", "0", "--yes"]) == cli.EXIT_FAILED
-    assert "a run is in progress in this store: gc removes nothing until it ends" in capsys.readouterr().err
+    assert "a run (or another gc) is in progress in this store: gc removes nothing until it ends" in capsys.readouterr().err
     assert _entries(store) == before
     assert cli.main(["gc", "--artifacts-dir", store, "--keep-runs", "0", "--yes"]) == 0
     assert _entries(store) < before
@@ -435,3 +436,68 @@ def test_run_log_lines_and_records_that_are_not_what_they_claim_never_stop_store
     for command in (["store"], ["store", "--all"], ["store", "--json"], ["gc"], ["gc", "--yes", "--keep-runs", "1"]):
         assert cli.main([command[0], "--artifacts-dir", str(store), *command[1:]]) == 0
     assert _entries(store) == _five(kept)
+
+
+@pytest.mark.parametrize("how", ["champions a file", "champions a link to nothing", "record a link to nothing",
+                                 "run log a link to nothing", "run log a folder"])
+def test_champion_records_or_a_run_log_that_cannot_be_read_make_gc_remove_nothing(tmp_path, how, capsys):
+    store = tmp_path / "artifacts"
+    runs = [_logged_run(store) for _ in range(3)]
+    _crown(store, runs[0])
+    if how == "champions a file":
+        (store / "champions" / "mnist.json").unlink()
+        (store / "champions").rmdir()
+        (store / "champions").write_text("not a folder")
+    elif how == "champions a link to nothing":
+        (store / "champions" / "mnist.json").rename(tmp_path / "mnist.json")
+        (store / "champions").rmdir()
+        (store / "champions").symlink_to(tmp_path / "offline-disk")
+    elif how == "record a link to nothing":
+        (store / "champions" / "mnist.json").unlink()
+        (store / "champions" / "mnist.json").symlink_to(tmp_path / "offline-disk" / "mnist.json")
+    else:
+        (store / "runs.jsonl").rename(tmp_path / "runs.jsonl")
+        if how == "run log a folder":
+            (store / "runs.jsonl").mkdir()
+        else:
+            (store / "runs.jsonl").symlink_to(tmp_path / "offline-disk" / "runs.jsonl")
+    before = _entries(store)
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["gc", "--artifacts-dir", str(store), "--keep-runs", "0", "--yes"])
+    assert exit.value.code == cli.EXIT_FAILED
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "gc removes nothing until" in err, err
+    assert _entries(store) == before
+    assert cli.main(["store", "--artifacts-dir", str(store)]) == 0  # listed all the same, with a warning
+    assert "warning:" in capsys.readouterr().err
+
+
+def test_an_entry_that_cannot_be_moved_out_of_sight_is_skipped_and_gc_goes_on(tmp_path, monkeypatch, capsys):
+    from pathlib import Path as RealPath
+
+    store = tmp_path / "artifacts"
+    old, new = _logged_run(store), _logged_run(store)
+    stuck = store / old["preprocess"]
+    rename = RealPath.rename
+
+    def refuse(self, target):
+        if self == stuck:
+            raise PermissionError(13, "Permission denied")
+        return rename(self, target)
+
+    monkeypatch.setattr(RealPath, "rename", refuse)
+    assert cli.main(["gc", "--artifacts-dir", str(store), "--keep-runs", "1", "--yes", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["removed"] == 4 and json.loads(captured.out)["skipped"] == 1
+    assert f"skipped {stuck} (cannot be removed:" in captured.err and "Permission denied" in captured.err
+    assert _entries(store) == _five(new) | {old["preprocess"]}
+
+
+def test_an_entry_only_partly_removed_is_not_counted_as_freed(tmp_path, monkeypatch, capsys):
+    store = tmp_path / "artifacts"
+    old, _ = _logged_run(store), _logged_run(store)
+    monkeypatch.setattr("engine.store.shutil.rmtree", lambda path, ignore_errors=False: None)  # removes nothing
+    assert cli.main(["gc", "--artifacts-dir", str(store), "--keep-runs", "1", "--yes", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == {"removed": 0, "skipped": 5, "freed_bytes": 0}
+    assert "part of it is left in .evicted-" in captured.err

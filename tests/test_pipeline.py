@@ -295,16 +295,3 @@ def test_a_full_disk_after_the_gate_leaves_the_previous_state(run, store, monkey
     assert sorted(p.name for p in (Path(store) / "runs").iterdir()) == runs_before
     assert not [p for p in Path(store).rglob(".*") if p.is_file() and p.parent.name != ".locks"]
     assert first["gate"]["passed"]
-
-
-def test_the_flows_send_their_parameters_as_prefects_encoder_would():
-    """Without FastAPI's encoder for JSON values, and through it for anything else."""
-    from prefect import Flow
-
-    from flows.config import PipelineConfig
-    from flows.sweep import mnist_sweep
-
-    pipeline = PipelineConfig(train_limit=64, accuracy_threshold=0.5).model_dump()
-    sweep = {**pipeline, "learning_rates": [0.001, 0.006], "batch_sizes": [32], "seeds": [0, 1]}
-    for flow, parameters in ((mnist_pipeline, pipeline), (mnist_sweep, sweep), (mnist_pipeline, {"mirror": Path("d")})):
-        assert flow.serialize_parameters(parameters) == Flow.serialize_parameters(flow, parameters)

@@ -172,7 +172,7 @@ def test_stored_values_put_no_link_heading_or_row_in_the_run_report(refs, tmp_pa
     stage_report = build_report.fn(store, raw, refs["data"], refs["model"], refs["metrics"], PARAMS)
     (Path(store) / "runs.jsonl").write_text(json.dumps({
         "flow_run_id": "earlier", "dataset": "mnist", "finished": LINK, "epochs": ROW, "lr_schedule": "a|b|c",
-        "test_accuracy": 0.5}) + "\n")
+        "batch_size": "\x1b]0;title\x07\x1b[2Jcleared", "test_accuracy": 0.5}) + "\n")
     folder = Path(store) / "runs" / "this-run"
     runner.write_run_report(store, folder, stage_report, refs["metrics"], "mnist",
                             GateResult(passed=False, champion_accuracy=None, reason=ROW),
@@ -190,6 +190,8 @@ def test_stored_values_put_no_link_heading_or_row_in_the_run_report(refs, tmp_pa
     text = " ".join(page.text)
     assert LINK in text and str(mirror.resolve()).replace("\n", " ") in text and "a|b|c" in text
     assert "<img src=x onerror=alert(1)>" in text  # in the model's code block
+    # A terminal's escape sequences, as text: `cat report.md` drives no terminal.
+    assert "\x1b" not in markdown and "\x07" not in markdown and "\\x1b[2Jcleared" in text
 
 
 def test_the_html_keeps_only_web_and_relative_links():

@@ -65,7 +65,8 @@ def test_nothing_but_reports_is_served(store, path):
     assert "password" not in response.text and "Index of" not in response.text
 
 
-def test_links_are_followed_only_to_reports_of_the_store(store, tmp_path):
+def test_no_link_is_ever_followed(store, tmp_path):
+    """Not even to another report: a file checked, then swapped for a link before it is read, is never served."""
     outside = tmp_path / "etc"
     outside.mkdir()
     (outside / "shadow.html").write_text("root:$6$hash")
@@ -78,7 +79,11 @@ def test_links_are_followed_only_to_reports_of_the_store(store, tmp_path):
     for path in (f"/runs/{evil}/shadow.html", f"/runs/{RUN}/passwd.html", f"/runs/{RUN}/redis.md"):
         response = request(app, path)
         assert response.status_code == 404 and "hash" not in response.text and "password" not in response.text
-    assert request(app, f"/runs/{RUN}/entry.png").content == b"\x89PNG"
+    assert request(app, f"/runs/{RUN}/entry.png").status_code == 404
+    for path in (f"runs/{RUN}/redis.md", f"runs/{evil}/shadow.html"):  # a link as the file, or as a folder
+        with pytest.raises(OSError):
+            reports_server.read_beneath(str(store), path)
+    assert reports_server.read_beneath(str(store), f"report/{FINGERPRINT}/per_class.png") == b"\x89PNG"
 
 
 def test_with_credentials_set_every_request_needs_them(store):
