@@ -326,13 +326,13 @@ def store(args: argparse.Namespace) -> int:
         return 0
     if args.all:  # each path as the store names it
         root = table["path"].iloc[0]
-        shown = table.assign(path=[shown(os.path.relpath(path, root)) for path in table["path"]])
+        listing = table.assign(path=[shown(os.path.relpath(path, root)) for path in table["path"]])
     else:
-        shown = table.groupby(["kind", "stage"], sort=False).agg(
+        listing = table.groupby(["kind", "stage"], sort=False).agg(
             count=("bytes", "size"), bytes=("bytes", "sum"), oldest_days=("age_days", "max"),
             kept_by_champion=("champion", lambda c: int((c != "").sum())),
             kept_by_recent_run=("recent_run", "sum"), local_only=("local_only", "sum")).reset_index()
-    print(_text(shown))
+    print(_text(listing))
     total = int(table["bytes"].sum())
     print(f"total: {total} bytes ({total / 1e6:.1f} MB) in {shown(args.artifacts_dir)}")
     return 0
