@@ -57,9 +57,14 @@ def project_modules(root: str) -> list[str]:
 
 
 def _imports(module: str, package: str) -> set[str]:
-    # Read from the source, so a constant imported by name counts too.
-    found = set()
-    for node in ast.walk(ast.parse(_source(module))):
+    # Read from the source, so a constant imported by name counts too; what is imported
+    # for annotations only (under TYPE_CHECKING) never runs, so it computes nothing.
+    tree, found = ast.parse(_source(module)), set()
+    unrun = {id(node) for block in ast.walk(tree) if isinstance(block, ast.If)
+             and ast.unparse(block.test).endswith("TYPE_CHECKING") for node in ast.walk(block)}
+    for node in ast.walk(tree):
+        if id(node) in unrun:
+            continue
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
@@ -158,7 +163,7 @@ class StageCache(CachePolicy):
         located = {k: v.at(store.root) if isinstance(v, EntryRef) else v for k, v in inputs.items()}
         work = layout.work(store.root, self.stage, fingerprint)
         extras = {"work": lambda: work, "downloads": lambda: store.root / layout.DOWNLOADS, "log": run_logger,
-                  "progress": lambda: _progress_artifact(self.stage), "attempt": _attempt,
+                  "progress": lambda: _progress_artifact(self.stage),
                   "check_lock": lambda: _check_lock}
         wanted = {name: extras[name]() for name, p in inspect.signature(compute).parameters.items()
                   if p.kind is p.KEYWORD_ONLY}
@@ -247,12 +252,6 @@ def _served(store: ArtifactStore, stage: str, fingerprint: str) -> EntryRef:
                              fingerprint, store.identity, str(error).strip().splitlines()[0] if str(error).strip()
                              else type(error).__name__)
     return store.load_ref(stage, fingerprint)
-
-
-def _attempt() -> int:
-    """Which try of its task run this is: 1 for the first, and outside Prefect."""
-    context = TaskRunContext.get()
-    return max(1, context.task_run.run_count) if context is not None else 1
 
 
 def _fingerprint_of_this_task_run(stage: str) -> Optional[str]:

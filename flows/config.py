@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSche
 from engine import roots
 from engine.text import shown
 from engine.settings import env_name, settings
-from tasks.params import BatchSize, Epochs, LearningRate, LrSchedule, Seed, TrainParams
+from tasks.params import BatchSize, LearningRate, Seed, TrainParams
 
 # The TensorFlow Datasets names this pipeline knows: 28x28 grayscale, 10 classes.
 DatasetName = Literal["mnist", "fashion_mnist"]
@@ -28,16 +28,6 @@ Mirror = Annotated[Optional[str], WithJsonSchema({"type": "string"})]
 AccuracyThreshold = Annotated[Optional[float], Field(ge=0, le=1)]
 ValidationSplit = Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]
 
-DEFAULT_DATASET: DatasetName = "mnist"
-# The tutorial's 10 epochs reach about 99% on MNIST.
-DEFAULT_EPOCHS = 10
-# Four times the tutorial's: with oneDNN's kernels, 10 epochs at 128 train in about two thirds
-# of the tutorial's time at its validation accuracy over three seeds (BENCHMARKS.md).
-DEFAULT_BATCH_SIZE = 128
-# Six times Adam's default at the start, falling along a cosine to 0 (BENCHMARKS.md).
-DEFAULT_LEARNING_RATE = 6e-3
-DEFAULT_LR_SCHEDULE = "cosine"
-DEFAULT_SEED = 0
 # Every choice (recipe, gate) is made on validation figures; the test split is read once, by evaluate.
 DEFAULT_VALIDATION_SPLIT = 0.1
 # The quality gate's floor per dataset: below what a few thousand images reach in
@@ -59,35 +49,14 @@ RECIPES: dict[str, dict[str, Any]] = {
 TINY = {"epochs": 1, "batch_size": 16, "train_limit": 256}
 
 
-class PipelineConfig(BaseModel):
-    """One run's settings, validated before any stage starts.
-
-    Each field is a parameter of the flow (the UI's Custom run form shows its
-    description) and an option of `mnist-pipeline run`.
-    """
+class DataSource(BaseModel):
+    """Which data a run reads: the dataset, downloaded or from a mirror."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    dataset: DatasetName = Field(DEFAULT_DATASET, description="mnist or fashion_mnist, as TensorFlow Datasets "
-                                                              "names them.")
+    dataset: DatasetName = Field("mnist", description="mnist or fashion_mnist, as TensorFlow Datasets names them.")
     mirror: Optional[Folder] = Field(None, description="A folder holding the dataset's four IDX files, read instead "
                                                        "of downloading; empty: download.")
-    epochs: Epochs = Field(DEFAULT_EPOCHS, description="Training epochs, 1 to 1000.")
-    batch_size: BatchSize = Field(DEFAULT_BATCH_SIZE, description="Examples per training step, 1 to 65536.")
-    learning_rate: LearningRate = Field(DEFAULT_LEARNING_RATE, description="Adam's learning rate, above 0 and at "
-                                        "most 1; with the cosine schedule, its value at the start.")
-    lr_schedule: LrSchedule = Field(DEFAULT_LR_SCHEDULE, description="cosine falls from the learning rate to 0 over "
-                                    "the training; constant keeps it, as the tutorial does.")
-    train_limit: TrainLimit = Field(None, description="Train on the first N training images only; empty: all of "
-                                                      "them.")
-    validation_split: ValidationSplit = Field(DEFAULT_VALIDATION_SPLIT, description="Share of the training images "
-                                              "held out (the last ones) to validate each epoch; 0: validate on the "
-                                              "test split, as the tutorial does.")
-    seed: Seed = Field(DEFAULT_SEED, description="Seeds every random source, 0 to 4294967295.")
-    artifacts_dir: Folder = Field(DEFAULT_ARTIFACTS_DIR, description="The artifact store, on the worker; a relative "
-                                                                     "path starts in the project.")
-    accuracy_threshold: AccuracyThreshold = Field(None, description="Least test accuracy to become the dataset's "
-                                                  "champion; empty: 0.95 (mnist), 0.80 (fashion_mnist).")
 
     @field_validator("mirror")
     @classmethod
@@ -100,6 +69,24 @@ class PipelineConfig(BaseModel):
             roots.confine(mirror)
             idx.check_mirror_headers(Path(mirror))
         return mirror
+
+
+class PipelineConfig(TrainParams, DataSource):
+    """One run's settings, validated before any stage starts: the data, the training (TrainParams), the store.
+
+    Each field is a parameter of the flow (the UI's Custom run form shows its
+    description) and an option of `mnist-pipeline run`.
+    """
+
+    train_limit: TrainLimit = Field(None, description="Train on the first N training images only; empty: all of "
+                                                      "them.")
+    validation_split: ValidationSplit = Field(DEFAULT_VALIDATION_SPLIT, description="Share of the training images "
+                                              "held out (the last ones) to validate each epoch; 0: validate on the "
+                                              "test split, as the tutorial does.")
+    artifacts_dir: Folder = Field(DEFAULT_ARTIFACTS_DIR, description="The artifact store, on the worker; a relative "
+                                                                     "path starts in the project.")
+    accuracy_threshold: AccuracyThreshold = Field(None, description="Least test accuracy to become the dataset's "
+                                                  "champion; empty: 0.95 (mnist), 0.80 (fashion_mnist).")
 
     @field_validator("artifacts_dir")
     @classmethod
@@ -202,15 +189,18 @@ class GcPolicy(BaseModel):
         return settings().gc_keep_runs if self.keep_runs is None else self.keep_runs
 
 
+_TRAIN = TrainParams.model_fields
+
+
 class SweepGrid(BaseModel):
     """The grid of an `mnist-sweep` run: every combination is trained, as a cached task of its own."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    learning_rates: list[LearningRate] = Field([DEFAULT_LEARNING_RATE, 1e-3], min_length=1,
+    learning_rates: list[LearningRate] = Field([_TRAIN["learning_rate"].default, 1e-3], min_length=1,
                                                description="Adam's learning rates to try.")
-    batch_sizes: list[BatchSize] = Field([DEFAULT_BATCH_SIZE, 32], min_length=1, description="Batch sizes to try.")
-    seeds: list[Seed] = Field([DEFAULT_SEED], min_length=1, description="Seeds to try each combination with.")
+    batch_sizes: list[BatchSize] = Field([_TRAIN["batch_size"].default, 32], min_length=1, description="Batch sizes to try.")
+    seeds: list[Seed] = Field([_TRAIN["seed"].default], min_length=1, description="Seeds to try each combination with.")
 
     @model_validator(mode="after")
     def _within_the_limit(self) -> "SweepGrid":

@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any, NoReturn, Optional, Sequence
+from typing import Any, NoReturn, Optional, Sequence, get_args
 
 from pydantic import ValidationError
 
@@ -57,7 +57,8 @@ def _parser(recipe: str = "default") -> argparse.ArgumentParser:
     predict_ = commands.add_parser("predict", parents=[in_store], help="classify PNG or JPEG images")
     predict_.add_argument("images", nargs="+", type=Path)
     predict_.add_argument("--model", type=Path, help="a .keras model; default: the dataset's champion")
-    predict_.add_argument("--dataset", default=config.DEFAULT_DATASET, choices=["mnist", "fashion_mnist"])
+    predict_.add_argument("--dataset", default=config.DataSource.model_fields["dataset"].default,
+                          choices=get_args(config.DatasetName))
     predict_.add_argument("--invert", choices=["auto", "yes", "no"], default="auto",
                           help="dark ink on light paper needs inverting; auto looks at the border")
     predict_.set_defaults(handler=predict)

@@ -21,9 +21,9 @@ from tasks import plots
 from tasks.refs import DatasetRef, MetricsRef, ModelRef, PreparedRef
 from engine.layout import MANIFEST
 from engine.text import shown
-from tasks.params import TrainParams
 
 if TYPE_CHECKING:
+    from tasks.params import TrainParams
     import pandas as pd
 
 REPORT_MD = "report.md"

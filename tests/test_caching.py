@@ -46,8 +46,7 @@ def test_editing_a_helper_changes_the_digest(helper_package):
 
 def test_train_depends_on_the_modules_it_runs_and_no_more():
     modules = project_modules("tasks.train")
-    assert set(modules) == {"tasks.train", "tasks.checkpoint", "tasks.params", "tasks.pixels", "tasks.runtime",
-                            "tasks.refs"}
+    assert set(modules) == {"tasks.train", "tasks.checkpoint", "tasks.pixels", "tasks.runtime", "tasks.refs"}
 
 
 def test_fingerprint_follows_parameters_and_upstream_not_location():
@@ -218,6 +217,9 @@ def test_keys_follow_what_each_stage_computes(project_copy):
           'layers.Dense(128, activation="relu")')
     after_layers = _keys(project_copy)
     assert {stage for stage in before if after_layers[stage] != after_plots[stage]} == {"train"}
+    # A default: what later runs ask for, not what a stage computes with the values it is given.
+    _edit(project_copy / "tasks" / "params.py", "Field(128,", "Field(256,")
+    assert _keys(project_copy) == after_layers
     # The machinery: only STORE_VERSION reaches the keys.
     _edit(project_copy / "engine" / "store.py", '"""The artifact store', '# a comment\n"""The artifact store')
     assert _keys(project_copy) == after_layers

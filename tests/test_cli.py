@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from flows import config
+from tasks.params import TrainParams
 from ops import cli
 from tasks import idx
 from tests.synthetic import write_mirror
@@ -459,7 +460,7 @@ def test_the_tutorial_recipe_is_one_option_and_the_options_given_stand_over_it(m
         "epochs": epochs, "batch_size": 32, "learning_rate": 0.001, "lr_schedule": "constant", "validation_split": 0.0}
     cli.main(["run"])  # without it, the project's defaults
     assert (seen["batch_size"], seen["lr_schedule"], seen["validation_split"]) == (
-        config.DEFAULT_BATCH_SIZE, config.DEFAULT_LR_SCHEDULE, config.DEFAULT_VALIDATION_SPLIT)
+        TrainParams.model_fields['batch_size'].default, TrainParams.model_fields['lr_schedule'].default, config.DEFAULT_VALIDATION_SPLIT)
 
 
 def test_the_tutorial_recipes_help_shows_its_settings_as_the_defaults(capsys):
@@ -470,7 +471,7 @@ def test_the_tutorial_recipes_help_shows_its_settings_as_the_defaults(capsys):
     assert "as the tutorial does. (default: constant)" in shown
     with pytest.raises(SystemExit):
         cli.main(["run", "--help"])
-    assert f"1 to 65536. (default: {config.DEFAULT_BATCH_SIZE})" in " ".join(capsys.readouterr().out.split())
+    assert f"1 to 65536. (default: {TrainParams.model_fields['batch_size'].default})" in " ".join(capsys.readouterr().out.split())
     # Read ahead or not, a bad recipe is refused in the parser's one line.
     assert _refused(capsys, "--recipe").startswith("mnist-pipeline: error: argument --recipe: expected one argument")
     assert "invalid choice: 'nope'" in _refused(capsys, "--recipe", "nope")
