@@ -1,5 +1,9 @@
 """`prefect server start` for `make serve`, with SQLite writers that wait their turn.
 
+The project's one use of Prefect's internals (tests/test_prefect_compat.py
+holds it to them): drop this module once Prefect begins its SQLite write
+transactions IMMEDIATE itself.
+
 Prefect opens its SQLite write transactions DEFERRED: a request reads, then
 upgrades to a write lock, and if another request wrote in between, SQLite
 refuses at once (SQLITE_BUSY_SNAPSHOT) and Prefect answers 503. Ten runs
