@@ -1,15 +1,14 @@
-"""Stage 5: report.md, and report.html made from it with its images inside.
+"""Stage 5: report.md from templates/report.md.j2 (Jinja2), and report.html made from it with its images inside.
 
-One source: templates/report.md.j2, rendered by Jinja2 to markdown, which
-python-markdown turns into the HTML page. Values come from the store and from
-users (a mirror's folder name, the run log): every one is shown as text, never
-as markdown or HTML, and the page keeps only the tags and links a report makes.
+Values come from the store and from users (a mirror's folder name, the run log): every one is shown as text,
+never as markdown or HTML, and the page keeps only the tags and links a report makes.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import numbers
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -58,17 +57,12 @@ def as_text(value: Any) -> str:
 
 def _cell(value: Any) -> Any:
     """A table cell: numbers as they are, for tabulate to format; anything else as escaped text."""
-    import numbers
-
     return value if value is None or isinstance(value, numbers.Number) else markdown_escape(value)
 
 
 def table(frame: "pd.DataFrame | list[dict[str, Any]]") -> str:
-    """A pipe table of a frame or of rows (dicts, one key per column); integers stay integers, row numbers are left out.
-
-    The call pandas' to_markdown makes, so rows need no pandas: a run's own report is made of them.
-    Text cells are escaped as markdown: a value cannot open a cell, a row or a link.
-    """
+    """A pipe table of a frame or of rows (dicts, which need no pandas: a run's own report is made of them), as
+    pandas' to_markdown makes it; text cells escaped, so that a value cannot open a cell, a row or a link."""
     from tabulate import tabulate
 
     if isinstance(frame, list):
@@ -161,7 +155,7 @@ def build_report(out: Path, raw: DatasetRef, data: PreparedRef, model: ModelRef,
 
     # The tutorial's first look at the data: 20 training images and their labels.
     x_train, y_train = data.split("train", mmap=True)
-    plots.image_grid(np.asarray(x_train[:SAMPLES]), [str(label) for label in y_train[:SAMPLES]], out / IMAGES["samples"])
+    plots.image_grid(np.asarray(x_train[:SAMPLES]), list(map(str, y_train[:SAMPLES])), out / IMAGES["samples"])
     history = model.history()
     plots.training_curves(history, out / IMAGES["curves"])
     tables = metrics.tables()
