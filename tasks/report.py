@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from markupsafe import Markup, escape
 
 from tasks import plots
 from tasks.refs import DatasetRef, MetricsRef, ModelRef, PreparedRef
@@ -50,8 +51,6 @@ def markdown_escape(value: Any) -> str:
 
 def as_text(value: Any) -> str:
     """A value as the reports' markdown shows it, for markdown made outside the templates (the UI's headline)."""
-    from markupsafe import escape
-
     return str(escape(markdown_escape(value)))
 
 
@@ -77,8 +76,6 @@ def table(frame: "pd.DataFrame | list[dict[str, Any]]") -> str:
 
 def code_block(text: str) -> str:
     """`text` as a fenced code block that nothing in it can close: its fence outgrows every run of backticks in it."""
-    from markupsafe import Markup
-
     longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
     fence = "`" * max(3, longest + 1)
     return Markup(f"{fence}\n{text.strip()}\n{fence}")
@@ -87,7 +84,6 @@ def code_block(text: str) -> str:
 @lru_cache(maxsize=None)
 def _templates() -> Any:
     import jinja2
-    from markupsafe import Markup, escape
 
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined, autoescape=True,
@@ -110,7 +106,6 @@ def to_html(markdown_text: str, images: Path) -> str:
     import nh3
     from markdown.extensions import Extension
     from markdown.treeprocessors import Treeprocessor
-    from markupsafe import Markup, escape
 
     class InlineImages(Treeprocessor):
         def run(self, root):
@@ -151,7 +146,6 @@ def build_report(out: Path, raw: DatasetRef, data: PreparedRef, model: ModelRef,
                  params: TrainParams) -> dict[str, Any]:
     """Render the run's report as Markdown and as self-contained HTML."""
     import pandas as pd
-    from markupsafe import Markup
 
     # The tutorial's first look at the data: 20 training images and their labels.
     x_train, y_train = data.split("train", mmap=True)
