@@ -62,8 +62,7 @@ def save(folder: Path, model, history: list[dict[str, Any]]) -> Path:
 
 
 def epoch_recorder(epochs: int, history: list[dict[str, Any]], folder: Path, say: Callable[[str], None],
-                   progress: Callable[[float], None] = lambda percent: None,
-                   check_lock: Callable[[], None] = lambda: None):
+                   progress: Callable[[float], None], check_lock: Callable[[], None]):
     """A Keras callback: per epoch, its time, a history row, a checkpoint (once `check_lock()` passes), progress."""
     import keras
     import numpy as np

@@ -52,7 +52,6 @@ def build_model():
 
 
 def make_dataset(x, y, batch_size: int):
-    """A batched, prefetching tf.data pipeline over (x, y), in order."""
     import tensorflow as tf
 
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size).prefetch(tf.data.AUTOTUNE)
