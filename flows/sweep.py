@@ -29,8 +29,8 @@ def task_runner() -> DaskTaskRunner:
     if dask.dask_address:
         return DaskTaskRunner(address=dask.dask_address)
     # One thread each: TensorFlow uses the cores itself, and its state is per process.
-    return DaskTaskRunner(cluster_kwargs={"n_workers": dask.dask_workers, "threads_per_worker": 1, "processes": True,
-                                          "dashboard_address": None})
+    return DaskTaskRunner(cluster_kwargs={"n_workers": dask.dask_workers,
+                                          "threads_per_worker": 1, "processes": True, "dashboard_address": None})
 
 
 def comparison(models: dict[str, Any], runs: dict[str, PipelineConfig], stages: dict[str, dict]) -> Any:
