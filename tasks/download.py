@@ -90,8 +90,8 @@ def registered_urls(dataset: str) -> dict[str, str]:
 
 def check_reachable(urls: list[str], dataset: str) -> None:
     """Fail within seconds when the download servers cannot be reached at all."""
-    parts = [urlsplit(url) for url in urls]
-    for host, port in sorted({(u.hostname or "", u.port or (443 if u.scheme == "https" else 80)) for u in parts}):
+    hosts = {(u.hostname or "", u.port or (443 if u.scheme == "https" else 80)) for u in map(urlsplit, urls)}
+    for host, port in sorted(hosts):
         # Name resolution ignores socket timeouts, so bound the whole attempt.
         pool = ThreadPoolExecutor(max_workers=1)
         attempt = pool.submit(socket.create_connection, (host, port), _CONNECT_TIMEOUT_S)
