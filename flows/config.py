@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
@@ -17,13 +16,11 @@ from tasks.params import BatchSize, LearningRate, Seed, TrainParams
 # The TensorFlow Datasets names this pipeline knows: 28x28 grayscale, 10 classes.
 DatasetName = Literal["mnist", "fashion_mnist"]
 
-# Constrained types shared by the config and the flow's parameters, so Prefect
-# refuses a bad value when a run is created, before any work starts.
+# Shared by the config and the flow's parameters, so Prefect refuses a bad value when a run is created.
 TrainLimit = Annotated[Optional[int], Field(ge=1, le=2**31 - 1)]
 # A folder: never empty (that would be the working directory itself).
 Folder = Annotated[str, Field(min_length=1)]
-# The flow's `mirror`: a plain text field in the UI's form, where empty means download.
-# Python callers (the CLI) may pass None for the same; the config itself takes None only.
+# The flow's `mirror`: a text field in the UI's form, empty (or None) for download; the config takes None only.
 Mirror = Annotated[Optional[str], WithJsonSchema({"type": "string"})]
 AccuracyThreshold = Annotated[Optional[float], Field(ge=0, le=1)]
 ValidationSplit = Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]
@@ -61,8 +58,7 @@ class DataSource(BaseModel):
     @field_validator("mirror")
     @classmethod
     def _mirror_holds_the_four_files(cls, mirror: Optional[str]) -> Optional[str]:
-        # Headers only: a wrong or missing file is refused in milliseconds, and
-        # the download stage checks every byte.
+        # Headers only: a wrong or missing file is refused in milliseconds; the download stage checks every byte.
         if mirror is not None:
             from tasks import idx  # NumPy: only when there is a mirror to check
 
@@ -72,14 +68,9 @@ class DataSource(BaseModel):
 
 
 class PipelineConfig(TrainParams, DataSource):
-    """One run's settings, validated before any stage starts: the data, the training (TrainParams), the store.
+    """One run's settings, validated before any stage starts; each field a flow parameter and a `run` option."""
 
-    Each field is a parameter of the flow (the UI's Custom run form shows its
-    description) and an option of `mnist-pipeline run`.
-    """
-
-    train_limit: TrainLimit = Field(None, description="Train on the first N training images only; empty: all of "
-                                                      "them.")
+    train_limit: TrainLimit = Field(None, description="Train on the first N training images only; empty: all of them.")
     validation_split: ValidationSplit = Field(DEFAULT_VALIDATION_SPLIT, description="Share of the training images "
                                               "held out (the last ones) to validate each epoch; 0: validate on the "
                                               "test split, as the tutorial does.")
@@ -97,12 +88,10 @@ class PipelineConfig(TrainParams, DataSource):
     @property
     def threshold(self) -> float:
         """The quality gate's bar: as given, else the dataset's default."""
-        default = DEFAULT_ACCURACY_THRESHOLD[self.dataset]
-        return default if self.accuracy_threshold is None else self.accuracy_threshold
+        return DEFAULT_ACCURACY_THRESHOLD[self.dataset] if self.accuracy_threshold is None else self.accuracy_threshold
 
     @property
     def train(self) -> TrainParams:
-        """What the train stage takes: the fields of TrainParams."""
         return TrainParams(**self.model_dump(include=set(TrainParams.model_fields)))
 
 
@@ -128,21 +117,16 @@ def train_params(**overrides: Any) -> TrainParams:
     return PipelineConfig(**overrides).train
 
 
-def _fields(models: tuple[type[BaseModel], ...], exclude: frozenset[str]) -> Any:
-    for model in models:
-        for name, field in model.model_fields.items():
-            if name not in exclude:
-                yield model, name, field
+def _fields(models: tuple[type[BaseModel], ...], exclude: frozenset[str]) -> list[tuple[type[BaseModel], str, Any]]:
+    return [(model, name, field) for model in models or (PipelineConfig,) for name, field in model.model_fields.items()
+            if name not in exclude]
 
 
 def with_parameters(fn: Any, *models: type[BaseModel], exclude: frozenset[str] = frozenset()) -> Any:
-    """`fn(**parameters)` given the fields of `models` (PipelineConfig's by default) as its signature and Args.
-
-    Prefect reads both for the flow's parameters: their types, bounds and
-    defaults (checked when a run is created) and the form's descriptions.
-    """
+    """`fn(**parameters)` given the fields of `models` (PipelineConfig's by default) as its signature and Args:
+    Prefect reads both for the flow's parameters' types, bounds and defaults, and the form's descriptions."""
     parameters, args = [], []
-    for _, name, field in _fields(models or (PipelineConfig,), exclude):
+    for _, name, field in _fields(models, exclude):
         annotation = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
         default = field.default
         if name == "mirror":  # a plain text field in the form, where empty means download
@@ -156,11 +140,9 @@ def with_parameters(fn: Any, *models: type[BaseModel], exclude: frozenset[str] =
 
 
 def add_options(parser: Any, *models: type[BaseModel], exclude: frozenset[str] = frozenset()) -> None:
-    """One option per field of `models` (PipelineConfig's by default), `--batch-size` for `batch_size`.
-
-    A list field takes one or more values (`--seeds 0 1 2`).
-    """
-    for model, name, field in _fields(models or (PipelineConfig,), exclude):
+    """One option per field of `models` (PipelineConfig's by default), `--batch-size` for `batch_size`; a list field
+    takes one or more values (`--seeds 0 1 2`)."""
+    for model, name, field in _fields(models, exclude):
         schema = model.model_json_schema()["properties"][name]
         many = schema.get("type") == "array"
         element = schema.get("items", {}) if many else schema
@@ -199,7 +181,8 @@ class SweepGrid(BaseModel):
 
     learning_rates: list[LearningRate] = Field([_TRAIN["learning_rate"].default, 1e-3], min_length=1,
                                                description="Adam's learning rates to try.")
-    batch_sizes: list[BatchSize] = Field([_TRAIN["batch_size"].default, 32], min_length=1, description="Batch sizes to try.")
+    batch_sizes: list[BatchSize] = Field([_TRAIN["batch_size"].default, 32], min_length=1,
+                                         description="Batch sizes to try.")
     seeds: list[Seed] = Field([_TRAIN["seed"].default], min_length=1, description="Seeds to try each combination with.")
 
     @model_validator(mode="after")

@@ -1,11 +1,6 @@
-"""The quality gate: a run's model becomes its dataset's champion only if good enough.
-
-As TFX's Evaluator blesses a model: the candidate must reach the accuracy
-threshold, and must not fall more than the tolerance below the best test
-accuracy ever promoted on the same test data (by SHA-256). Accuracies measured
-on other test data are never compared: such a run is judged against the
-threshold alone, and its verdict says so. The bar never falls, so a chain of
-promotions cannot drift down.
+"""The quality gate, as TFX's Evaluator blesses a model: it must reach the threshold, and not fall more than
+TOLERANCE below the best test accuracy ever promoted on the same test data (by SHA-256), so a chain of promotions
+cannot drift down. Accuracies measured on other test data are never compared.
 """
 
 from __future__ import annotations
@@ -32,11 +27,8 @@ class GateResult(BaseModel):
 
 
 def judge(accuracy: float, threshold: float, bar: Optional[float], other_data: bool = False) -> GateResult:
-    """Whether a model of test accuracy `accuracy` may become the champion, and why.
-
-    `bar` is the best accuracy promoted on the same test data; `other_data`
-    says the current champion was measured on other test data.
-    """
+    """Whether a model may become the champion, and why; `bar`: the best accuracy promoted on the same test data,
+    `other_data`: the champion was measured on other test data."""
     if accuracy < threshold:
         return GateResult(passed=False, champion_accuracy=bar,
                           reason=f"test accuracy {accuracy:.4f} is under the threshold {threshold:.4f}")
@@ -47,8 +39,7 @@ def judge(accuracy: float, threshold: float, bar: Optional[float], other_data: b
     if bar is not None:
         against = f" and holds against {bar:.4f}, the best promoted on the same test data"
     elif other_data:
-        against = ("; the champion was measured on other test data, so it was judged against the threshold "
-                   "alone")
+        against = "; the champion was measured on other test data, so it was judged against the threshold alone"
     else:
         against = ""
     return GateResult(passed=True, champion_accuracy=bar,
@@ -67,11 +58,8 @@ def gate_model(artifacts_dir: str, dataset: str, metrics: MetricsRef, threshold:
 
 
 def promote(artifacts_dir: str, dataset: str, model: ModelRef, metrics: MetricsRef, flow_run_id: str) -> None:
-    """Make the model the dataset's champion (hold `champion_lock`).
-
-    The same model again (a cached rerun) leaves the record as it is. A damaged
-    record is moved aside first, kept as evidence beside the new one.
-    """
+    """Make the model the dataset's champion (hold `champion_lock`); the same model again leaves the record as it is,
+    and a damaged record is kept as evidence beside the new one."""
     champion = read_for_update(artifacts_dir, dataset)
     if champion is not None and champion.model == model.fingerprint:
         return

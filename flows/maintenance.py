@@ -1,9 +1,5 @@
-"""The `mnist-store-gc` flow: `mnist-pipeline gc --yes` with the default policy, on a schedule.
-
-prefect.yaml's `weekly-gc` deployment runs it every Sunday at 03:00 UTC, so a
-server left alone for months keeps its store bounded: each champion's lineage
-and the last `keep_runs` runs of each dataset stay, the rest goes.
-"""
+"""The `mnist-store-gc` flow: `mnist-pipeline gc --yes` on a schedule (prefect.yaml's `weekly-gc`), so a server
+left alone for months keeps its store bounded."""
 
 from __future__ import annotations
 

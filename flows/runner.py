@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from contextlib import ExitStack
@@ -48,11 +47,8 @@ class StageFailed(RuntimeError):
 
 
 def _crash_leftover_task_runs() -> None:
-    """Mark Crashed the task runs that an earlier attempt of this flow run left Running or Pending.
-
-    A flow-run process killed outright (SIGKILL, a lost machine) cannot report
-    its task runs' end; once the flow run is retried, they never will.
-    """
+    """Mark Crashed the task runs an earlier attempt of this flow run left Running or Pending: a process killed
+    outright (SIGKILL, a lost machine) cannot report their end, and once the flow run is retried, they never will."""
     from prefect import get_client
     from prefect.client.schemas.filters import (
         FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterState, TaskRunFilterStateType,
@@ -133,10 +129,8 @@ class StageRunner:
         return self._record(stage_task.cache_policy.stage, state, start)
 
     def map(self, stage_task: Task, runs: dict[str, tuple]) -> dict[str, Any]:
-        """The stage once per entry of `runs` (label: arguments), through the flow's task runner (Dask's, say).
-
-        Each is recorded as `stage[label]`; a failure fails them all, once every run has ended.
-        """
+        """The stage once per entry of `runs` (label: arguments), through the flow's task runner (Dask's, say),
+        each recorded as `stage[label]`; a failure fails them all, once every run has ended."""
         _stop_if_interrupted()
         bound, start = self._bound(stage_task), time.perf_counter()
         futures = {label: bound.submit(self.artifacts_dir, *args) for label, args in runs.items()}
@@ -166,26 +160,22 @@ class StageRunner:
                 metrics: Optional[MetricsRef] = None, report: Optional[ReportRef] = None) -> dict[str, Any]:
         """The run summary of CONTRACT.md, as far as the run got."""
         summary: dict[str, Any] = {"flow_run_id": str(flow_run.id), "state": state, "stages": self.stages}
+        # Every field of the references but the entry's name.
         if model is not None:
-            summary["train"] = model.model_dump(include={
-                "epochs_run", "epoch_seconds", "resumed_from_epoch", "device", "batch_size", "replicas", "notes",
-                "train_count", "validation_count", "validated_on", "validation_accuracy", "validation_loss"})
+            summary["train"] = model.model_dump(exclude={"stage", "fingerprint"})
         if metrics is not None:
-            summary["metrics"] = metrics.model_dump(include={"test_accuracy", "test_loss", "test_count", "test_sha256"})
+            summary["metrics"] = metrics.model_dump(exclude={"stage", "fingerprint"})
         if report is not None:
             summary["report"] = str(self.store.path(report) / reports.REPORT_HTML)
         return summary
 
     def finish(self, cfg: PipelineConfig, model: ModelRef, metrics: MetricsRef,
                report: ReportRef, **extra: Any) -> Union[dict[str, Any], State]:
-        """The quality gate, this run's report and its line in the run log, then the promotion.
+        """The quality gate, this run's report and its line in the run log, then the promotion: the run summary
+        with `extra`, as a state named NotPromoted if the gate refused the model.
 
-        All under the champion's lock, so two runs finishing together take turns
-        (the run log's line under the run log's own, which every dataset shares),
-        and all or nothing: each step is undone, by removing or truncating (which
-        needs no disk space), when a later one fails, so the champion, the run log
-        and the runs folder are left as they were. Returns the run summary, with
-        `extra` in it, as a state named NotPromoted if the gate refused the model.
+        Under the champion's lock, so two runs finishing together take turns, and all or nothing: each step is
+        undone (by removing or truncating, which needs no disk space) when a later one fails.
         """
         run_id = str(flow_run.id)
         folder = layout.run_folder(self.artifacts_dir, run_id)
@@ -228,10 +218,7 @@ class StageRunner:
 
 def write_run_report(artifacts_dir: str, folder: Path, report: ReportRef, metrics: MetricsRef, dataset: str,
                      gate: GateResult, stages: dict[str, dict]) -> None:
-    """This run's report in `folder` (`runs/<flow run id>`): the stage's, and what only the run knows.
-
-    The gate's verdict, each stage's time and cache state, and the earlier runs.
-    """
+    """This run's report in `folder`: the stage's, with the gate's verdict, stage times and earlier runs."""
     entry = ArtifactStore(artifacts_dir).path(report)
     timing = [{"stage": stage, **{k: record[k] for k in ("state", "seconds", "attempts")}}
               for stage, record in stages.items()]
@@ -250,10 +237,8 @@ def write_run_report(artifacts_dir: str, folder: Path, report: ReportRef, metric
 
 
 def report_link(path: Path) -> str:
-    """Where a browser opens `path`: from `make serve`'s file server when it serves that store, else a file URI.
-
-    Browsers refuse file URIs from a web page, so only the first opens from the Prefect UI.
-    """
+    """Where a browser opens `path`: from `make serve`'s file server when it serves that store, else a file URI
+    (which browsers refuse to open from a web page such as the Prefect UI)."""
     url, root = settings().reports_url, settings().reports_root
     if url and root:
         try:

@@ -1,13 +1,5 @@
-"""The `mnist-sweep` flow: one download and preprocess, a grid of trainings on Dask, the best to the gate.
-
-Each combination of the grid is the train stage, cached as in `mnist-pipeline`
-(a combination trained before is served from the store). They run on
-prefect-dask's DaskTaskRunner: a local cluster of MNIST_PIPELINE_DASK_WORKERS
-worker processes (2 by default), or the Dask scheduler at
-MNIST_PIPELINE_DASK_ADDRESS. The combination with the best validation accuracy
-is evaluated on the test split (the only one that is), reported, and offered
-to the quality gate as a run of its own would be.
-"""
+"""The `mnist-sweep` flow: one download and preprocess, a grid of cached trainings on Dask, the best (by
+validation accuracy) evaluated on the test split, reported and offered to the gate as a run of its own would be."""
 
 from __future__ import annotations
 

@@ -1,10 +1,7 @@
 """Per-epoch training checkpoints, so a crash costs at most the epoch in progress.
 
-After every epoch the model (weights and optimizer state) and the history so
-far are written to `epoch-NNNN/` in a temporary folder and renamed into place;
-the older checkpoint is then removed. Each epoch's data order depends only on
-the seed and the epoch's number, so a resumed run sees the batches an
-uninterrupted one would have.
+Each epoch's data order depends only on the seed and the epoch's number, so a
+resumed run sees the batches an uninterrupted one would have.
 """
 
 from __future__ import annotations
@@ -65,12 +62,8 @@ def save(folder: Path, model, history: list[dict[str, Any]]) -> Path:
 
 
 def epoch_recorder(epochs: int, history: list[dict[str, Any]], folder: Path, say: Callable[[str], None],
-                   progress: Callable[[float], None] = lambda percent: None,
-                   check_lock: Callable[[], None] = lambda: None):
-    """A Keras callback: per epoch, its time, a history row, a checkpoint, then progress.
-
-    `check_lock()` comes before each checkpoint: it raises once another run took the folder over.
-    """
+                   progress: Callable[[float], None], check_lock: Callable[[], None]):
+    """A Keras callback: per epoch, its time, a history row, a checkpoint (once `check_lock()` passes), progress."""
     import keras
     import numpy as np
 
@@ -79,26 +72,22 @@ def epoch_recorder(epochs: int, history: list[dict[str, Any]], folder: Path, say
             self.started = time.perf_counter()
 
         def on_epoch_end(self, epoch, logs=None):
-            loss = float((logs or {}).get("loss", 0.0))
+            logs = logs or {}
+            loss = float(logs.get("loss", 0.0))
             # A model of NaN weights is neither kept nor resumed from. The weights are checked
             # too: oneDNN's fused convolution and ReLU turn NaN into 0, so NaN weights in the
             # first layers can leave the loss finite.
-            if not math.isfinite(loss):
-                what = f"the loss is {loss}"
-            elif not all(np.isfinite(w).all() for w in self.model.get_weights()):
+            what = None if math.isfinite(loss) else f"the loss is {loss}"
+            if what is None and not all(np.isfinite(w).all() for w in self.model.get_weights()):
                 what = "the weights are not all finite"
-            else:
-                what = None
             if what:
-                raise TrainingDiverged(f"training diverged: {what} after epoch {epoch + 1}; "
-                                       "lower the learning rate")
+                raise TrainingDiverged(f"training diverged: {what} after epoch {epoch + 1}; lower the learning rate")
             seconds = round(time.perf_counter() - self.started, 3)
-            history.append({"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()},
-                            "seconds": seconds})
+            history.append({"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}, "seconds": seconds})
             check_lock()  # the folder is this run's still
             # Saved before the progress line: "epoch K/N" means K epochs are safe.
             save(folder, self.model, history)
-            scores = " - ".join(f"{k}: {float(v):.4f}" for k, v in (logs or {}).items())
+            scores = " - ".join(f"{k}: {float(v):.4f}" for k, v in logs.items())
             say(f"epoch {epoch + 1}/{epochs} - {scores} - {seconds:.1f}s")
             progress(100.0 * (epoch + 1) / epochs)
 

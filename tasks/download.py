@@ -32,8 +32,7 @@ def mirror_checksums(inputs: Mapping[str, Any]) -> Mapping[str, Any]:
     mirror = inputs.get("mirror")
     if mirror is None:
         return {}
-    paths = idx.check_mirror_headers(Path(mirror))
-    return {"mirror": {role: file_digest(path) for role, path in paths.items()}}
+    return {"mirror": {role: file_digest(path) for role, path in idx.check_mirror_headers(Path(mirror)).items()}}
 
 
 def arrays_sha256(arrays: Mapping[str, np.ndarray]) -> str:
@@ -63,11 +62,7 @@ def known_checksums() -> dict[str, str]:
 
 
 def read_mirror(mirror: Path, dataset: str) -> tuple[dict[str, np.ndarray], dict[str, str], list[str]]:
-    """The four IDX files of `mirror`, fully checked: arrays, SHA-256 of each file, and warnings.
-
-    A file that belongs to another dataset of the family is refused; a file no
-    registry knows gets a warning.
-    """
+    """The four IDX files of `mirror`: arrays, SHA-256 of each file, and a warning if no registry knows one."""
     known = known_checksums()
     arrays, checksums, unknown = {}, {}, []
     for role, path in idx.check_mirror_headers(mirror).items():
@@ -95,7 +90,8 @@ def registered_urls(dataset: str) -> dict[str, str]:
 
 def check_reachable(urls: list[str], dataset: str) -> None:
     """Fail within seconds when the download servers cannot be reached at all."""
-    for host, port in sorted({_host_port(url) for url in urls}):
+    hosts = {(u.hostname or "", u.port or (443 if u.scheme == "https" else 80)) for u in map(urlsplit, urls)}
+    for host, port in sorted(hosts):
         # Name resolution ignores socket timeouts, so bound the whole attempt.
         pool = ThreadPoolExecutor(max_workers=1)
         attempt = pool.submit(socket.create_connection, (host, port), _CONNECT_TIMEOUT_S)
@@ -109,11 +105,6 @@ def check_reachable(urls: list[str], dataset: str) -> None:
                 f"{host} is unreachable ({reason}); to run offline, give a mirror of the dataset's four "
                 "IDX files (--mirror DIR, or the mirror parameter in the UI; `make data` writes one to data/mnist)"
             ) from err
-
-
-def _host_port(url: str) -> tuple[str, int]:
-    parts = urlsplit(url)
-    return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
 
 
 def load_tfds(dataset: str, data_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:

@@ -58,37 +58,33 @@ def _open(path: Path):
     return gzip.open(path, "rb") if gzipped else open(path, "rb")
 
 
-def parse_header(head: bytes, path: Path) -> Header:
+def read_header(path: Path, role: str) -> Header:
+    """The header of `path`, checked as the file of `role`: magic number, shape and count."""
+    try:
+        with _open(path) as f:
+            head = f.read(16)
+    except EOFError as err:
+        raise IdxTruncated(f"{path} ends before its gzip stream does: {err}") from err
+    except (OSError, zlib.error) as err:
+        raise IdxError(f"{path} cannot be read: {err}") from err
     if len(head) < 4 or head[:2] != b"\0\0" or head[2] != _UBYTE:
         raise IdxError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
     ndims = head[3]
     end = 4 + 4 * ndims
     if ndims == 0 or len(head) < end:
         raise IdxError(f"{path} has a truncated IDX header")
-    return Header(struct.unpack(f">{ndims}I", head[4:end]), end)
-
-
-def read_header(path: Path) -> Header:
-    try:
-        with _open(path) as f:
-            return parse_header(f.read(16), path)
-    except EOFError as err:
-        raise IdxTruncated(f"{path} ends before its gzip stream does: {err}") from err
-    except (OSError, zlib.error) as err:
-        raise IdxError(f"{path} cannot be read: {err}") from err
-
-
-def _check_role(role: str, dims: tuple[int, ...], path: Path) -> None:
+    dims = struct.unpack(f">{ndims}I", head[4:end])
     if dims[0] > MAX_COUNT:
         raise IdxError(f"{path} holds {dims[0]} examples, more than the {MAX_COUNT} this pipeline takes")
     if role.endswith("images") and (len(dims) != 3 or dims[1:] != IMAGE_SHAPE):
         raise IdxError(f"{path} holds shape {dims}, expected (N, 28, 28) images")
     if role.endswith("labels") and len(dims) != 1:
         raise IdxError(f"{path} holds shape {dims}, expected (N,) labels")
+    return Header(dims, end)
 
 
 def check_mirror_headers(mirror: Path) -> dict[str, Path]:
-    """Find the four files in `mirror` and check magic numbers, shapes and counts."""
+    """The four files of `mirror`, their headers checked."""
     try:
         found = mirror.is_dir()
     except OSError as err:  # a name too long for the file system, say: named by its start
@@ -96,19 +92,13 @@ def check_mirror_headers(mirror: Path) -> dict[str, Path]:
     if not found:
         raise IdxError(f"mirror {mirror} is not a directory")
     paths = {role: locate(mirror, name) for role, name in FILES.items()}
-    counts = {}
-    for role, path in paths.items():
-        dims = read_header(path).dims
-        _check_role(role, dims, path)
-        counts[role] = dims[0]
+    counts = {role: read_header(path, role).dims[0] for role, path in paths.items()}
     for split in ("train", "test"):
-        if counts[f"{split}_labels"] == 0:
+        images, labels = counts[f"{split}_images"], counts[f"{split}_labels"]
+        if labels == 0:
             raise IdxError(f"mirror {mirror} holds no {split} images")
-        if counts[f"{split}_images"] != counts[f"{split}_labels"]:
-            raise IdxError(
-                f"mirror {mirror}: {counts[f'{split}_images']} {split} images "
-                f"but {counts[f'{split}_labels']} labels"
-            )
+        if images != labels:
+            raise IdxError(f"mirror {mirror}: {images} {split} images but {labels} labels")
     return paths
 
 
@@ -131,8 +121,7 @@ class IdxFile(NamedTuple):
 
 def read(path: Path, role: str) -> IdxFile:
     """The array stored in `path`, with the checksums of the file."""
-    header = read_header(path)
-    _check_role(role, header.dims, path)
+    header = read_header(path, role)
     expected = math.prod(header.dims)
     try:
         data = _payload(path, header.offset + expected)
@@ -142,9 +131,7 @@ def read(path: Path, role: str) -> IdxFile:
         raise IdxError(f"{path} is not a readable gzip file: {err}") from err
     body = np.frombuffer(data, dtype=np.uint8, offset=header.offset)
     if body.size < expected:
-        raise IdxTruncated(
-            f"{path} holds {body.size} bytes of data, its header promises {expected}"
-        )
+        raise IdxTruncated(f"{path} holds {body.size} bytes of data, its header promises {expected}")
     if body.size != expected:
         raise IdxError(f"{path} holds more than the {expected} bytes of data its header promises")
     array = body.reshape(header.dims)

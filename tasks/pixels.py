@@ -1,10 +1,5 @@
-"""The tutorial's normalisation: pixels 0..255 to float32 in [0, 1].
-
-The preprocess entry keeps the images as uint8, a quarter of float32's bytes;
-the stages that feed a model scale them as they load them, with the same
-arithmetic the tutorial applies once (`x / 255.0` in float32), so a model sees
-the same numbers.
-"""
+"""The tutorial's normalisation, `x / 255.0` in float32, applied as a stage loads the preprocess entry's uint8 pixels
+(a quarter of float32's bytes on disk), so a model sees the numbers the tutorial gives it."""
 
 from __future__ import annotations
 

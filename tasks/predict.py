@@ -1,9 +1,5 @@
-"""The tutorial's last step on a user's own images: classify PNG or JPEG files.
-
-Images of any size or colour are brought to what the model was trained on:
-grayscale, white digit on black, the ink's bounding box scaled into 20x20 and
-centred by its centre of mass in 28x28, as the MNIST images were made.
-"""
+"""The tutorial's last step on a user's own images: classify PNG or JPEG files of any size or colour, made
+as the MNIST images were: grayscale, white digit on black, scaled into 20x20, centred by mass in 28x28."""
 
 from __future__ import annotations
 

@@ -1,8 +1,4 @@
-"""Stage 2: reshape to (N, 28, 28, 1), hold out the validation split.
-
-The pixels stay uint8 (0..255) in the entry, a quarter of float32's bytes; the
-stages that feed a model scale them to [0, 1] as they load them (tasks/pixels.py).
-"""
+"""Stage 2: reshape to (N, 28, 28, 1), hold out the validation split; the pixels stay uint8 (tasks/pixels.py)."""
 
 from __future__ import annotations
 
@@ -33,11 +29,10 @@ def preprocess_dataset(out: Path, raw: DatasetRef, train_limit: Optional[int] = 
     images, labels = arrays["train_images"][:train_limit], arrays["train_labels"][:train_limit]
     held_out = validation_size(len(labels), validation_split)
     kept = len(labels) - held_out
-    splits = {"train": (images[:kept], labels[:kept]), "validation": (images[kept:], labels[kept:]),
-              "test": (arrays["test_images"], arrays["test_labels"])}
+    splits = {"train": (images[:kept], labels[:kept]), "test": (arrays["test_images"], arrays["test_labels"])}
+    if held_out:
+        splits["validation"] = images[kept:], labels[kept:]
     for split, (x, y) in splits.items():
-        if split == "validation" and not held_out:
-            continue
         x_file, y_file = PreparedRef.split_files(split)
         np.save(out / x_file, reshape(x))
         np.save(out / y_file, y.astype(np.int64))

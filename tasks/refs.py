@@ -1,7 +1,4 @@
-"""The stages' references: what each entry's `ref.json` holds, and the files it names.
-
-Stages learn nothing of each other's file names: a located reference reads them.
-"""
+"""The stages' references: what each entry's `ref.json` holds; located, a reference reads its entry's files."""
 
 from __future__ import annotations
 
@@ -46,12 +43,8 @@ class DatasetRef(EntryRef):
 
 
 class PreparedRef(EntryRef):
-    """Scaled float32 images of shape (N, 28, 28, 1), with labels and the sample grid.
-
-    Splits: `train`; `validation`, the last part of the training split held out
-    (none when validation_count is 0: training then validates on `test`, as the
-    tutorial does); and `test`, which only evaluate reads.
-    """
+    """The splits `train`, `validation` (the training split's last part; none when validation_count is 0, and
+    training validates on `test`, as the tutorial does) and `test`, which only evaluate reads."""
 
     stage: Literal["preprocess"] = "preprocess"
 
@@ -62,7 +55,6 @@ class PreparedRef(EntryRef):
 
     @property
     def validated_on(self) -> Literal["validation", "test"]:
-        """The split training validates on."""
         return "validation" if self.validation_count else "test"
 
     @staticmethod
@@ -91,13 +83,11 @@ class ModelRef(EntryRef):
     epoch_seconds: list[float]
     resumed_from_epoch: Optional[int] = None
     device: str
-    # The batch size trained with, per replica: smaller than asked after GPU out-of-memory.
+    # Per replica: the batch of a step is batch_size x replicas (a MirroredStrategy's devices).
     batch_size: int
-    # The devices that trained in step (a MirroredStrategy's replicas): the batch of a step is batch_size x replicas.
     replicas: int = 1
     notes: list[str] = []
-    # The images it trained on and validated on; the split its per-epoch validation figures come from,
-    # and the last epoch's.
+    # The images it trained and validated on; the split of the per-epoch validation figures, and the last epoch's.
     train_count: int
     validation_count: int
     validated_on: Literal["validation", "test"]

@@ -1,21 +1,21 @@
-"""Stage 5: report.md, and report.html made from it with its images inside.
+"""Stage 5: report.md from templates/report.md.j2 (Jinja2), and report.html made from it with its images inside.
 
-One source: templates/report.md.j2, rendered by Jinja2 to markdown, which
-python-markdown turns into the HTML page. Values come from the store and from
-users (a mirror's folder name, the run log): every one is shown as text, never
-as markdown or HTML, and the page keeps only the tags and links a report makes.
+Values come from the store and from users (a mirror's folder name, the run log): every one is shown as text,
+never as markdown or HTML, and the page keeps only the tags and links a report makes.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import numbers
 import re
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from markupsafe import Markup, escape
 
 from tasks import plots
 from tasks.refs import DatasetRef, MetricsRef, ModelRef, PreparedRef
@@ -51,24 +51,17 @@ def markdown_escape(value: Any) -> str:
 
 def as_text(value: Any) -> str:
     """A value as the reports' markdown shows it, for markdown made outside the templates (the UI's headline)."""
-    from markupsafe import escape
-
     return str(escape(markdown_escape(value)))
 
 
 def _cell(value: Any) -> Any:
     """A table cell: numbers as they are, for tabulate to format; anything else as escaped text."""
-    import numbers
-
     return value if value is None or isinstance(value, numbers.Number) else markdown_escape(value)
 
 
 def table(frame: "pd.DataFrame | list[dict[str, Any]]") -> str:
-    """A pipe table of a frame or of rows (dicts, one key per column); integers stay integers, row numbers are left out.
-
-    The call pandas' to_markdown makes, so rows need no pandas: a run's own report is made of them.
-    Text cells are escaped as markdown: a value cannot open a cell, a row or a link.
-    """
+    """A pipe table of a frame or of rows (dicts, which need no pandas: a run's own report is made of them), as
+    pandas' to_markdown makes it; text cells escaped, so that a value cannot open a cell, a row or a link."""
     from tabulate import tabulate
 
     if isinstance(frame, list):
@@ -83,8 +76,6 @@ def table(frame: "pd.DataFrame | list[dict[str, Any]]") -> str:
 
 def code_block(text: str) -> str:
     """`text` as a fenced code block that nothing in it can close: its fence outgrows every run of backticks in it."""
-    from markupsafe import Markup
-
     longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
     fence = "`" * max(3, longest + 1)
     return Markup(f"{fence}\n{text.strip()}\n{fence}")
@@ -93,7 +84,6 @@ def code_block(text: str) -> str:
 @lru_cache(maxsize=None)
 def _templates() -> Any:
     import jinja2
-    from markupsafe import Markup, escape
 
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined, autoescape=True,
@@ -116,7 +106,6 @@ def to_html(markdown_text: str, images: Path) -> str:
     import nh3
     from markdown.extensions import Extension
     from markdown.treeprocessors import Treeprocessor
-    from markupsafe import Markup, escape
 
     class InlineImages(Treeprocessor):
         def run(self, root):
@@ -157,11 +146,10 @@ def build_report(out: Path, raw: DatasetRef, data: PreparedRef, model: ModelRef,
                  params: TrainParams) -> dict[str, Any]:
     """Render the run's report as Markdown and as self-contained HTML."""
     import pandas as pd
-    from markupsafe import Markup
 
     # The tutorial's first look at the data: 20 training images and their labels.
     x_train, y_train = data.split("train", mmap=True)
-    plots.image_grid(np.asarray(x_train[:SAMPLES]), [str(label) for label in y_train[:SAMPLES]], out / IMAGES["samples"])
+    plots.image_grid(np.asarray(x_train[:SAMPLES]), list(map(str, y_train[:SAMPLES])), out / IMAGES["samples"])
     history = model.history()
     plots.training_curves(history, out / IMAGES["curves"])
     tables = metrics.tables()

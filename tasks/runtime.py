@@ -72,10 +72,7 @@ def distribution():
 
 
 def visible_gpus() -> int:
-    """NVIDIA GPUs this process may use, without importing TensorFlow.
-
-    The driver's list (/proc/driver/nvidia/gpus), narrowed by CUDA_VISIBLE_DEVICES.
-    """
+    """NVIDIA GPUs this process may use, from the driver's list and CUDA_VISIBLE_DEVICES, without TensorFlow."""
     try:
         found = len(os.listdir("/proc/driver/nvidia/gpus"))
     except OSError:

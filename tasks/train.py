@@ -1,4 +1,4 @@
-"""Stage 3: fit the tutorial's CNN, on the first GPU when there is one."""
+"""Stage 3: fit the tutorial's CNN, on every GPU (one replica each) or else the CPU."""
 
 from __future__ import annotations
 
@@ -24,12 +24,8 @@ _EPOCH_SEEDS = 100_003
 
 
 def replicas(inputs: Any) -> dict[str, Any]:
-    """Key material besides the inputs: how many replicas would train together, when more than one.
-
-    Several GPUs, or several hosts (TF_CONFIG), make a step's batch that many
-    times the batch size, and so another model. One device adds nothing, so
-    the keys of CPU and single-GPU runs stay as they were.
-    """
+    """Key material besides the inputs: several GPUs or hosts (TF_CONFIG) make a step's batch that many times the
+    batch size, and so another model; one device adds nothing, so CPU and single-GPU keys stay as they were."""
     gpus = visible_gpus()
     extra: dict[str, Any] = {"replicas": gpus} if gpus > 1 else {}
     if os.environ.get("TF_CONFIG"):
@@ -56,7 +52,6 @@ def build_model():
 
 
 def make_dataset(x, y, batch_size: int):
-    """A batched, prefetching tf.data pipeline over (x, y), in order."""
     import tensorflow as tf
 
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size).prefetch(tf.data.AUTOTUNE)
@@ -92,14 +87,7 @@ def _compiled_model(params: TrainParams, steps: int, resume_from: Optional[Path]
 
 def train_model(out: Path, data: PreparedRef, params: TrainParams, *, work: Path, log: Any,
                 progress: Callable[[float], None], check_lock: Callable[[], None] = lambda: None) -> dict[str, Any]:
-    """Fit the CNN with Adam on the training split, validating on the held-out validation split.
-
-    Resumes from the checkpoints in `work` when they hold any, and writes one
-    there after each epoch unless `check_lock` finds another run took over
-    the entry (it raises). Writes the model,
-    the history of every epoch and the model's summary to `out`. With several
-    GPUs, each takes `params.batch_size` images a step (a MirroredStrategy).
-    """
+    """Fit the CNN with Adam on the training split, validating on the held-out split; checkpointed in `work`."""
     device = select_device()
     strategy = distribution()
     import keras
@@ -111,24 +99,22 @@ def train_model(out: Path, data: PreparedRef, params: TrainParams, *, work: Path
     # The held-out part of the training split; the test split only when none is held out (the tutorial's way).
     x_val, y_val = data.split(data.validated_on)
     x_train, x_val = scaled(x_train), scaled(x_val)
-    checkpoints, say = work, log.info
-
     # The batch of one step across the replicas, which split it evenly.
     global_batch = params.batch_size * strategy.num_replicas_in_sync
     steps = params.epochs * math.ceil(len(x_train) / global_batch)
-    resume_from = checkpoint.latest(checkpoints)
+    resume_from = checkpoint.latest(work)
     try:
         history = checkpoint.load_history(resume_from) if resume_from else []
         model = _compiled_model(params, steps, resume_from, strategy)
     except Exception as error:  # a checkpoint damaged on disk: start over rather than fail for ever
-        say(f"checkpoint {resume_from} is unreadable ({type(error).__name__}: {error}); training from epoch 0")
+        log.info(f"checkpoint {resume_from} is unreadable ({type(error).__name__}: {error}); training from epoch 0")
         shutil.rmtree(resume_from, ignore_errors=True)
         resume_from, history = None, []
         model = _compiled_model(params, steps, None, strategy)
     if resume_from:
-        say(f"resuming after epoch {len(history)}/{params.epochs} from {resume_from}")
+        log.info(f"resuming after epoch {len(history)}/{params.epochs} from {resume_from}")
     progress(100.0 * len(history) / params.epochs)
-    recorder = checkpoint.epoch_recorder(params.epochs, history, checkpoints, say, progress, check_lock)
+    recorder = checkpoint.epoch_recorder(params.epochs, history, work, log.info, progress, check_lock)
     train = tf.data.Dataset.from_tensor_slices((x_train, y_train))
     validation = make_dataset(x_val, y_val, _EVAL_BATCH)
     first = len(history)
@@ -156,7 +142,7 @@ def train_model(out: Path, data: PreparedRef, params: TrainParams, *, work: Path
         "replicas": strategy.num_replicas_in_sync,
         "notes": [],
         "train_count": data.train_count,
-        "validation_count": data.validation_count if data.validation_count else data.test_count,
+        "validation_count": data.validation_count or data.test_count,
         "validated_on": data.validated_on,
         "validation_accuracy": float(history[-1]["val_accuracy"]),
         "validation_loss": float(history[-1]["val_loss"]),
