@@ -94,23 +94,23 @@ class Remote:
         # No listing cache: another host may have written an entry a moment ago.
         self.fs: Any = s3fs.S3FileSystem(use_listings_cache=False, skip_instance_cache=True)
 
-    def _key(self, stage: str, fingerprint: str, name: str = "") -> str:
+    def key(self, stage: str, fingerprint: str, name: str = "") -> str:
         return f"{self.path}/{stage}/{fingerprint}" + (f"/{name}" if name else "")
 
     def has(self, stage: str, fingerprint: str) -> bool:
-        return self.fs.exists(self._key(stage, fingerprint, MANIFEST))
+        return self.fs.exists(self.key(stage, fingerprint, MANIFEST))
 
     def upload(self, folder: Path, stage: str, fingerprint: str) -> None:
         """Every file of the entry `folder`, then its manifest: whole, or not counted."""
         files = json.loads((folder / MANIFEST).read_text())["files"]
         for name in files:
-            self.fs.put_file(str(folder / name), self._key(stage, fingerprint, name))
-        self.fs.put_file(str(folder / MANIFEST), self._key(stage, fingerprint, MANIFEST))
+            self.fs.put_file(str(folder / name), self.key(stage, fingerprint, name))
+        self.fs.put_file(str(folder / MANIFEST), self.key(stage, fingerprint, MANIFEST))
 
     def fetch(self, stage: str, fingerprint: str, into: Path) -> bool:
         """The entry's manifest and the files it names, into the empty folder `into`; False if it has none."""
         try:
-            manifest = self.fs.cat_file(self._key(stage, fingerprint, MANIFEST))
+            manifest = self.fs.cat_file(self.key(stage, fingerprint, MANIFEST))
         except FileNotFoundError:
             return False
         (into / MANIFEST).write_bytes(manifest)
@@ -124,14 +124,14 @@ class Remote:
             target = into / name
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
-                self.fs.get_file(self._key(stage, fingerprint, name), str(target))
+                self.fs.get_file(self.key(stage, fingerprint, name), str(target))
             except FileNotFoundError:
                 pass  # verification names the missing file
         return True
 
     def remove(self, stage: str, fingerprint: str) -> None:
         """The manifest first (the entry stops counting), then the rest."""
-        for key in (self._key(stage, fingerprint, MANIFEST), self._key(stage, fingerprint)):
+        for key in (self.key(stage, fingerprint, MANIFEST), self.key(stage, fingerprint)):
             try:
                 self.fs.rm(key, recursive=True)
             except FileNotFoundError:
