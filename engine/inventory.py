@@ -16,7 +16,7 @@ import os
 import re
 import shutil
 import time
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -38,10 +38,7 @@ class CannotJudge(ValueError):
 
 
 def allocated(path: Path) -> int:
-    """Bytes on disk under `path`, links not followed (each counted as itself), as `du` does.
-
-    What a run removes meanwhile (a temporary folder renamed into place) counts as nothing.
-    """
+    """Bytes on disk under `path` as `du` counts them, a link as itself; what a run removes meanwhile as 0."""
     try:
         total = path.lstat().st_blocks * 512
     except FileNotFoundError:
@@ -49,10 +46,8 @@ def allocated(path: Path) -> int:
     if path.is_dir() and not path.is_symlink():
         for parent, dirs, files in os.walk(path):
             for name in dirs + files:
-                try:
+                with suppress(FileNotFoundError):
                     total += os.lstat(os.path.join(parent, name)).st_blocks * 512
-                except FileNotFoundError:
-                    pass
     return total
 
 
@@ -105,8 +100,7 @@ def check(root: Path) -> None:
 def inventory(root: Path, keep_runs: int = 5, judged: bool = True) -> Any:
     """One row per path under the store: kind, stage, fingerprint, bytes, age, last run, what keeps it.
 
-    CannotJudge when what keeps an entry cannot be read; unless `judged`, which lists the store all
-    the same, as if no run and no champion kept anything.
+    CannotJudge when what keeps an entry cannot be read, unless not `judged`: then as if nothing kept any.
     """
     import pandas as pd
 
@@ -173,12 +167,8 @@ def _run_log(root: Path) -> Any:
     return runlog.read(str(root))
 
 
-def champion_lineages(root: Path, runs: Any = None) -> dict[str, set[str]]:
-    """Each dataset's champion: its model's lineage, and the entries of the run that promoted it.
-
-    CannotJudge when a champion record cannot be read: what it keeps is unknown.
-    """
-    runs = _run_log(root) if runs is None else runs
+def champion_lineages(root: Path, runs: Any) -> dict[str, set[str]]:
+    """Each dataset's champion: its model's lineage, and the entries of the run that promoted it; else CannotJudge."""
     folder = root / layout.CHAMPIONS
     try:
         records = sorted(p for p in folder.iterdir() if p.name.endswith(".json")) if os.path.lexists(folder) else []
@@ -236,10 +226,8 @@ def _remove(path: Path) -> Optional[str]:
 def collect(root: Path, doomed: Any, locks: Any) -> tuple[int, list[str]]:
     """Remove the planned rows, each under its stage's cache lock; returns bytes freed and what was skipped, why.
 
-    The caller holds the store exclusively (no run in progress). A row that
-    cannot be removed is skipped, with its reason, and the rest go on. A store
-    in S3 is pruned in this host's copy only: the bucket serves hosts whose
-    runs this host's run log does not know.
+    The caller holds the store exclusively. A store in S3 is pruned in this host's copy only: the bucket
+    serves hosts whose runs this host's run log does not know.
     """
     store, freed, skipped, holder = ArtifactStore(root), 0, [], f"gc-{os.getpid()}"
     for _, row in doomed.iterrows():
@@ -248,12 +236,11 @@ def collect(root: Path, doomed: Any, locks: Any) -> tuple[int, list[str]]:
             skipped.append(f"{row['path']} (in use by a run)")
             continue
         try:
-            path = Path(row["path"])
             if row["kind"] == "entry":  # out of sight first, then from disk
                 left = store.evict(row["stage"], row["fingerprint"], remote=False)
                 problem = f"part of it is left in {left.name}, for the next gc" if left else None
             else:
-                problem = _remove(path)
+                problem = _remove(Path(row["path"]))
         except (OSError, StoreError) as error:  # a read-only disk, an immutable folder
             problem = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
         finally:
