@@ -1,16 +1,11 @@
 """Prefect lock managers whose dead holders never leave a stale lock.
 
-Prefect's SERIALIZABLE isolation takes a lock on a stage's cache key before it
-computes, so two runs with the same inputs compute once: the second waits, then
-finds the record and is served from cache. The champion's lock keeps two runs
-from promoting at once.
-
-- On one machine (the default), flock(2): Prefect's own FileSystemLockManager
-  marks a lock with a file that outlives a killed process; here the kernel
-  releases the lock the moment its holder's process ends, however it ends.
-- Across hosts, when `MNIST_PIPELINE_REDIS_URL` names a Redis server,
-  prefect-redis's RedisLockManager, its locks given a time to live that the
-  holder renews while it lives: a killed holder's lock expires within `ttl`.
+Prefect takes a lock on a stage's cache key before it computes, so two runs
+with the same inputs compute once: the second waits, then is served from cache.
+- On one machine, flock(2): Prefect's own FileSystemLockManager leaves a file
+  that outlives a killed process; the kernel releases a flock with its process.
+- Across hosts (`MNIST_PIPELINE_REDIS_URL`), prefect-redis's RedisLockManager,
+  its locks renewed while their holder lives: a killed holder's expires within `ttl`.
 """
 
 from __future__ import annotations
@@ -133,10 +128,9 @@ class FileLockManager:
         if not self._path(key).exists():
             return False
         fd = _flocked(self._path(key), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        if fd is None:
-            return True
-        os.close(fd)  # which releases the lock
-        return False
+        if fd is not None:
+            os.close(fd)  # which releases the lock
+        return fd is None
 
     def is_lock_holder(self, key: str, holder: str) -> bool:
         return key in self._held and self._held[key][0] == holder
@@ -177,10 +171,8 @@ _RUN_KEYS = "mnist-pipeline:run:"
 def run_in_progress(locks: Any, store: str) -> Iterator[None]:
     """Held by a run from its start to its end: gc removes nothing meanwhile, and a run waits for a gc to end.
 
-    flock: a shared lock on `.locks/store.lock`, which dies with its process.
-    Redis: the run's key, registered under the store's lock and renewed while
-    the run lives (it expires `ttl` after a killed run). `store` names the
-    store (its bucket, or its folder) in Redis, which several stores share.
+    flock: a shared lock on `.locks/store.lock`. Redis: the run's key, set under the store's lock and renewed
+    while the run lives; `store` (its bucket, or its folder) names the store among those sharing the Redis.
     """
     if isinstance(locks, FileLockManager):
         fd = _flocked(locks.directory / layout.STORE_LOCK, fcntl.LOCK_SH)  # waits while a gc holds it exclusively
