@@ -20,6 +20,7 @@ import logging
 import platform
 import re
 import shutil
+from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -89,10 +90,8 @@ def library_versions(names: Iterable[str]) -> dict[str, str]:
     """Python's version and those of `names` (distribution names) that are installed."""
     versions = {"python": platform.python_version()}
     for name in names:
-        try:
+        with suppress(importlib.metadata.PackageNotFoundError):
             versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
     return versions
 
 

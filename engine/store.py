@@ -136,7 +136,6 @@ class ArtifactStore:
         return layout.entry(self.root, stage, fingerprint)
 
     def path(self, ref: EntryRef) -> Path:
-        """The folder of the entry that `ref` names."""
         return self.entry(ref.stage, ref.fingerprint)
 
     def problem(self, stage: str, fingerprint: str) -> Optional[str]:
@@ -278,8 +277,7 @@ class ArtifactStore:
         for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
             fsync(path)
             files[path.relative_to(tmp).as_posix()] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-        manifest = {**about, "files": files}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        (tmp / MANIFEST).write_text(json.dumps({**about, "files": files}, indent=1, sort_keys=True))
         fsync(tmp / MANIFEST)
         fsync(tmp)
 
