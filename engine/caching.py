@@ -283,14 +283,11 @@ _RECORD_KEY = re.compile(rf"^([a-z]+)/([0-9a-f]{{16}})/{re.escape(RECORD)}$")
 
 
 class EntryRecords(LocalFileSystem):
-    """Prefect's result storage for the stages: each record is made from its verified entry.
+    """Prefect's result storage for the stages: each record is made from its verified entry, never read from disk.
 
-    Prefect deserializes a record with whatever serializer it names, so an
-    altered one could name pickle, or a class to import. Here no record is read
-    from disk: the key `<stage>/<fingerprint>/result.json` reads as the entry's
-    `ref.json`, validated as that stage's reference type, while the entry
-    matches its manifest; else as absent, so Prefect runs the stage, which
-    replaces a broken entry. Prefect's writes are dropped: the entry is the record.
+    Prefect deserializes a record with whatever serializer it names (pickle, a class to import). Here a
+    record's key reads as its entry's `ref.json`, typed, while the entry matches its manifest, else as
+    absent, so Prefect runs the stage again; Prefect's writes are dropped: the entry is the record.
     """
 
     _block_type_name = "mnist-pipeline entry records"
