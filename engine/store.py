@@ -42,11 +42,7 @@ def sha256_file(path: Path) -> str:
 
 
 def file_digest(path: Path) -> str:
-    """SHA-256 of a file, hashed once per version of it in this process.
-
-    A file rewritten, replaced or altered in place changes its size, mtime,
-    ctime or inode; ctime cannot be set back by hand.
-    """
+    """SHA-256 of a file, hashed once per version of it (size, mtime, inode, and ctime, which no one can set back)."""
     stat = path.stat()
     return _digest_of_version(str(path.resolve()), (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns))
 
@@ -249,9 +245,8 @@ class ArtifactStore:
                 versions: Optional[dict[str, str]] = None) -> Iterator[Path]:
         """A temporary folder to build the entry in; sealed and published on success.
 
-        Its manifest keeps `inputs`, the entries it is computed from (`<stage>/<fingerprint>`), so
-        the entries a champion's model was made from can be found (gc's lineage), and the
-        `versions` of the libraries that computed it.
+        Its manifest keeps `inputs`, the entries it is computed from (`<stage>/<fingerprint>`: gc's lineage
+        of a champion), and the `versions` of the libraries that computed it.
         """
         final = self.entry(stage, fingerprint)
         # Left by a writer that died. Writers of one entry take turns (the flow locks
