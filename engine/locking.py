@@ -36,12 +36,9 @@ log = logging.getLogger(__name__)
 def lock_manager(directory: Union[str, os.PathLike[str]]) -> Any:
     """The Redis lock manager when REDIS_URL_ENV is set or the store's locks are in Redis, else flock(2) locks.
 
-    A store whose runs lock in Redis says so in `directory/redis.url` (mode
-    0600: the URL may hold a password), so that a process started without the
-    setting (`mnist-pipeline gc`, a run from another shell) takes the same
-    locks; a setting naming another Redis is refused. Locks that cannot be
-    taken (the folder, the record or the Redis server) are a StoreError whose
-    message never shows the URL.
+    A store whose runs lock in Redis says so in `directory/redis.url` (mode 0600: the URL may hold a
+    password), so that a process started without the setting (gc, another shell) takes the same locks; a
+    setting naming another Redis is refused. Locks that cannot be taken are a StoreError without the URL.
     """
     directory = Path(directory)
     recorded = directory / REDIS_RECORD
