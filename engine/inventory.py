@@ -264,7 +264,8 @@ def clean(root: Path, keep_runs: int, older_than_days: Optional[float] = None,
     """
     check(root)
     locks = locking.lock_manager(root / layout.LOCKS) if remove else None
-    with locking.store_exclusively(locks, ArtifactStore(root).identity) if remove else nullcontext(True) as alone:
+    guard = locking.store_exclusively(locks, ArtifactStore(root).identity) if remove else nullcontext(True)
+    with guard as alone:
         if not alone:
             raise RunsInProgress("a run (or another gc) is in progress in this store: gc removes nothing until it "
                                  "ends")
