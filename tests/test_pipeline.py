@@ -190,7 +190,7 @@ def test_deterministic_failure_is_not_retried(tmp_path, store):
 
 
 def test_gate_promotes_a_good_model_and_refuses_a_weak_one(run, store):
-    from engine.gate import read_champion
+    from engine.champions import read_champion
 
     promoted = run(accuracy_threshold=0.5)
     assert promoted["gate"]["passed"] is True
