@@ -1,4 +1,1 @@
-"""The machinery under the stages: the artifact store, caching, locks, retries, the run log and the gate.
-
-Nothing here imports a stage.
-"""
+"""The machinery under the stages, which imports none: the store, caching, locks, retries, run log, champions, gc."""

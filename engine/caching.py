@@ -1,30 +1,30 @@
 """Stages as cached Prefect tasks, keyed on what their output depends on, verified on every hit.
 
-A stage is a plain function `compute(out, *inputs)` that writes its files to
-the folder `out` and returns its reference's fields. `stage()` turns it into
-the cached Prefect task. Its key (the fingerprint) hashes the inputs (upstream
-entries by their fingerprints and contents), the source of the stage's module
-and of the project modules it uses (the machinery in engine excepted:
-STORE_VERSION stands for it), and the versions of the libraries that compute
-it. Prefect's record of a stage's result is the entry itself: whenever Prefect
-reads it, it is rebuilt from the entry's verified `ref.json`, so nothing
-stored beside the entry is ever deserialized.
+A stage's key (the fingerprint) hashes its inputs (upstream entries by their
+contents), the source of its module and the project modules it uses (engine's
+machinery excepted: STORE_VERSION stands for it), and the versions of the
+libraries that compute it. Prefect's record of a stage's result is the entry
+itself, rebuilt from its verified `ref.json` whenever Prefect reads it, so
+nothing stored beside the entry is ever deserialized.
 """
 
 from __future__ import annotations
 
 import ast
 import hashlib
+import importlib.metadata
 import importlib.util
 import inspect
 import json
 import logging
+import platform
 import re
 import shutil
+from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 from prefect import Task, task
 from prefect.cache_policies import CachePolicy
@@ -39,7 +39,6 @@ from engine.layout import RECORD, record_key
 from engine.refs import EntryRef, ref_type, stages
 from engine.settings import settings
 from engine.store import ArtifactStore
-from engine.versions import library_versions
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +86,16 @@ def _source(module: str) -> bytes:
 
 
 @lru_cache(maxsize=None)
+def library_versions(names: Iterable[str]) -> dict[str, str]:
+    """Python's version and those of `names` (distribution names) that are installed."""
+    versions = {"python": platform.python_version()}
+    for name in names:
+        with suppress(importlib.metadata.PackageNotFoundError):
+            versions[name] = importlib.metadata.version(name)
+    return versions
+
+
+@lru_cache(maxsize=None)
 def source_digest(root: str, files: tuple[Path, ...] = ()) -> str:
     """SHA-256 over the source of `root`, every module of its package it uses, and `files` (its templates)."""
     digest = hashlib.sha256()
@@ -113,8 +122,7 @@ class StageCache(CachePolicy):
     """Cache one stage's output in the artifact store under its fingerprint."""
 
     stage: str = ""
-    # The stage's module: its source, and that of the project modules it uses,
-    # decide the stage's output.
+    # The stage's module: its source and that of the project modules it uses decide the output.
     module: str = ""
     # Extra key material computed from the inputs, e.g. the checksums of mirror files.
     describe_inputs: Optional[Callable[[Mapping[str, Any]], Mapping[str, Any]]] = None
@@ -145,11 +153,7 @@ class StageCache(CachePolicy):
 
     def produce(self, compute: Callable[..., Mapping[str, Any]], artifacts_dir: str,
                 inputs: Mapping[str, Any]) -> EntryRef:
-        """The stage's entry: served from the store when intact, else computed and published.
-
-        `compute(folder, **inputs, **extras)` writes the stage's files into
-        `folder` and returns the reference's fields besides stage and fingerprint.
-        """
+        """The stage's entry: served from the store when intact, else computed by `compute` (see stage())."""
         store = ArtifactStore(artifacts_dir)
         # Prefect computed it a moment ago, for its record's key.
         fingerprint = _fingerprint_of_this_task_run(self.stage) or self.fingerprint(
@@ -183,16 +187,14 @@ def stage(compute: Callable[..., Mapping[str, Any]], *, libraries: Sequence[str]
           files: Sequence[Path] = ()) -> Task:
     """The cached Prefect task `<compute's name>(artifacts_dir, *inputs)`: its stage is its module's name.
 
-    `compute(out, *inputs, *, work, downloads, log, progress)` is a plain
-    function: `out` is the entry's folder being written, the inputs are its
-    key, and of the keyword-only extras it declares, each gets its own: `work`
-    (a folder kept between attempts, removed once the entry is complete),
-    `downloads` (a folder of the store the stage keeps its downloads in), `log`
-    (the run logger), `progress` (percent done, shown live in the UI),
+    `compute(out, *inputs)` writes the entry's files into the folder `out` and
+    returns its reference's fields. Of the keyword-only extras it declares,
+    each gets its own: `work` (a folder kept between attempts, removed once the
+    entry is complete), `downloads` (the store's folder for downloads), `log`
+    (the run logger), `progress` (percent done, shown live in the UI), and
     `check_lock` (call it before writing to `work`: it raises once the stage's
-    lock was lost to another run). The versions of `libraries` are part of its
-    key, as are the source of its module, the project modules it imports, and
-    `files` (templates).
+    lock was lost to another run). The versions of `libraries` and the
+    contents of `files` (templates) are part of its key.
     """
     name = compute.__module__.rsplit(".", 1)[-1]
     signature = inspect.signature(compute)
@@ -249,8 +251,7 @@ def _served(store: ArtifactStore, stage: str, fingerprint: str) -> EntryRef:
             run_logger().info("Uploaded the %s entry %s to %s, which lacked it", stage, fingerprint, store.identity)
     except Exception as error:  # s3fs, botocore and the network raise their own kinds
         run_logger().warning("The %s entry %s may be missing from %s, and could not be uploaded: %s", stage,
-                             fingerprint, store.identity, str(error).strip().splitlines()[0] if str(error).strip()
-                             else type(error).__name__)
+                             fingerprint, store.identity, (str(error).strip() or type(error).__name__).splitlines()[0])
     return store.load_ref(stage, fingerprint)
 
 
@@ -282,16 +283,11 @@ _RECORD_KEY = re.compile(rf"^([a-z]+)/([0-9a-f]{{16}})/{re.escape(RECORD)}$")
 
 
 class EntryRecords(LocalFileSystem):
-    """Prefect's result storage for the stages: each record is made from its verified entry.
+    """Prefect's result storage for the stages: each record is made from its verified entry, never read from disk.
 
-    Prefect reads a cached result by deserializing the record at the stage's key
-    with whatever serializer the record names, so an altered record could name
-    pickle, or a class to import. Here no record is ever read from disk: reading
-    the key `<stage>/<fingerprint>/result.json` yields the entry's `ref.json`,
-    validated as that stage's reference type, and only while every file of the
-    entry matches its manifest. Anything else reads as absent, so Prefect runs
-    the stage, which replaces a broken entry. Prefect's writes are dropped: the
-    entry is the record, and a failure's record is never read back.
+    Prefect deserializes a record with whatever serializer it names (pickle, a class to import). Here a
+    record's key reads as its entry's `ref.json`, typed, while the entry matches its manifest, else as
+    absent, so Prefect runs the stage again; Prefect's writes are dropped: the entry is the record.
     """
 
     _block_type_name = "mnist-pipeline entry records"

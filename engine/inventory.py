@@ -1,28 +1,22 @@
 """What the store holds, what each entry is kept for, and the clean-up (`mnist-pipeline store` and `gc`).
 
 Every path under the store is one row: an entry, a leftover (a temporary,
-evicted or fetched folder, a checkpoint), a run's report, the store's own files
-(run log, champions, locks, TensorFlow Datasets' downloads), or something
-foreign: a name no entry or leftover can have, which gc never touches. Sizes
-are the blocks allocated on disk, as `du` counts them.
-
-An entry is kept when a champion depends on it (its model and the entries the
-model was computed from, as their manifests name them, and the entries of the
-run that promoted it) or when one of the last `keep_runs` runs of a dataset
-used it. `gc` takes the store exclusively first (no run in progress, none can
-start), then reads, plans and removes: the other entries, and the leftovers.
-A champion record it cannot read makes it refuse: it never removes more than
-it can judge.
+evicted or fetched folder, a checkpoint), a run's report, the store's own
+files, or something foreign (a name no entry or leftover can have), which gc
+never touches. An entry is kept when a champion depends on it (its model's
+lineage and the run that promoted it) or when one of the last `keep_runs`
+runs of a dataset used it. gc never removes more than it can judge: what keeps
+an entry that cannot be read makes it remove nothing.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import shutil
 import time
+from contextlib import nullcontext, suppress
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -31,12 +25,8 @@ from engine.champions import ChampionDamaged, read_champion
 from engine.refs import stages
 from engine.store import ArtifactStore, StoreError
 
-# Folders a store may hold at its top, besides the stages': anything else means it is not a store.
-# The names gc may remove in a stage's folder: entries, and the store's own temporary folders.
 # What a manifest's inputs and a run log's entries name: `<stage>/<fingerprint>`.
 _ENTRY_NAME = re.compile(r"[a-z]+/[0-9a-f]{16}")
-
-log = logging.getLogger(__name__)
 
 
 class NotAStore(ValueError):
@@ -48,10 +38,7 @@ class CannotJudge(ValueError):
 
 
 def allocated(path: Path) -> int:
-    """Bytes on disk under `path`, links not followed (each counted as itself), as `du` does.
-
-    What a run removes meanwhile (a temporary folder renamed into place) counts as nothing.
-    """
+    """Bytes on disk under `path` as `du` counts them, a link as itself; what a run removes meanwhile as 0."""
     try:
         total = path.lstat().st_blocks * 512
     except FileNotFoundError:
@@ -59,10 +46,8 @@ def allocated(path: Path) -> int:
     if path.is_dir() and not path.is_symlink():
         for parent, dirs, files in os.walk(path):
             for name in dirs + files:
-                try:
+                with suppress(FileNotFoundError):
                     total += os.lstat(os.path.join(parent, name)).st_blocks * 512
-                except FileNotFoundError:
-                    pass
     return total
 
 
@@ -115,8 +100,7 @@ def check(root: Path) -> None:
 def inventory(root: Path, keep_runs: int = 5, judged: bool = True) -> Any:
     """One row per path under the store: kind, stage, fingerprint, bytes, age, last run, what keeps it.
 
-    CannotJudge when what keeps an entry cannot be read; unless `judged`, which lists the store all
-    the same, as if no run and no champion kept anything.
+    CannotJudge when what keeps an entry cannot be read, unless not `judged`: then as if nothing kept any.
     """
     import pandas as pd
 
@@ -128,18 +112,11 @@ def inventory(root: Path, keep_runs: int = 5, judged: bool = True) -> Any:
         if judged:
             raise
         runs, champions = pd.DataFrame(columns=runlog.COLUMNS), {}
-    used: dict[str, str] = {}
-    kept_by_runs: set[str] = set()
-    for _, run in runs.iterrows():  # oldest first: the last run that used an entry wins
-        for entry in _entries(run):
-            used[entry] = run["flow_run_id"]
-    for _, recent in runs.groupby("dataset", sort=False).tail(keep_runs).iterrows():
-        kept_by_runs.update(_entries(recent))
-    # In this host's copy of a store in S3, but not in the bucket: no other host can be served it.
-    store = ArtifactStore(root)
-    local_only = (lambda row: row["kind"] == "entry" and not store.in_bucket(row["stage"], row["fingerprint"])
-                  ) if store.remote is not None else (lambda row: False)
-    now = time.time()
+    # Oldest first: the last run that used an entry wins.
+    used = {entry: run["flow_run_id"] for _, run in runs.iterrows() for entry in _entries(run)}
+    recent = runs.groupby("dataset", sort=False).tail(keep_runs)
+    kept_by_runs = {entry for _, run in recent.iterrows() for entry in _entries(run)}
+    store, now = ArtifactStore(root), time.time()
     rows = []
     for row in _rows(root):
         path = row["path"]
@@ -151,7 +128,10 @@ def inventory(root: Path, keep_runs: int = 5, judged: bool = True) -> Any:
         row.update(bytes=stat.st_blocks * 512 if row.pop("folder_only", False) else allocated(path),
                    age_days=round((now - stat.st_mtime) / 86400, 2), last_run=used.get(name, ""),
                    champion=", ".join(sorted(d for d, lineage in champions.items() if name in lineage)),
-                   recent_run=name in kept_by_runs, local_only=local_only(row))
+                   recent_run=name in kept_by_runs,
+                   # In this host's copy of a store in S3, but not in the bucket: no other host can be served it.
+                   local_only=row["kind"] == "entry" and store.remote is not None
+                   and not store.in_bucket(row["stage"], row["fingerprint"]))
         rows.append(row)
     return pd.DataFrame(rows, columns=["kind", "stage", "fingerprint", "bytes", "age_days", "last_run", "champion",
                                        "recent_run", "local_only", "flow_run_id", "path"])
@@ -187,12 +167,8 @@ def _run_log(root: Path) -> Any:
     return runlog.read(str(root))
 
 
-def champion_lineages(root: Path, runs: Any = None) -> dict[str, set[str]]:
-    """Each dataset's champion: its model's lineage, and the entries of the run that promoted it.
-
-    CannotJudge when a champion record cannot be read: what it keeps is unknown.
-    """
-    runs = _run_log(root) if runs is None else runs
+def champion_lineages(root: Path, runs: Any) -> dict[str, set[str]]:
+    """Each dataset's champion: its model's lineage, and the entries of the run that promoted it; else CannotJudge."""
     folder = root / layout.CHAMPIONS
     try:
         records = sorted(p for p in folder.iterdir() if p.name.endswith(".json")) if os.path.lexists(folder) else []
@@ -220,10 +196,8 @@ def champion_lineages(root: Path, runs: Any = None) -> dict[str, set[str]]:
 
 def plan(table: Any, older_than_days: Optional[float] = None) -> Any:
     """The rows `gc` removes: entries kept by no champion and no recent run, and leftovers."""
-    entry = table["kind"] == "entry"
-    unneeded = entry & (table["champion"] == "") & ~table["recent_run"].astype(bool)
-    leftovers = table["kind"].isin(["leftover", "checkpoint"])
-    doomed = unneeded | leftovers
+    doomed = (table["kind"] == "entry") & (table["champion"] == "") & ~table["recent_run"].astype(bool)
+    doomed |= table["kind"].isin(["leftover", "checkpoint"])
     if older_than_days is not None:
         doomed &= table["age_days"] >= older_than_days
     return table[doomed]
@@ -252,10 +226,8 @@ def _remove(path: Path) -> Optional[str]:
 def collect(root: Path, doomed: Any, locks: Any) -> tuple[int, list[str]]:
     """Remove the planned rows, each under its stage's cache lock; returns bytes freed and what was skipped, why.
 
-    The caller holds the store exclusively (no run in progress). A row that
-    cannot be removed is skipped, with its reason, and the rest go on. A store
-    in S3 is pruned in this host's copy only: the bucket serves hosts whose
-    runs this host's run log does not know.
+    The caller holds the store exclusively. A store in S3 is pruned in this host's copy only: the bucket
+    serves hosts whose runs this host's run log does not know.
     """
     store, freed, skipped, holder = ArtifactStore(root), 0, [], f"gc-{os.getpid()}"
     for _, row in doomed.iterrows():
@@ -264,12 +236,11 @@ def collect(root: Path, doomed: Any, locks: Any) -> tuple[int, list[str]]:
             skipped.append(f"{row['path']} (in use by a run)")
             continue
         try:
-            path = Path(row["path"])
             if row["kind"] == "entry":  # out of sight first, then from disk
                 left = store.evict(row["stage"], row["fingerprint"], remote=False)
                 problem = f"part of it is left in {left.name}, for the next gc" if left else None
             else:
-                problem = _remove(path)
+                problem = _remove(Path(row["path"]))
         except (OSError, StoreError) as error:  # a read-only disk, an immutable folder
             problem = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
         finally:
@@ -285,26 +256,21 @@ def clean(root: Path, keep_runs: int, older_than_days: Optional[float] = None,
           remove: bool = True) -> tuple[Any, dict[str, Any]]:
     """`gc`: the rows plan() picks for the policy and, if `remove`, their removal by collect().
 
-    Returns those rows and the summary: how many were removed and skipped, the
-    bytes freed, the bytes the store holds after, and `skipped_paths`, each
-    skipped path and why. The store is taken exclusively before anything is
-    read, so a run cannot promote a model between the plan and the removal;
-    while a run is in progress nothing goes, and `runs_in_progress` says why.
-    CannotJudge when a champion record cannot be read.
+    Returns those rows and the summary (removed, skipped, freed_bytes,
+    store_bytes after, skipped_paths with why). The store is taken exclusively
+    before anything is read, so a run cannot promote a model between the plan
+    and the removal; RunsInProgress while one is in progress, CannotJudge when
+    a champion record cannot be read. A dry run takes no lock and writes nothing.
     """
     check(root)
-    if not remove:
-        table = inventory(root, keep_runs=keep_runs)
-        doomed = plan(table, older_than_days)
-        return doomed, {"removed": 0, "skipped": 0, "freed_bytes": 0, "store_bytes": int(table["bytes"].sum()),
-                        "skipped_paths": []}
-    store, locks = ArtifactStore(root), locking.lock_manager(root / layout.LOCKS)
-    with locking.store_exclusively(locks, store.identity) as alone:
+    locks = locking.lock_manager(root / layout.LOCKS) if remove else None
+    guard = locking.store_exclusively(locks, ArtifactStore(root).identity) if remove else nullcontext(True)
+    with guard as alone:
         if not alone:
             raise RunsInProgress("a run (or another gc) is in progress in this store: gc removes nothing until it "
                                  "ends")
         table = inventory(root, keep_runs=keep_runs)
         doomed = plan(table, older_than_days)
-        freed, skipped = collect(root, doomed, locks)
-    return doomed, {"removed": len(doomed) - len(skipped), "skipped": len(skipped), "freed_bytes": freed,
-                    "store_bytes": int(table["bytes"].sum()) - freed, "skipped_paths": skipped}
+        freed, skipped = collect(root, doomed, locks) if remove else (0, [])
+    return doomed, {"removed": len(doomed) - len(skipped) if remove else 0, "skipped": len(skipped),
+                    "freed_bytes": freed, "store_bytes": int(table["bytes"].sum()) - freed, "skipped_paths": skipped}

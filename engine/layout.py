@@ -32,7 +32,6 @@ REF = "ref.json"
 WORK = ".work"
 DOWNLOADS = "tfds"
 LOCKS = ".locks"
-# In LOCKS: the store's own lock (runs share it, gc holds it alone), and the Redis the locks are in.
 STORE_LOCK = "store.lock"
 REDIS_RECORD = "redis.url"
 RUNS = "runs"

@@ -1,16 +1,11 @@
 """Prefect lock managers whose dead holders never leave a stale lock.
 
-Prefect's SERIALIZABLE isolation takes a lock on a stage's cache key before it
-computes, so two runs with the same inputs compute once: the second waits, then
-finds the record and is served from cache. The champion's lock keeps two runs
-from promoting at once.
-
-- On one machine (the default), flock(2): Prefect's own FileSystemLockManager
-  marks a lock with a file that outlives a killed process; here the kernel
-  releases the lock the moment its holder's process ends, however it ends.
-- Across hosts, when `MNIST_PIPELINE_REDIS_URL` names a Redis server,
-  prefect-redis's RedisLockManager, its locks given a time to live that the
-  holder renews while it lives: a killed holder's lock expires within `ttl`.
+Prefect takes a lock on a stage's cache key before it computes, so two runs
+with the same inputs compute once: the second waits, then is served from cache.
+- On one machine, flock(2): Prefect's own FileSystemLockManager leaves a file
+  that outlives a killed process; the kernel releases a flock with its process.
+- Across hosts (`MNIST_PIPELINE_REDIS_URL`), prefect-redis's RedisLockManager,
+  its locks renewed while their holder lives: a killed holder's expires within `ttl`.
 """
 
 from __future__ import annotations
@@ -32,7 +27,6 @@ from engine.store import StoreError, make_folder, store_errors
 
 _POLL_S = 0.1
 REDIS_URL_ENV = env_name("redis_url")
-# In a store's lock folder: the Redis its locks are in.
 REDIS_RECORD = layout.REDIS_RECORD
 REDIS_LOCK_TTL_ENV = env_name("redis_lock_ttl_s")
 
@@ -42,12 +36,9 @@ log = logging.getLogger(__name__)
 def lock_manager(directory: Union[str, os.PathLike[str]]) -> Any:
     """The Redis lock manager when REDIS_URL_ENV is set or the store's locks are in Redis, else flock(2) locks.
 
-    A store whose runs lock in Redis says so in `directory/redis.url` (mode
-    0600: the URL may hold a password), so that a process started without the
-    setting (`mnist-pipeline gc`, a run from another shell) takes the same
-    locks; a setting naming another Redis is refused. Locks that cannot be
-    taken (the folder, the record or the Redis server) are a StoreError whose
-    message never shows the URL.
+    A store whose runs lock in Redis says so in `directory/redis.url` (mode 0600: the URL may hold a
+    password), so that a process started without the setting (gc, another shell) takes the same locks; a
+    setting naming another Redis is refused. Locks that cannot be taken are a StoreError without the URL.
     """
     directory = Path(directory)
     recorded = directory / REDIS_RECORD
@@ -94,10 +85,7 @@ class FileLockManager:
         self._held: dict[str, tuple[str, int]] = {}
 
     def open(self) -> "FileLockManager":
-        """Create the lock folder; a clear error if something else is in its place.
-
-        Locks that could not be taken would let two runs build one entry at once.
-        """
+        """Create the lock folder, or a StoreError: locks not taken would let two runs build one entry at once."""
         with store_errors(f"cannot keep locks in {self.directory}"):
             make_folder(self.directory)
         return self
@@ -137,10 +125,9 @@ class FileLockManager:
         if not self._path(key).exists():
             return False
         fd = _flocked(self._path(key), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        if fd is None:
-            return True
-        os.close(fd)  # which releases the lock
-        return False
+        if fd is not None:
+            os.close(fd)  # which releases the lock
+        return fd is None
 
     def is_lock_holder(self, key: str, holder: str) -> bool:
         return key in self._held and self._held[key][0] == holder
@@ -158,10 +145,7 @@ class FileLockManager:
 
 
 def _flocked(path: Path, operation: int) -> Optional[int]:
-    """A descriptor of `path` (created if need be) that holds flock(2) `operation`; None if LOCK_NB found it held.
-
-    A lock file that cannot be opened (a read-only disk) is a StoreError.
-    """
+    """A descriptor of `path` (created if need be, else a StoreError) holding flock(2) `operation`; None if held."""
     with store_errors(f"cannot take a lock in {path.parent}"):
         make_folder(path.parent)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -177,7 +161,6 @@ def _flocked(path: Path, operation: int) -> Optional[int]:
 
 # The store's own lock: runs hold it shared from start to end, gc exclusively (never waiting).
 STORE_KEY = "store/in-use"
-STORE_LOCK_FILE = layout.STORE_LOCK
 _RUN_KEYS = "mnist-pipeline:run:"
 
 
@@ -185,13 +168,11 @@ _RUN_KEYS = "mnist-pipeline:run:"
 def run_in_progress(locks: Any, store: str) -> Iterator[None]:
     """Held by a run from its start to its end: gc removes nothing meanwhile, and a run waits for a gc to end.
 
-    flock: a shared lock on `.locks/store.lock` (STORE_LOCK_FILE), which dies with its process.
-    Redis: the run's key, registered under the store's lock and renewed while
-    the run lives (it expires `ttl` after a killed run). `store` names the
-    store (its bucket, or its folder) in Redis, which several stores share.
+    flock: a shared lock on `.locks/store.lock`. Redis: the run's key, set under the store's lock and renewed
+    while the run lives; `store` (its bucket, or its folder) names the store among those sharing the Redis.
     """
     if isinstance(locks, FileLockManager):
-        fd = _flocked(locks.directory / STORE_LOCK_FILE, fcntl.LOCK_SH)  # waits while a gc holds it exclusively
+        fd = _flocked(locks.directory / layout.STORE_LOCK, fcntl.LOCK_SH)  # waits while a gc holds it exclusively
         try:
             yield
         finally:
@@ -215,7 +196,7 @@ def run_in_progress(locks: Any, store: str) -> Iterator[None]:
 def store_exclusively(locks: Any, store: str) -> Iterator[bool]:
     """For gc: True, and held for the block, when no run is in progress; False (nothing held) otherwise."""
     if isinstance(locks, FileLockManager):
-        fd = _flocked(locks.directory / STORE_LOCK_FILE, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fd = _flocked(locks.directory / layout.STORE_LOCK, fcntl.LOCK_EX | fcntl.LOCK_NB)
         try:
             yield fd is not None
         finally:
@@ -232,7 +213,7 @@ def _digest(store: str) -> str:
 
 
 def _renewing(renew: Callable[[], Any], what: str, every: float) -> threading.Event:
-    """A thread that calls `renew()` every `every` seconds, until the event it returns is set."""
+    """Calls `renew()` every `every` seconds in a thread, until the event it returns is set."""
     from redis.exceptions import LockNotOwnedError
 
     def loop() -> None:
@@ -252,15 +233,13 @@ def _renewing(renew: Callable[[], Any], what: str, every: float) -> threading.Ev
 
 
 def renewed_redis_locks(url: str, ttl: float, source: str = REDIS_URL_ENV) -> Any:
-    """prefect-redis's RedisLockManager on `url`, with locks that expire `ttl` after their holder dies.
-
-    A URL that is not Redis's, or a server that does not answer, is a StoreError naming `source`.
-    """
+    """prefect-redis's RedisLockManager on `url`, its locks expiring `ttl` after their holder dies; else a
+    StoreError naming `source` (a URL that is not Redis's, a server that does not answer)."""
     from prefect_redis.locking import RedisLockManager
     from redis.exceptions import LockNotOwnedError, RedisError
 
     class RenewedRedisLockManager(RedisLockManager):
-        """Each lock is taken for `ttl` seconds and renewed by a thread every `ttl / 3` while held."""
+        """Each lock is taken for `ttl` seconds, renewed every `ttl / 3` while held."""
 
         def __init__(self, **kwargs: Any) -> None:
             super().__init__(**kwargs)

@@ -1,27 +1,17 @@
-"""An artifact store in S3 (`s3://bucket/prefix`), used through a local copy.
+"""An artifact store in S3 (`s3://bucket/prefix`), used through a local copy (README: "An artifact store in S3").
 
-Entries live in the bucket under the same layout as on disk,
-`<prefix>/<stage>/<fingerprint>/<file>`, uploaded file by file with the
-manifest last: an entry without its manifest does not count. A host keeps a
-local copy of the store (MNIST_PIPELINE_S3_CACHE, `.s3-cache/<bucket>/<prefix>`
-by default), which the stages read and write as a store on disk; the copy's
-`.remote` file names the bucket, and counts only in that place (copied_url).
-An entry missing from the copy is fetched from the bucket into a temporary
-folder, moved into place, and verified against its manifest like any other, so
-a damaged object is never served: the entry is evicted, from the copy and the
-bucket, and computed again. One the bucket lacks is uploaded when the copy
-serves it (ArtifactStore.share).
-
-The connection comes from the standard AWS settings (`AWS_ENDPOINT_URL`,
-`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_DEFAULT_REGION`, or a
-profile): a local S3 API (moto) and AWS differ only in settings. Run logs,
-champions and run reports stay in each host's copy.
+Entries live in the bucket under the layout they have on disk, uploaded file
+by file with the manifest last: an entry without its manifest does not count.
+The stages read and write the host's copy as a store on disk; the store
+verifies what is fetched, so a damaged object is never served. The connection
+comes from the standard AWS settings.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from contextlib import suppress
 from pathlib import Path, PurePosixPath
 from typing import Any, Optional
 
@@ -31,7 +21,6 @@ from engine.settings import env_name, settings
 
 SCHEME = "s3://"
 CACHE_ENV = env_name("s3_cache")
-# In a local copy: the URL of the store it copies.
 MARKER = layout.REMOTE
 
 
@@ -52,29 +41,27 @@ def copy_path(url: str) -> Path:
 
 def local_root(url: str) -> Path:
     """The local copy of the store at `url`, created and marked on first use."""
-    root = copy_path(url)
+    root, address = copy_path(url), SCHEME + bucket_path(url)
     root.mkdir(parents=True, exist_ok=True)
     marker = root / MARKER
-    if not marker.is_file() or marker.read_text().strip() != f"{SCHEME}{bucket_path(url)}":
-        marker.write_text(f"{SCHEME}{bucket_path(url)}\n")
+    if not marker.is_file() or marker.read_text().strip() != address:
+        marker.write_text(f"{address}\n")
     return root
 
 
 def copied_url(root: Path) -> Optional[str]:
     """The bucket whose local copy the folder `root` is, or None: a store on disk.
 
-    Its MARKER counts only where this host keeps that bucket's copy, so a store's
-    bucket comes from its address alone; a MARKER anywhere else is refused (ValueError).
+    A store's bucket comes from its address alone: MARKER counts only where this
+    host keeps that bucket's copy, and anywhere else is a ValueError.
     """
     marker = root / MARKER
     if not marker.is_file():
         return None
     url = marker.read_text(errors="replace").strip()
-    try:
+    with suppress(ValueError):  # not a bucket's address
         if url.startswith(SCHEME) and os.path.realpath(copy_path(url)) == os.path.realpath(root):
             return url
-    except ValueError:  # not a bucket's address
-        pass
     raise ValueError(f"{root} holds {marker}, naming a bucket, but is not this host's copy of that bucket "
                      f"(under {CACHE_ENV}); a store's bucket comes from its s3:// address alone: remove the file")
 
@@ -94,23 +81,23 @@ class Remote:
         # No listing cache: another host may have written an entry a moment ago.
         self.fs: Any = s3fs.S3FileSystem(use_listings_cache=False, skip_instance_cache=True)
 
-    def _key(self, stage: str, fingerprint: str, name: str = "") -> str:
+    def key(self, stage: str, fingerprint: str, name: str = "") -> str:
         return f"{self.path}/{stage}/{fingerprint}" + (f"/{name}" if name else "")
 
     def has(self, stage: str, fingerprint: str) -> bool:
-        return self.fs.exists(self._key(stage, fingerprint, MANIFEST))
+        return self.fs.exists(self.key(stage, fingerprint, MANIFEST))
 
     def upload(self, folder: Path, stage: str, fingerprint: str) -> None:
         """Every file of the entry `folder`, then its manifest: whole, or not counted."""
         files = json.loads((folder / MANIFEST).read_text())["files"]
         for name in files:
-            self.fs.put_file(str(folder / name), self._key(stage, fingerprint, name))
-        self.fs.put_file(str(folder / MANIFEST), self._key(stage, fingerprint, MANIFEST))
+            self.fs.put_file(str(folder / name), self.key(stage, fingerprint, name))
+        self.fs.put_file(str(folder / MANIFEST), self.key(stage, fingerprint, MANIFEST))
 
     def fetch(self, stage: str, fingerprint: str, into: Path) -> bool:
         """The entry's manifest and the files it names, into the empty folder `into`; False if it has none."""
         try:
-            manifest = self.fs.cat_file(self._key(stage, fingerprint, MANIFEST))
+            manifest = self.fs.cat_file(self.key(stage, fingerprint, MANIFEST))
         except FileNotFoundError:
             return False
         (into / MANIFEST).write_bytes(manifest)
@@ -123,16 +110,12 @@ class Remote:
                 return True  # a file outside the entry: refused by verification, never fetched
             target = into / name
             target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                self.fs.get_file(self._key(stage, fingerprint, name), str(target))
-            except FileNotFoundError:
-                pass  # verification names the missing file
+            with suppress(FileNotFoundError):  # verification names the missing file
+                self.fs.get_file(self.key(stage, fingerprint, name), str(target))
         return True
 
     def remove(self, stage: str, fingerprint: str) -> None:
         """The manifest first (the entry stops counting), then the rest."""
-        for key in (self._key(stage, fingerprint, MANIFEST), self._key(stage, fingerprint)):
-            try:
+        for key in (self.key(stage, fingerprint, MANIFEST), self.key(stage, fingerprint)):
+            with suppress(FileNotFoundError):
                 self.fs.rm(key, recursive=True)
-            except FileNotFoundError:
-                pass

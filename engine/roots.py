@@ -16,13 +16,8 @@ from engine.settings import env_name, settings
 ALLOWED_ROOTS_ENV = env_name("allowed_roots")
 
 
-def _folders() -> list[Path]:
-    return [Path(os.path.realpath(root)) for root in settings().allowed_roots if not root.startswith(remote.SCHEME)]
-
-
 def _inside(path: str, roots: list[Path]) -> bool:
-    real = Path(os.path.realpath(path))
-    return any(real == root or root in real.parents for root in roots)
+    return any(Path(os.path.realpath(path)).is_relative_to(root) for root in roots)
 
 
 def _outside(roots: list[Path]) -> str:
@@ -36,7 +31,7 @@ def confine(path: str, links: bool = False) -> None:
     With `links`, refuse also a folder holding a symbolic link that leads outside them: every path
     a run opens in the artifact store lies under the store's folder, so none leads out.
     """
-    roots = _folders()
+    roots = [Path(os.path.realpath(root)) for root in settings().allowed_roots if not root.startswith(remote.SCHEME)]
     if not roots:
         return
     if not _inside(path, roots):

@@ -24,9 +24,6 @@ COLUMNS = ["finished", "dataset", "test_data", "sizes", "epochs", "batch_size", 
            "train_limit", "validation_split", "seed", "validation_accuracy", "test_accuracy", "gate_passed",
            "gate_reason", "flow_run_id"]
 
-# The lock that `added()` holds, across the store's datasets.
-LOCK_KEY = "run-log"
-
 log = logging.getLogger(__name__)
 
 
@@ -69,11 +66,11 @@ def append(artifacts_dir: str, record: dict[str, Any]) -> Callable[[], None]:
 def added(artifacts_dir: str, record: dict[str, Any], locks: Any) -> Iterator[None]:
     """Add one run's line for the block, taken back out if the block fails.
 
-    The run log's own lock is held throughout: no other run's line (of any
-    dataset) can follow this one until the block ends, so taking it back by
+    The run log's own lock (one for every dataset) is held throughout: no other
+    run's line can follow this one until the block ends, so taking it back by
     truncation takes nothing else.
     """
-    with held(locks, LOCK_KEY):
+    with held(locks, "run-log"):
         undo = append(artifacts_dir, record)
         try:
             yield

@@ -15,7 +15,6 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PREFIX = "MNIST_PIPELINE_"
 
-Count = Annotated[int, Field(ge=0, le=1_000_000)]
 Seconds = Annotated[float, Field(ge=0, le=86_400, allow_inf_nan=False)]
 
 
@@ -32,7 +31,7 @@ class Settings(BaseSettings):
     # created from the UI or the API may read a mirror or keep an artifact store; s3://bucket/prefix too.
     allowed_roots: Annotated[list[str], NoDecode] = []
     # `gc`'s and the weekly clean-up's default: the last N runs of each dataset keep their entries.
-    gc_keep_runs: Count = 5
+    gc_keep_runs: Annotated[int, Field(ge=0, le=1_000_000)] = 5
     # Tries of a failing stage after the first, the waits before them, and how far each
     # wait may randomly stretch or shrink (0.5: +-50%), so that many runs do not retry in step.
     stage_retries: Annotated[int, Field(ge=0, le=100)] = 2

@@ -3,11 +3,9 @@
 An entry is `<root>/<stage>/<fingerprint>/`. It is built in a temporary folder
 beside it, sealed with a manifest of SHA-256 checksums, flushed to disk, and
 only then renamed into place, so a crash can leave litter but never an entry
-that looks complete. Every read verifies the manifest first.
-
-A store in S3 is used through a local copy of it (engine/remote.py): a
-published entry is uploaded too, and one the copy lacks is fetched, then
-verified like any other.
+that looks complete. Every read verifies the manifest first. A store in S3
+is used through a local copy (engine/remote.py): a published entry is
+uploaded too, and one the copy lacks is fetched, then verified like any other.
 """
 
 from __future__ import annotations
@@ -28,7 +26,6 @@ from engine import layout, remote
 from engine.layout import MANIFEST, REF
 from engine.refs import EntryRef, ref_type
 
-_CHUNK = 1 << 20
 # Less free space than this, after a failed write, means the disk is full.
 _NEARLY_FULL = 1 << 20
 # Entries this process knows their bucket holds, `<bucket>/<prefix>/<stage>/<fingerprint>`: asked once.
@@ -40,19 +37,12 @@ class StoreError(RuntimeError):
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def file_digest(path: Path) -> str:
-    """SHA-256 of a file, hashed once per version of it in this process.
-
-    A file rewritten, replaced or altered in place changes its size, mtime,
-    ctime or inode; ctime cannot be set back by hand.
-    """
+    """SHA-256 of a file, hashed once per version of it (size, mtime, inode, and ctime, which no one can set back)."""
     stat = path.stat()
     return _digest_of_version(str(path.resolve()), (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns))
 
@@ -63,10 +53,7 @@ def _digest_of_version(path: str, version: tuple[int, int, int, int]) -> str:
 
 
 def write_atomically(path: Path, text: str) -> None:
-    """Replace `path` with `text` in one step: readers see the old file or the new one.
-
-    On failure the old file stays and no temporary file is left.
-    """
+    """Replace `path` with `text` in one step; on failure the old file stays and no temporary file is left."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
     try:
         tmp.write_text(text)
@@ -145,7 +132,6 @@ class ArtifactStore:
         return layout.entry(self.root, stage, fingerprint)
 
     def path(self, ref: EntryRef) -> Path:
-        """The folder of the entry that `ref` names."""
         return self.entry(ref.stage, ref.fingerprint)
 
     def problem(self, stage: str, fingerprint: str) -> Optional[str]:
@@ -205,7 +191,7 @@ class ArtifactStore:
 
     def in_bucket(self, stage: str, fingerprint: str) -> bool:
         """Whether the bucket of a store in S3 holds the entry (its manifest): one request, none once known."""
-        key = f"{self.remote.path}/{stage}/{fingerprint}"
+        key = self.remote.key(stage, fingerprint)
         if key not in _IN_BUCKET and self.remote.has(stage, fingerprint):
             _IN_BUCKET.add(key)
         return key in _IN_BUCKET
@@ -215,7 +201,7 @@ class ArtifactStore:
         if self.remote is None or self.in_bucket(stage, fingerprint):
             return False
         self.remote.upload(self.entry(stage, fingerprint), stage, fingerprint)
-        _IN_BUCKET.add(f"{self.remote.path}/{stage}/{fingerprint}")
+        _IN_BUCKET.add(self.remote.key(stage, fingerprint))
         return True
 
     def _fetch(self, stage: str, fingerprint: str) -> None:
@@ -239,7 +225,7 @@ class ArtifactStore:
         entry = self.entry(stage, fingerprint)
         if remote and self.remote is not None:
             self.remote.remove(stage, fingerprint)
-            _IN_BUCKET.discard(f"{self.remote.path}/{stage}/{fingerprint}")
+            _IN_BUCKET.discard(self.remote.key(stage, fingerprint))
         if entry.is_symlink():
             entry.unlink()  # the link goes, never what it points at
             return None
@@ -259,9 +245,8 @@ class ArtifactStore:
                 versions: Optional[dict[str, str]] = None) -> Iterator[Path]:
         """A temporary folder to build the entry in; sealed and published on success.
 
-        Its manifest keeps `inputs`, the entries it is computed from (`<stage>/<fingerprint>`), so
-        the entries a champion's model was made from can be found (gc's lineage), and the
-        `versions` of the libraries that computed it.
+        Its manifest keeps `inputs`, the entries it is computed from (`<stage>/<fingerprint>`: gc's lineage
+        of a champion), and the `versions` of the libraries that computed it.
         """
         final = self.entry(stage, fingerprint)
         # Left by a writer that died. Writers of one entry take turns (the flow locks
@@ -287,8 +272,7 @@ class ArtifactStore:
         for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
             fsync(path)
             files[path.relative_to(tmp).as_posix()] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-        manifest = {**about, "files": files}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        (tmp / MANIFEST).write_text(json.dumps({**about, "files": files}, indent=1, sort_keys=True))
         fsync(tmp / MANIFEST)
         fsync(tmp)
 
