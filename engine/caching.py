@@ -60,7 +60,7 @@ def _imports(module: str, package: str) -> set[str]:
     # for annotations only (under TYPE_CHECKING) never runs, so it computes nothing.
     tree, found = ast.parse(_source(module)), set()
     unrun = {id(node) for block in ast.walk(tree) if isinstance(block, ast.If)
-             and ast.unparse(block.test).endswith("TYPE_CHECKING") for node in ast.walk(block)}
+             and ast.unparse(block.test).endswith("TYPE_CHECKING") for line in block.body for node in ast.walk(line)}
     for node in ast.walk(tree):
         if id(node) in unrun:
             continue

@@ -272,3 +272,9 @@ def test_the_readme_says_what_each_key_covers():
         covered = {f"tasks/{m.split('.', 1)[1].replace('.', '/')}.py" for m in project_modules(cache.module)}
         covered |= {f"tasks/templates/{path.name}" for path in cache.files}
         assert set(re.findall(r"`([^`]+)`", rows[cache.stage])) == covered, cache.stage
+
+
+def test_only_what_is_imported_for_annotations_stays_out_of_a_key(helper_package):
+    (helper_package / "stage.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                                             "    from pkgx import unused\nelse:\n    from pkgx import helper\n")
+    assert project_modules("pkgx.stage") == ["pkgx.helper", "pkgx.leaf", "pkgx.stage"]
