@@ -132,10 +132,7 @@ def _quiet_terminal() -> None:
 
 
 def _prefect_at_home() -> None:
-    """Prefect's database and results beside the project, no analytics, no client telemetry (on in a terminal).
-
-    For every command, before anything imports Prefect, unless the caller's environment says otherwise.
-    """
+    """For every command, before Prefect is imported: its home beside the project, no analytics, no telemetry."""
     os.environ.setdefault("PREFECT_HOME", str(Path(".prefect").resolve()))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")

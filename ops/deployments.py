@@ -30,10 +30,7 @@ _IN_FLIGHT = [StateType.PENDING, StateType.RUNNING, StateType.CANCELLING]
 
 
 def nightly_parameters() -> dict:
-    """The parameters MNIST_PIPELINE_NIGHTLY gives `nightly` (a site offline: `{"mirror": "data/mnist"}`).
-
-    Refused in one line if a run would refuse them.
-    """
+    """MNIST_PIPELINE_NIGHTLY's parameters for `nightly` (offline, a mirror), refused in one line as a run would."""
     text = settings().nightly.strip()
     if not text:
         return {}
@@ -64,10 +61,7 @@ def work_pool(name: str) -> None:
 
 
 def configure() -> None:
-    """Close every deployment's parameter schema, set nightly's parameters, create the zombie automation.
-
-    Prefect's schema lets a misspelt parameter through, to fail in the worker; closed, the run is refused.
-    """
+    """Close each deployment's parameter schema (misspelt parameters are refused), set nightly's, add the automation."""
     nightly = nightly_parameters()
     with get_client(sync_client=True) as client:
         for deployment in _deployments(client):
@@ -112,10 +106,7 @@ def _zombie_automation():
 
 
 def cancel_in_flight(timeout_s: float = 15) -> int:
-    """Cancel the deployments' runs in flight (the UI shows them Cancelled, not Crashed, after `make stop`).
-
-    Those the worker does not end in time are marked Cancelled all the same: `make stop` ends them next.
-    """
+    """Cancel the runs in flight (Cancelled in the UI, not Crashed); those the worker is slow to end, marked so."""
     with get_client(sync_client=True) as client:
         of_ours = DeploymentFilter(id={"any_": [deployment.id for deployment in _deployments(client)]})
         runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(state={"type": {"any_": _IN_FLIGHT}}),

@@ -65,10 +65,7 @@ def _password(path: Path) -> str:
 
 
 def start_postgres(folder: Path, port: int) -> str:
-    """A cluster in `folder` on 127.0.0.1:`port` with a `prefect` database, behind a password (SCRAM).
-
-    Returns the connection URL for PREFECT_SERVER_DATABASE_CONNECTION_URL.
-    """
+    """A cluster in `folder` on 127.0.0.1:`port`, a `prefect` database behind a password; returns its connection URL."""
     folder = Path(folder).resolve()
     data = folder / "data"
     folder.mkdir(parents=True, exist_ok=True)

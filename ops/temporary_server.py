@@ -17,6 +17,7 @@ import sys
 import time
 import urllib.request
 from contextlib import suppress
+from functools import partial
 from pathlib import Path
 from typing import Any, Optional
 
@@ -41,20 +42,14 @@ def _healthy(api_url: str) -> bool:
         return False
 
 
-def _dying_with(parent: int):
-    def preexec() -> None:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent:  # the parent ended before the signal was armed
-            os._exit(1)
-
-    return preexec
+def _die_with(parent: int) -> None:
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent ended before the signal was armed
+        os._exit(1)
 
 
 def served_api_url() -> Optional[str]:
-    """The API of the server that `make serve` started for this Prefect home, if it answers.
-
-    Then this process links its reports as that server's worker does.
-    """
+    """The API of `make serve`'s server for this Prefect home, if it answers; its reports then link as the worker's."""
     run_dir = Path(os.environ.get("PREFECT_HOME", ".prefect")) / "run"
     try:
         url = f"http://127.0.0.1:{int((run_dir / 'server.port').read_text())}/api"
@@ -87,7 +82,7 @@ class TemporaryServer:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "--factory", "ops.temporary_server:app",
              "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "error", "--lifespan", "on"],
-            env=env, stdin=subprocess.DEVNULL, preexec_fn=_dying_with(os.getpid()),
+            env=env, stdin=subprocess.DEVNULL, preexec_fn=partial(_die_with, os.getpid()),
         )
         atexit.register(self.stop)
 
