@@ -101,15 +101,11 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
             return {**grid.model_dump(), **fields}
         return PipelineConfig(**fields).model_dump()
     except ValidationError as error:
-        print(f"{PROG}: error: {config.describe(error, as_option=True)}", file=sys.stderr)
-        raise SystemExit(EXIT_INVALID) from None
+        _fail(config.describe(error, as_option=True), EXIT_INVALID)
 
 
 class _WithoutExpectedTracebacks(logging.Formatter):
-    """The terminal's log format, less the tracebacks of the project's own errors.
-
-    Their message says all. The logs sent to Prefect's API (the UI) keep them.
-    """
+    """The terminal's log format, less the tracebacks of the project's own errors (the UI's logs keep them)."""
 
     def __init__(self, inner: logging.Formatter):
         super().__init__()
@@ -118,19 +114,10 @@ class _WithoutExpectedTracebacks(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         from flows.runner import is_expected
 
-        if not (record.exc_info and record.exc_info[1] and is_expected(record.exc_info[1])):
-            return self.inner.format(record)
-        saved = record.exc_info, record.exc_text
-        record.exc_info, record.exc_text = None, None
-        try:
-            return self.inner.format(record)
-        finally:
-            record.exc_info, record.exc_text = saved
-
-
-def _bookkeeping(record: logging.LogRecord) -> bool:
-    """False for the engine's lines about the hook that counts a stage's tries: nothing a user needs."""
-    return "'count_attempts'" not in record.getMessage()
+        if record.exc_info and is_expected(record.exc_info[1]):
+            # A copy: the other handlers (the API's) still send the traceback.
+            record = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None})
+        return self.inner.format(record)
 
 
 def _quiet_terminal() -> None:
@@ -140,15 +127,14 @@ def _quiet_terminal() -> None:
     for handler in {h for logger in loggers for h in getattr(logger, "handlers", [])}:
         if isinstance(handler, PrefectConsoleHandler) and handler.formatter is not None:
             handler.setFormatter(_WithoutExpectedTracebacks(handler.formatter))
-            handler.addFilter(_bookkeeping)
+            # The engine's lines about the hook that counts a stage's tries: nothing a user needs.
+            handler.addFilter(lambda record: "'count_attempts'" not in record.getMessage())
 
 
 def _prefect_at_home() -> None:
-    """Prefect's settings for every command, before any imports Prefect, unless the caller's environment sets them."""
-    # Keep Prefect's database and results beside the project, and offline-quiet.
+    """For every command, before Prefect is imported: its home beside the project, no analytics, no telemetry."""
     os.environ.setdefault("PREFECT_HOME", str(Path(".prefect").resolve()))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # And Prefect's client-side telemetry, on by default in a terminal (DO_NOT_TRACK is its switch).
     os.environ.setdefault("DO_NOT_TRACK", "1")
 
 
@@ -226,8 +212,7 @@ def _emit(summary: dict[str, Any], as_json: bool) -> None:
         print(json.dumps(summary), flush=True)
     elif "metrics" in summary:
         print(f"test accuracy {summary['metrics']['test_accuracy']:.4f}; report: {shown(summary['report'])}")
-        print(("promoted to champion: " if summary["gate"]["passed"] else "not promoted: ")
-              + summary["gate"]["reason"])
+        print(("promoted to champion: " if summary["gate"]["passed"] else "not promoted: ") + summary["gate"]["reason"])
 
 
 def predict(args: argparse.Namespace) -> int:
@@ -263,12 +248,10 @@ def runs(args: argparse.Namespace) -> int:
     from engine import remote, runlog
 
     table = runlog.read(remote.store_root(args.artifacts_dir))
-    if args.json:
-        print(_json(table))
-    elif table.empty:
+    if table.empty and not args.json:
         print(f"no runs logged in {shown(args.artifacts_dir)}")
     else:
-        print(_text(table[runlog.COLUMNS]))
+        print(_table(table if args.json else table[runlog.COLUMNS], args.json))
     return 0
 
 
@@ -298,15 +281,10 @@ def _gc_policy(args: argparse.Namespace) -> config.GcPolicy:
         _fail(config.describe(error, as_option=True), EXIT_INVALID)
 
 
-def _text(table: Any) -> str:
-    """A table as text, every cell printable (no control characters, no undecodable bytes)."""
-    return table.map(lambda cell: shown(cell) if isinstance(cell, (str, Path)) else cell).to_string(
-        index=False)
-
-
-def _json(table: Any) -> str:
-    return table.map(lambda cell: shown(cell) if isinstance(cell, (str, Path)) else cell).to_json(
-        orient="records")
+def _table(table: Any, as_json: bool) -> str:
+    """A table as JSON records or as text, every cell printable (no control characters, no undecodable bytes)."""
+    printable = table.map(lambda cell: shown(cell) if isinstance(cell, (str, Path)) else cell)
+    return printable.to_json(orient="records") if as_json else printable.to_string(index=False)
 
 
 def store(args: argparse.Namespace) -> int:
@@ -323,7 +301,7 @@ def store(args: argparse.Namespace) -> int:
 
     table = _in_store(args, listed)
     if args.json:
-        print(_json(table))
+        print(_table(table, as_json=True))
         return 0
     if args.all:  # each path as the store names it
         root = table["path"].iloc[0]
@@ -333,7 +311,7 @@ def store(args: argparse.Namespace) -> int:
             count=("bytes", "size"), bytes=("bytes", "sum"), oldest_days=("age_days", "max"),
             kept_by_champion=("champion", lambda c: int((c != "").sum())),
             kept_by_recent_run=("recent_run", "sum"), local_only=("local_only", "sum")).reset_index()
-    print(_text(listing))
+    print(_table(listing, as_json=False))
     total = int(table["bytes"].sum())
     print(f"total: {total} bytes ({total / 1e6:.1f} MB) in {shown(args.artifacts_dir)}")
     return 0
@@ -350,7 +328,7 @@ def gc(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     if not args.yes:
         listing = doomed.drop(columns=["path"])
-        print(_json(listing) if args.json else (_text(listing) if len(doomed) else "nothing to remove"))
+        print(_table(listing, args.json) if args.json or len(doomed) else "nothing to remove")
         print(f"would free {int(doomed['bytes'].sum())} bytes ({doomed['bytes'].sum() / 1e6:.1f} MB); "
               "run again with --yes to remove it", file=sys.stderr)
         return 0
@@ -381,7 +359,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def entry() -> None:
-    """The `mnist-pipeline` console script."""
     sys.exit(main())
 
 

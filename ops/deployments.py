@@ -3,23 +3,6 @@
     python -m ops.deployments pool NAME   before `prefect deploy --all`
     python -m ops.deployments configure   after it
     python -m ops.deployments cancel      before the worker is stopped
-
-`configure` closes each deployment's parameter schema: Prefect's lets unknown
-keys through, so a run created with a misspelt parameter would be accepted and
-then fail in the worker; with `additionalProperties: false` the server refuses
-it when the run is created. It also gives `nightly` the parameters of
-MNIST_PIPELINE_NIGHTLY (a JSON object, e.g. `{"mirror": "data/mnist"}`),
-checked as a run would check them, so a site without internet access can run it.
-
-`configure` also creates the automation that marks Crashed a flow run whose
-process died (Prefect's zombie-run detection, driven by heartbeats).
-
-`pool` creates the process work pool the worker polls unless it exists, as
-`prefect work-pool inspect || prefect work-pool create --type process` would,
-in one process instead of two (each Prefect CLI start costs about 3 s here).
-
-`cancel` asks Prefect to cancel the flow runs in flight, so the UI shows them
-`Cancelled`, not `Crashed`, once `make stop` has ended their processes.
 """
 
 from __future__ import annotations
@@ -30,10 +13,7 @@ import time
 
 from prefect import get_client
 from prefect.client.schemas.actions import DeploymentUpdate
-from prefect.client.schemas.filters import (
-    DeploymentFilter, DeploymentFilterId, FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterState,
-    FlowRunFilterStateType,
-)
+from prefect.client.schemas.filters import DeploymentFilter, FlowFilter, FlowRunFilter
 from prefect.client.schemas.objects import StateType
 from prefect.states import Cancelled, Cancelling
 from pydantic import ValidationError
@@ -50,7 +30,7 @@ _IN_FLIGHT = [StateType.PENDING, StateType.RUNNING, StateType.CANCELLING]
 
 
 def nightly_parameters() -> dict:
-    """The parameters MNIST_PIPELINE_NIGHTLY gives `nightly`, refused in one line if a run would refuse them."""
+    """MNIST_PIPELINE_NIGHTLY's parameters for `nightly` (offline, a mirror), refused in one line as a run would."""
     text = settings().nightly.strip()
     if not text:
         return {}
@@ -67,7 +47,7 @@ def nightly_parameters() -> dict:
 
 
 def work_pool(name: str) -> None:
-    """The process work pool `name`, with the process worker's default job template, unless it exists."""
+    """The process work pool `name` unless it exists: `prefect work-pool inspect || create`, minus a 3 s CLI start."""
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectNotFound
     from prefect.workers.process import ProcessWorker
@@ -80,12 +60,11 @@ def work_pool(name: str) -> None:
                                                    base_job_template=ProcessWorker.get_default_base_job_template()))
 
 
-def configure() -> list[str]:
-    """Close every deployment's parameter schema and set nightly's parameters; returns the deployments' names."""
+def configure() -> None:
+    """Close each deployment's parameter schema (misspelt parameters are refused), set nightly's, add the automation."""
     nightly = nightly_parameters()
     with get_client(sync_client=True) as client:
-        deployments = client.read_deployments(flow_filter=FlowFilter(name=FlowFilterName(any_=FLOWS)))
-        for deployment in deployments:
+        for deployment in _deployments(client):
             update = {"parameter_openapi_schema": {**deployment.parameter_openapi_schema,
                                                    "additionalProperties": False}}
             if deployment.name == "nightly" and nightly:
@@ -95,7 +74,10 @@ def configure() -> list[str]:
             client.create_automation(_zombie_automation())
     if nightly:
         print(f"nightly runs with {json.dumps(nightly)}")
-    return sorted(d.name for d in deployments)
+
+
+def _deployments(client) -> list:
+    return client.read_deployments(flow_filter=FlowFilter(name={"any_": FLOWS}))
 
 
 def _zombie_automation():
@@ -104,11 +86,8 @@ def _zombie_automation():
     The worker's flow runs send one every PREFECT_FLOWS_HEARTBEAT_FREQUENCY seconds
     (`make serve` sets 30); none for 90 s, and the run is marked Crashed.
     """
-    from datetime import timedelta
-
     from prefect.events.actions import ChangeFlowRunState
-    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
-    from prefect.events.schemas.events import ResourceSpecification
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger
 
     return AutomationCore(
         name=ZOMBIES,
@@ -116,27 +95,22 @@ def _zombie_automation():
             after={"prefect.flow-run.heartbeat"},
             expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Failed",
                     "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed"},
-            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+            match={"prefect.resource.id": ["prefect.flow-run.*"]},
             for_each={"prefect.resource.id"},
-            posture=Posture.Proactive,
+            posture="Proactive",
             threshold=1,
-            within=timedelta(seconds=90),
+            within=90,
         ),
-        actions=[ChangeFlowRunState(state=StateType.CRASHED,
-                                    message="its process stopped sending heartbeats")],
+        actions=[ChangeFlowRunState(state=StateType.CRASHED, message="its process stopped sending heartbeats")],
     )
 
 
 def cancel_in_flight(timeout_s: float = 15) -> int:
-    """Ask for the cancellation of the deployments' runs in flight; wait for the worker to end them.
-
-    Runs the worker does not end in time are marked Cancelled all the same: `make stop` ends their processes next.
-    """
+    """Cancel the runs in flight (Cancelled in the UI, not Crashed); those the worker is slow to end, marked so."""
     with get_client(sync_client=True) as client:
-        deployments = client.read_deployments(flow_filter=FlowFilter(name=FlowFilterName(any_=FLOWS)))
-        in_flight = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=_IN_FLIGHT)))
-        of_ours = DeploymentFilter(id=DeploymentFilterId(any_=[d.id for d in deployments]))
-        runs = client.read_flow_runs(flow_run_filter=in_flight, deployment_filter=of_ours)
+        of_ours = DeploymentFilter(id={"any_": [deployment.id for deployment in _deployments(client)]})
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(state={"type": {"any_": _IN_FLIGHT}}),
+                                     deployment_filter=of_ours)
         for run in runs:
             client.set_flow_run_state(run.id, Cancelling(message="make stop"), force=True)
         deadline = time.monotonic() + timeout_s

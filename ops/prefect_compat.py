@@ -1,16 +1,11 @@
 """`prefect server start` for `make serve`, with SQLite writers that wait their turn.
 
-The project's one use of Prefect's internals (tests/test_prefect_compat.py
-holds it to them): drop this module once Prefect begins its SQLite write
-transactions IMMEDIATE itself.
-
-Prefect opens its SQLite write transactions DEFERRED: a request reads, then
-upgrades to a write lock, and if another request wrote in between, SQLite
-refuses at once (SQLITE_BUSY_SNAPSHOT) and Prefect answers 503. Ten runs
-created at once got nine 503s here. Beginning every write transaction
-IMMEDIATE, as SQLite advises, takes the write lock first: a writer then waits
-(Prefect sets busy_timeout to 60 s) instead of failing. PostgreSQL needs none
-of this, and is left as Prefect has it.
+The project's one use of Prefect's internals (tests/test_prefect_compat.py holds it to them): drop
+this module once Prefect begins its SQLite write transactions IMMEDIATE itself. Begun DEFERRED, a
+request reads, then upgrades to a write lock; if another wrote in between, SQLite refuses at once
+(SQLITE_BUSY_SNAPSHOT) and Prefect answers 503 (nine of ten runs created at once, here). IMMEDIATE,
+as SQLite advises, takes the write lock first: a writer waits (busy_timeout, 60 s) instead of failing.
+PostgreSQL needs none of this, and is left as Prefect has it.
 
     python -m ops.prefect_compat server start --host 127.0.0.1 --port 4200
 """

@@ -1,11 +1,8 @@
 """`make serve`'s reports server: the run reports and report entries of the artifact store, read-only.
 
-It serves `runs/<flow run id>/<file>` and `report/<fingerprint>/<file>`, files
-of the kinds a report is made of (html, md, png, csv), and nothing else: no
-folder listings, no dot-files (the store's `.locks/`, Redis's URL), no other
-entry, nothing whose real path is not such a file of the store. With
-PREFECT_SERVER_API_AUTH_STRING set, every request needs the same basic auth as
-Prefect's API.
+Only `runs/<flow run id>/<file>` and `report/<fingerprint>/<file>` of a report's kinds (html, md, png,
+csv): no listings, no dot-files (`.locks/`, Redis's URL), no other entry, nothing reached through a link.
+With PREFECT_SERVER_API_AUTH_STRING set, every request needs the same basic auth as Prefect's API.
 
     MNIST_PIPELINE_REPORTS_ROOT=artifacts python -m uvicorn --factory \\
         ops.reports_server:from_environment --host 127.0.0.1 --port 4201
@@ -14,7 +11,6 @@ Prefect's API.
 from __future__ import annotations
 
 import base64
-import binascii
 import mimetypes
 import os
 import re
@@ -34,8 +30,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from engine.settings import settings
 
-# Prefect's server's credentials (user:password), when it requires them.
-AUTH_ENV = "PREFECT_SERVER_API_AUTH_STRING"
 # A run's report folder (its flow run id) or a report entry (its fingerprint), and a file of a report.
 SERVED = re.compile(r"(runs/[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}|report/[0-9a-f]{16})"
                     r"/[A-Za-z0-9_-]+\.(html|md|png|csv)")
@@ -63,7 +57,7 @@ class BasicAuth:
         scheme, _, token = header.partition(" ")
         try:
             given = base64.b64decode(token.strip(), validate=True)
-        except (binascii.Error, ValueError):
+        except ValueError:  # binascii.Error too
             return False
         return scheme.lower() == "basic" and secrets.compare_digest(given, self.credentials)
 
@@ -109,4 +103,4 @@ def create_app(root: str, credentials: Optional[str] = None) -> Starlette:
 
 def from_environment() -> Starlette:
     """The app as `make serve` starts it: the store of MNIST_PIPELINE_REPORTS_ROOT, Prefect's server's credentials."""
-    return create_app(settings().reports_root, os.environ.get(AUTH_ENV) or None)
+    return create_app(settings().reports_root, os.environ.get("PREFECT_SERVER_API_AUTH_STRING") or None)

@@ -1,14 +1,11 @@
 """PostgreSQL and Redis of the project's own, from Debian's packages, on 127.0.0.1, with passwords.
 
-`make serve DB=postgres` and `make serve REDIS=1` start them beside the Prefect
-server, in folders under $PREFECT_HOME; the tests start them in temporary
-folders. Each binds loopback only and keeps all its files in its folder.
+`make serve DB=postgres` and `make serve REDIS=1` start them in folders under
+$PREFECT_HOME, the tests in temporary ones; each keeps all its files in its folder.
 
-    python -m ops.services postgres start FOLDER PORT   # prints the connection URL
-    python -m ops.services postgres stop FOLDER
-    python -m ops.services redis start FOLDER PORT      # prints the redis:// URL
-    python -m ops.services redis stop FOLDER
-    python -m ops.services process stop NAME PID         # a process of make serve's, with all it started
+    python -m ops.services postgres|redis start FOLDER PORT   # prints the connection URL
+    python -m ops.services postgres|redis stop FOLDER
+    python -m ops.services process stop NAME PID               # a process of make serve's, with all it started
 """
 
 from __future__ import annotations
@@ -24,6 +21,8 @@ import time
 from contextlib import suppress
 from pathlib import Path
 from typing import Any, Callable, Optional
+
+import psutil
 
 DATABASE = "prefect"
 _POSTGRES_USER = "postgres"  # Debian's account for the server, when this process is root
@@ -57,10 +56,6 @@ def _run(command: list[str], env: Optional[dict[str, str]] = None) -> None:
                            f"{(done.stderr or done.stdout).strip().splitlines()[-1:]}")
 
 
-def postgres_url(port: int, password: str) -> str:
-    return f"postgresql+asyncpg://{_POSTGRES_USER}:{password}@127.0.0.1:{port}/{DATABASE}"
-
-
 def _password(path: Path) -> str:
     """The service's password, made on first use and readable by its owner only."""
     if not path.is_file():
@@ -70,12 +65,7 @@ def _password(path: Path) -> str:
 
 
 def start_postgres(folder: Path, port: int) -> str:
-    """A cluster in `folder` (created on first use) on 127.0.0.1:`port`, with a `prefect` database.
-
-    Password authentication (SCRAM), the password made on first use and kept in
-    `folder/password` (mode 0600). Returns the connection URL for
-    PREFECT_SERVER_DATABASE_CONNECTION_URL.
-    """
+    """A cluster in `folder` on 127.0.0.1:`port`, a `prefect` database behind a password; returns its connection URL."""
     folder = Path(folder).resolve()
     data = folder / "data"
     folder.mkdir(parents=True, exist_ok=True)
@@ -101,14 +91,14 @@ def start_postgres(folder: Path, port: int) -> str:
     if exists.stdout.strip() != "1":
         _run([_postgres_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", _POSTGRES_USER, DATABASE],
              env=client)
-    return postgres_url(port, password)
+    return f"postgresql+asyncpg://{_POSTGRES_USER}:{password}@127.0.0.1:{port}/{DATABASE}"
 
 
 def stop_postgres(folder: Path) -> None:
-    data = Path(folder).resolve() / "data"
-    if (data / "postmaster.pid").is_file():
-        _run(_as_server_user(Path(folder).resolve())([_postgres_bin("pg_ctl"), "--pgdata", str(data),
-                                                      "--mode", "fast", "--wait", "stop"]))
+    folder = Path(folder).resolve()
+    if (folder / "data" / "postmaster.pid").is_file():
+        _run(_as_server_user(folder)([_postgres_bin("pg_ctl"), "--pgdata", str(folder / "data"),
+                                      "--mode", "fast", "--wait", "stop"]))
 
 
 def start_redis(folder: Path, port: int) -> str:
@@ -144,13 +134,11 @@ def stop_redis(folder: Path) -> None:
         pid = int(pidfile.read_text())
     except (OSError, ValueError):
         return
-    process = Path(f"/proc/{pid}")
-    if process.exists() and b"redis-server" in (process / "cmdline").read_bytes():  # still ours
-        os.kill(pid, 15)
-        for _ in range(100):
-            if not process.exists():
-                break
-            time.sleep(0.05)
+    with suppress(psutil.NoSuchProcess, psutil.TimeoutExpired):
+        process = psutil.Process(pid)
+        if "redis-server" in " ".join(process.cmdline()):  # still ours
+            process.terminate()
+            process.wait(timeout=5)
     pidfile.unlink(missing_ok=True)
 
 
@@ -161,8 +149,6 @@ def stop_process(name: str, pid: int, grace_s: float = 15) -> str:
     alone would leave a running flow run behind. A leader that died and left
     its group behind: the group is ended.
     """
-    import psutil
-
     try:
         leader = psutil.Process(pid)
         tree = [leader, *leader.children(recursive=True)]

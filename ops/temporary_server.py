@@ -1,11 +1,8 @@
 """The Prefect server a command-line run reports to: `make serve`'s, or a temporary one.
 
-A run made while `make serve` is up reports to that server, so it shows in the
-UI and pays no start-up. Otherwise Prefect would start a temporary server
-itself, but a run killed with SIGKILL or SIGTERM leaves that one running. The
-temporary server here is the same uvicorn application, started with the
-kernel's parent-death signal: when the run's process ends, by any signal or
-none, its server is killed too.
+With `make serve` up, a run reports to its server: it shows in the UI and pays no start-up. Otherwise
+Prefect would start a temporary server itself, which a run killed by SIGKILL or SIGTERM leaves running;
+the one here is the same application, started with the kernel's parent-death signal: it ends with the run.
 """
 
 from __future__ import annotations
@@ -19,12 +16,12 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import suppress
+from functools import partial
 from pathlib import Path
 from typing import Any, Optional
 
 _PR_SET_PDEATHSIG = 1
-# A first start creates and migrates the database: about 26 s here, more on a slow disk.
-STARTUP_TIMEOUT_S = 180
 
 
 class ServerError(RuntimeError):
@@ -32,40 +29,38 @@ class ServerError(RuntimeError):
 
 
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
 
 
-def _dying_with(parent: int):
-    def preexec() -> None:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent:  # the parent ended before the signal was armed
-            os._exit(1)
+def _healthy(api_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api_url}/health", timeout=2) as answer:
+            return answer.status == 200
+    except OSError:
+        return False
 
-    return preexec
+
+def _die_with(parent: int) -> None:
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent ended before the signal was armed
+        os._exit(1)
 
 
 def served_api_url() -> Optional[str]:
-    """The API of the server that `make serve` started for this Prefect home, if it answers.
-
-    Then this process links its reports as that server's worker does.
-    """
+    """The API of `make serve`'s server for this Prefect home, if it answers; its reports then link as the worker's."""
     run_dir = Path(os.environ.get("PREFECT_HOME", ".prefect")) / "run"
     try:
         url = f"http://127.0.0.1:{int((run_dir / 'server.port').read_text())}/api"
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
-            if answer.status != 200:
-                return None
     except (OSError, ValueError):
         return None
-    try:
+    if not _healthy(url):
+        return None
+    with suppress(OSError):
         for line in (run_dir / "reports.env").read_text().splitlines():
             name, _, value = line.partition("=")
             os.environ.setdefault(name, value)
-    except OSError:
-        pass
     return url
 
 
@@ -87,21 +82,18 @@ class TemporaryServer:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "--factory", "ops.temporary_server:app",
              "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "error", "--lifespan", "on"],
-            env=env, stdin=subprocess.DEVNULL, preexec_fn=_dying_with(os.getpid()),
+            env=env, stdin=subprocess.DEVNULL, preexec_fn=partial(_die_with, os.getpid()),
         )
         atexit.register(self.stop)
 
-    def wait_until_healthy(self, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
+    def wait_until_healthy(self, timeout_s: float = 180) -> None:
+        """A first start creates and migrates the database: about 26 s here, more on a slow disk."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise ServerError(f"Prefect's temporary server exited with status {self.process.returncode}")
-            try:
-                with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        return
-            except OSError:
-                pass
+            if _healthy(self.api_url):
+                return
             time.sleep(0.2)
         raise ServerError(f"Prefect's temporary server did not answer within {timeout_s:.0f} s")
 
