@@ -6,6 +6,7 @@ $PREFECT_HOME, the tests in temporary ones; each keeps all its files in its fold
     python -m ops.services postgres|redis start FOLDER PORT   # prints the connection URL
     python -m ops.services postgres|redis stop FOLDER
     python -m ops.services process stop NAME PID               # a process of make serve's, with all it started
+    python -m ops.services process listening NAME PID PORT     # waits until that process serves PORT
 """
 
 from __future__ import annotations
@@ -174,6 +175,25 @@ def stop_process(name: str, pid: int, grace_s: float = 15) -> str:
     return f"killed {name} (pid {pid}) and what it started: still running {grace_s:.0f} s after SIGTERM"
 
 
+def wait_listening(name: str, pid: int, port: int, timeout_s: float = 60) -> None:
+    """Return once process `pid` listens on `port`; ServiceError if it exits first or never does.
+    (Something else on that port answers connections too: only the process's own socket counts.)"""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            process = psutil.Process(pid)
+            exited = process.status() == psutil.STATUS_ZOMBIE
+            sockets = [] if exited else process.net_connections(kind="tcp")
+        except psutil.NoSuchProcess:
+            exited = True
+        if exited:
+            raise ServiceError(f"{name} exited before it served port {port}")
+        if any(s.status == psutil.CONN_LISTEN and s.laddr.port == port for s in sockets):
+            return
+        time.sleep(0.2)
+    raise ServiceError(f"{name} did not serve port {port} within {timeout_s:.0f} s")
+
+
 def _group(process: Any) -> Optional[int]:
     try:
         return os.getpgid(process.pid)
@@ -183,11 +203,12 @@ def _group(process: Any) -> Optional[int]:
 
 def main(argv: list[str]) -> int:
     service, action, folder, *rest = argv
-    if service == "process":  # process stop NAME PID
-        print(stop_process(folder, int(rest[0])))
-        return 0
     try:
-        if action == "start":
+        if service == "process" and action == "listening":  # process listening NAME PID PORT
+            wait_listening(folder, int(rest[0]), int(rest[1]))
+        elif service == "process":  # process stop NAME PID
+            print(stop_process(folder, int(rest[0])))
+        elif action == "start":
             start = {"postgres": start_postgres, "redis": start_redis}[service]
             print(start(Path(folder), int(rest[0])))
         else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -29,7 +30,19 @@ class ServerError(RuntimeError):
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
+    """A port nothing listens on, below the range the system gives outgoing connections: a port from
+    that range can be taken by a client's connection before the server that asked for it binds it."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(200):
+        port = random.randrange(max(1024, low - 10000), max(1025, low))
+        with socket.socket() as probe:
+            with suppress(OSError):
+                probe.bind(("127.0.0.1", port))
+                return port
+    with socket.socket() as probe:  # a crowded range: any port the system gives
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
 

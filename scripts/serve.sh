@@ -108,6 +108,8 @@ start() {
     || launch worker "$BIN/prefect" worker start --pool "$POOL" --limit 1
   alive reports || launch reports "$BIN/python" -m uvicorn --factory ops.reports_server:from_environment \
     --host 127.0.0.1 --port "$REPORTS_PORT"
+  why=$("$BIN/python" -m ops.services process listening reports "$(cat "$RUN_DIR/reports.pid")" "$REPORTS_PORT" 2>&1) \
+    || { echo "${why#process: }; see $RUN_DIR/reports.log" >&2; exit 1; }
   # For command-line runs that report to this server (ops/temporary_server.py), with the same locks as the
   # worker's runs, or two runs could build one entry at once.
   (umask 077

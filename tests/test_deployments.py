@@ -220,7 +220,7 @@ def test_a_custom_run_on_the_data_folder_links_its_report_from_the_ui(served, ap
     _screenshot(page, "ui-report-link.png")
     page.get_by_role("link", name="report.html", exact=True).first.click(timeout=30_000)
     page.wait_for_url(f"http://127.0.0.1:{served['env']['REPORTS_PORT']}/runs/{done['id']}/report.html")
-    assert page.get_by_role("heading", name="Quality gate").is_visible()
+    page.get_by_role("heading", name="Quality gate").wait_for(timeout=30_000)
     assert "promoted to champion" in page.content()
     _screenshot(page, "ui-report.png")
 
