@@ -123,6 +123,8 @@ def test_a_run_stopped_past_its_locks_time_to_live_stops_writing_and_is_served_w
     assert [took_over.returncode, stopped.returncode] == [0, 0], [err_b[-2000:], err_a[-3000:]]
     b, a = (json.loads(out.strip().splitlines()[-1]) for out in (out_b, out_a))
     assert b["stages"]["train"]["state"] == "Completed" and b["train"]["resumed_from_epoch"] >= 1
-    assert (a["stages"]["train"]["state"], a["stages"]["train"]["attempts"]) == ("Cached", 2)
+    # Its first attempt lost the lock; a later one is served B's entry. (With a 3 s time to live, a machine
+    # loaded enough to starve the lock's renewal for 3 s can cost one more attempt, never B's entry.)
+    assert a["stages"]["train"]["state"] == "Cached" and a["stages"]["train"]["attempts"] >= 2
     assert a["metrics"] == b["metrics"]
     assert "expired while this run was stopped" in err_a and "no longer owned" not in err_a
