@@ -197,3 +197,92 @@ def test_an_entry_that_is_a_link_to_a_whole_entry_elsewhere_is_refused(tmp_path)
     (tmp_path / "store" / "preprocess").mkdir(parents=True)
     store.entry("preprocess", FP).symlink_to(elsewhere.entry("preprocess", FP))
     assert store.problem("preprocess", FP) == f"{store.entry('preprocess', FP)} is a symbolic link"
+
+
+# A store in S3, against an in-memory bucket (fsspec's memory file system standing in for s3fs): what the store
+# does with its bucket, in milliseconds. tests/test_s3.py tries the same against a real S3 API (moto), end to end.
+
+@pytest.fixture
+def bucket(tmp_path, monkeypatch):
+    """`s3://team/mnist` in memory; each host's local copy of it under tmp_path/<host>."""
+    import s3fs
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    from engine import remote, store as store_module
+
+    monkeypatch.setattr(MemoryFileSystem, "store", {})
+    monkeypatch.setattr(MemoryFileSystem, "pseudo_dirs", [""])
+    fs = MemoryFileSystem(skip_instance_cache=True)
+    monkeypatch.setattr(s3fs, "S3FileSystem", lambda **options: fs)
+    monkeypatch.setattr(store_module, "_IN_BUCKET", set())
+
+    def host(name: str) -> ArtifactStore:
+        monkeypatch.setenv(remote.CACHE_ENV, str(tmp_path / name))
+        return ArtifactStore(remote.local_root("s3://team/mnist"))
+
+    return fs, host
+
+
+_WHOLE = sorted(f"{FP}/{name}" for name in (MANIFEST, REF, "model.bin", "sub/history.csv"))
+
+
+def _objects(fs) -> list:
+    return sorted(key.split("/preprocess/", 1)[1] for key in fs.find("team/mnist"))
+
+
+def test_a_published_entry_is_uploaded_and_another_host_fetches_and_verifies_it(bucket):
+    fs, host = bucket
+    a = host("host-a")
+    assert a.identity == "s3://team/mnist" and a.remote.path == "team/mnist"
+    _publish(a)
+    assert _objects(fs) == _WHOLE
+    b = host("host-b")  # a host that has never seen the entry, nor the stage's folder
+    assert not (b.root / "preprocess").exists()
+    assert b.exists("preprocess", FP) and not b.exists("preprocess", "f" * 16)
+    assert b.problem("preprocess", FP) is None
+    assert (b.entry("preprocess", FP) / "model.bin").read_bytes() == b"weights"
+    assert [p.name for p in (b.root / "preprocess").iterdir()] == [FP]  # no `.fetch-` folder left
+    assert b.problem("preprocess", "f" * 16) == f"{b.entry('preprocess', 'f' * 16) / MANIFEST} is missing"
+    assert [p.name for p in (b.root / "preprocess").iterdir()] == [FP]
+
+
+def test_an_upload_that_fails_publishes_nothing_locally(bucket, monkeypatch):
+    fs, host = bucket
+    a = host("host-a")
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("the bucket is unreachable")
+
+    monkeypatch.setattr(fs, "put_file", unreachable)
+    with pytest.raises(ConnectionError):
+        _publish(a)
+    assert not a.entry("preprocess", FP).exists() and list((a.root / "preprocess").iterdir()) == []
+
+
+def test_an_entry_the_bucket_lacks_is_uploaded_once(bucket, monkeypatch):
+    fs, host = bucket
+    a = host("host-a")
+    _publish(a)
+    fs.rm("team/mnist/preprocess", recursive=True)  # an emptied bucket
+    asked = []
+    has = type(a.remote).has
+    monkeypatch.setattr(type(a.remote), "has", lambda self, *entry: asked.append(entry) or has(self, *entry))
+    assert not a.in_bucket("preprocess", FP)
+    assert a.share("preprocess", FP) is True
+    assert _objects(fs) == _WHOLE
+    assert a.in_bucket("preprocess", FP) and a.share("preprocess", FP) is False
+    assert asked == [("preprocess", FP), ("preprocess", FP)]  # known to be there from then on: not asked again
+    assert ArtifactStore(a.root.parent.parent / "on-disk").share("preprocess", FP) is False  # a store on disk
+
+
+def test_an_entry_evicted_leaves_the_bucket_too_unless_pruned_in_this_hosts_copy_only(bucket):
+    fs, host = bucket
+    a = host("host-a")
+    _publish(a)
+    assert a.in_bucket("preprocess", FP)
+    assert a.evict("preprocess", FP, remote=False) is None
+    assert not a.entry("preprocess", FP).exists() and a.exists("preprocess", FP) and a.in_bucket("preprocess", FP)
+    assert a.problem("preprocess", FP) is None  # fetched back
+    assert a.evict("preprocess", FP) is None
+    assert _objects(fs) == [] and not a.exists("preprocess", FP)
+    assert not a.in_bucket("preprocess", FP)
