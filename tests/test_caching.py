@@ -278,3 +278,117 @@ def test_only_what_is_imported_for_annotations_stays_out_of_a_key(helper_package
     (helper_package / "stage.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
                                              "    from pkgx import unused\nelse:\n    from pkgx import helper\n")
     assert project_modules("pkgx.stage") == ["pkgx.helper", "pkgx.leaf", "pkgx.stage"]
+
+
+def test_stage_makes_a_cached_prefect_task_of_a_plain_function(tmp_path, monkeypatch):
+    """What `stage()` makes of a function of tasks/: its task's signature, key, retries and serializer, and a run."""
+    import inspect
+
+    from engine import layout, retries
+
+    monkeypatch.setenv("MNIST_PIPELINE_STAGE_RETRIES", "3")
+    monkeypatch.setenv("MNIST_PIPELINE_RETRY_DELAYS_S", "2,5")
+    monkeypatch.setenv("MNIST_PIPELINE_RETRY_JITTER", "0.25")
+    seen = {}
+
+    def preprocess_dataset(out, raw, scale=2, *, work, log, downloads):
+        """What the stage computes."""
+        seen.update(raw=raw, scale=scale, work=work, log=log, downloads=downloads)
+        (out / "weights.bin").write_bytes(b"w" * scale)
+        return {"train_count": 1, "validation_count": 0, "test_count": 1, "test_sha256": "0" * 64}
+
+    preprocess_dataset.__module__ = "tasks.preprocess"  # a stage is named by its module
+    template = tmp_path / "page.j2"
+    template.write_text("{{ x }}")
+
+    def describe(inputs):
+        return {"raw_checksum": "c"}
+
+    task = caching.stage(preprocess_dataset, libraries=["numpy"], describe_inputs=describe, files=[template])
+    assert task.name == task.fn.__name__ == task.fn.__qualname__ == "preprocess_dataset"
+    assert task.fn.__doc__ == "What the stage computes."
+    signature = inspect.signature(task.fn)
+    assert list(signature.parameters) == ["artifacts_dir", "raw", "scale"]  # the extras are the stage's own
+    assert signature.parameters["artifacts_dir"].annotation is str
+    assert signature.parameters["artifacts_dir"].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+    assert signature.return_annotation is PreparedRef
+    cache = task.cache_policy
+    assert (cache.stage, cache.module, cache.describe_inputs, cache.files, cache.libraries) == (
+        "preprocess", "tasks.preprocess", describe, (template,), ("numpy",))
+    assert (task.persist_result, task.result_serializer) == (True, "json")
+    assert (task.retries, task.retry_delay_seconds, task.retry_jitter_factor) == (3, [2.0, 5.0], 0.25)
+    assert task.retry_condition_fn is retries.worth_retrying
+
+    store = str(tmp_path / "store")
+    ref = task.fn(store, "r")  # outside a flow: the plain function, computing the entry
+    assert ref.fingerprint == cache.fingerprint({"artifacts_dir": store, "raw": "r", "scale": 2})
+    assert (seen["raw"], seen["scale"]) == ("r", 2) and seen["log"] is caching.log
+    assert seen["work"] == layout.work(store, "preprocess", ref.fingerprint)
+    assert seen["downloads"] == Path(store) / layout.DOWNLOADS
+    assert ArtifactStore(store).problem("preprocess", ref.fingerprint) is None
+    again = task.fn(artifacts_dir=store, raw="r", scale=3)
+    assert again.fingerprint != ref.fingerprint and seen["scale"] == 3
+
+
+def test_progress_is_one_artifact_made_at_the_first_report_then_updated(monkeypatch):
+    import prefect.artifacts
+
+    calls = []
+    monkeypatch.setattr(prefect.artifacts, "create_progress_artifact",
+                        lambda **made: calls.append(("create", made)) or "artifact-1")
+    monkeypatch.setattr(prefect.artifacts, "update_progress_artifact", lambda **update: calls.append(("update", update)))
+    outside = caching._progress_artifact("train")  # no task run: nobody to show it to
+    assert outside(12.34) is None and calls == []
+    monkeypatch.setattr(caching.TaskRunContext, "get", lambda: object())
+    report = caching._progress_artifact("train")
+    report(12.34)
+    report(50.06)
+    assert calls == [("create", {"progress": 12.3, "key": "train-progress", "description": "Share of the train stage done"}),
+                     ("update", {"artifact_id": "artifact-1", "progress": 50.1})]
+
+
+def _transaction(monkeypatch, key, lost=None):
+    """Prefect's transaction of a task run, as _check_lock and the fingerprint of a task run see it."""
+    from types import SimpleNamespace
+
+    class Locks:
+        def __init__(self):
+            self.asked = []
+
+        def lost(self, asked):
+            self.asked.append(asked)
+            return lost
+
+    transaction = SimpleNamespace(key=key, store=None if lost is None else SimpleNamespace(lock_manager=Locks()))
+    monkeypatch.setattr(caching, "get_transaction", lambda: transaction)
+    return transaction
+
+
+def test_a_lock_lost_while_the_run_was_stopped_stops_the_stage(monkeypatch):
+    from engine import retries
+
+    key = "train/0123456789abcdef/result.json"
+    monkeypatch.setattr(caching, "get_transaction", lambda: None)
+    caching._check_lock()  # no transaction (outside a flow): nothing to lose
+    _transaction(monkeypatch, key)
+    caching._check_lock()  # no store of records: no locks
+    transaction = _transaction(monkeypatch, key, lost=False)
+    caching._check_lock()
+    assert transaction.store.lock_manager.asked == [key]
+    _transaction(monkeypatch, key, lost=True)
+    with pytest.raises(retries.TransientError) as stopped:
+        caching._check_lock()
+    assert str(stopped.value) == ("the lock on train/0123456789abcdef expired while this run was stopped, and another "
+                                  "run took over that entry: this run stopped writing to it; run again to be served "
+                                  "its result")
+
+
+def test_a_task_run_reuses_the_fingerprint_prefect_computed_for_its_stage_only(monkeypatch):
+    monkeypatch.setattr(caching, "get_transaction", lambda: None)
+    assert caching._fingerprint_of_this_task_run("train") is None
+    _transaction(monkeypatch, "train/0123456789abcdef/result.json")
+    assert caching._fingerprint_of_this_task_run("train") == "0123456789abcdef"
+    assert caching._fingerprint_of_this_task_run("preprocess") is None
+    for key in (None, "train/0123456789abcdeg/result.json", "train/0123456789abcdef/other.json"):
+        _transaction(monkeypatch, key)
+        assert caching._fingerprint_of_this_task_run("train") is None
