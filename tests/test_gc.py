@@ -501,3 +501,139 @@ def test_an_entry_only_partly_removed_is_not_counted_as_freed(tmp_path, monkeypa
     captured = capsys.readouterr()
     assert json.loads(captured.out) == {"removed": 0, "skipped": 5, "freed_bytes": 0}
     assert "part of it is left in .evicted-" in captured.err
+
+
+def _listing(store: Path, **options) -> dict:
+    """inventory()'s rows by path relative to the store (`.` for the store itself)."""
+    return {os.fsdecode(os.path.relpath(row["path"], store)): row
+            for row in inventory.inventory(store, **options).to_dict("records")}
+
+
+def _folder_only(path: Path) -> int:
+    return path.lstat().st_blocks * 512
+
+
+def test_the_store_lists_every_path_once_with_its_bytes_and_what_keeps_it(tmp_path):
+    store = tmp_path / "artifacts"
+    champion = _logged_run(store)
+    newer = _logged_run(store)
+    fashion = _logged_run(store, "fashion_mnist", reuse={"download": champion["download"]})
+    _crown(store, champion)
+    _crown(store, fashion, dataset="fashion_mnist")
+    report = store / "runs" / newer["flow_run_id"] / "report.md"
+    report.parent.mkdir(parents=True)
+    report.write_text("# a run")
+    (store / "runs" / os.fsdecode(b"r\xff")).mkdir()
+    checkpoint = store / "train" / ".work" / "0123456789abcdef"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "ckpt.keras").write_bytes(b"c" * 3000)
+    (store / "train" / ".work" / "notes").write_text("the user's")
+    leftover = store / "train" / ".tmp-fedcba9876543210-0badcafe"
+    leftover.mkdir()
+    (store / "train" / "NOTES.txt").write_text("the user's")
+    aged = store / newer["train"]
+    now = time.time()
+    os.utime(aged, (now - 1.23456 * 86400, now - 1.23456 * 86400))
+
+    rows = _listing(store, keep_runs=1)
+    assert sum(row["bytes"] for row in rows.values()) == _du(store)
+    assert list(inventory.inventory(store).columns) == ["kind", "stage", "fingerprint", "bytes", "age_days",
+                                                        "last_run", "champion", "recent_run", "local_only",
+                                                        "flow_run_id", "path"]
+    kinds = {name: (row["kind"], row["stage"], row["fingerprint"]) for name, row in rows.items()}
+    entries = {f"{stage}/{fingerprint}" for kind, stage, fingerprint in kinds.values() if kind == "entry"}
+    assert entries == _entries(store) - {"train/NOTES.txt"} > _five(champion) | _five(newer) | _five(fashion)
+    assert all(kinds[entry] == ("entry", *entry.split("/")) for entry in entries)
+    assert {name: kind for name, kind in kinds.items() if name not in entries} == {
+        ".": ("store", "", ""), "runs.jsonl": ("store", "", ""), "champions": ("store", "", ""),
+        "runs": ("store", "", ""), f"runs/{newer['flow_run_id']}": ("run report", "", ""),
+        os.fsdecode(b"runs/r\xff"): ("run report", "", ""),
+        **{stage: ("store", stage, "") for stage in STAGES},
+        "train/.work": ("store", "train", ""), "train/.work/0123456789abcdef": ("checkpoint", "train", "0123456789abcdef"),
+        "train/.work/notes": ("foreign", "train", ""), "train/.tmp-fedcba9876543210-0badcafe":
+            ("leftover", "train", "fedcba9876543210"), "train/NOTES.txt": ("foreign", "train", "")}
+    # A folder's own block for the store's folders, the whole of it for everything else.
+    for name in (".", "runs", "train", "train/.work", *STAGES):
+        assert rows[name]["bytes"] == _folder_only(store / name), name
+    for name in ("champions", "train/.work/0123456789abcdef", newer["train"], f"runs/{newer['flow_run_id']}"):
+        assert rows[name]["bytes"] == _du(store / name) > _folder_only(store / name), name
+    assert rows[os.fsdecode(b"runs/r\xff")]["flow_run_id"] == "r\\xff"
+    assert rows[f"runs/{newer['flow_run_id']}"]["flow_run_id"] == newer["flow_run_id"]
+    assert rows[newer["train"]]["age_days"] == 1.23 and rows[newer["preprocess"]]["age_days"] == 0.0
+    # What keeps each entry: the champions' lineages (and their runs), the last run of each dataset.
+    assert rows[champion["download"]]["champion"] == "fashion_mnist, mnist"
+    assert {rows[entry]["champion"] for entry in _five(champion) - {champion["download"]}} == {"mnist"}
+    assert {rows[entry]["champion"] for entry in _five(newer)} == {""}
+    assert {entry for entry in entries if rows[entry]["recent_run"]} == _five(newer) | _five(fashion)
+    # The last run that used each entry.
+    assert rows[champion["download"]]["last_run"] == fashion["flow_run_id"]
+    assert {rows[entry]["last_run"] for entry in _five(champion) - {champion["download"]}} == {champion["flow_run_id"]}
+    assert {rows[entry]["last_run"] for entry in _five(newer)} == {newer["flow_run_id"]}
+    assert rows["train/.work/0123456789abcdef"]["last_run"] == "" and not any(r["local_only"] for r in rows.values())
+    assert {name for name, row in rows.items() if row["flow_run_id"] == row["flow_run_id"] and row["flow_run_id"]} == {
+        f"runs/{newer['flow_run_id']}", os.fsdecode(b"runs/r\xff")}
+    # keep_runs: the last 5 of each dataset by default.
+    assert all(_listing(store)[entry]["recent_run"] for entry in _five(champion) | _five(newer) | _five(fashion))
+
+
+def test_an_entry_in_a_hosts_copy_that_its_bucket_lacks_is_local_only(memory_bucket):
+    from engine.refs import ref_type
+
+    fs, host = memory_bucket
+    copy = host("host-a")
+    names = []
+    for fingerprint in ("0123456789abcdef", "fedcba9876543210"):
+        with copy.writing("evaluate", fingerprint) as folder:
+            (folder / "ref.json").write_text(ref_type("evaluate")(
+                stage="evaluate", fingerprint=fingerprint, test_accuracy=0.5, test_loss=1.0, test_count=2,
+                test_sha256="a" * 64).model_dump_json())
+        names.append(f"evaluate/{fingerprint}")
+    leftover = copy.root / "evaluate" / ".tmp-0123456789abcdef-0badcafe"
+    leftover.mkdir()
+    fs.rm("team/mnist/evaluate/fedcba9876543210", recursive=True)
+    from engine import store as store_module
+
+    store_module._IN_BUCKET.clear()  # a new process: what the bucket holds is asked again
+    rows = _listing(copy.root)
+    assert {name for name, row in rows.items() if row["local_only"]} == {"evaluate/fedcba9876543210"}
+    assert rows["evaluate/.tmp-0123456789abcdef-0badcafe"]["kind"] == "leftover"
+
+
+def test_clean_says_what_it_removed_and_freed_and_a_dry_run_removes_nothing(tmp_path):
+    store = tmp_path / "artifacts"
+    old, new = _logged_run(store), _logged_run(store)
+    assert inventory.clean(store, keep_runs=2)[1]["removed"] == 0  # both runs kept; the store's lock file made
+    leftover = store / "train" / ".evicted-0123456789abcdef-12345678"
+    leftover.mkdir()
+    (leftover / "file").write_bytes(b"z" * 5000)
+    before, size, paths = _entries(store), _du(store), sorted(store.rglob("*"))
+    doomed, summary = inventory.clean(store, keep_runs=1, remove=False)
+    assert summary == {"removed": 0, "skipped": 0, "freed_bytes": 0, "store_bytes": size, "skipped_paths": []}
+    assert sorted(store.rglob("*")) == paths and _du(store) == size  # a dry run takes no lock, writes nothing
+    assert {f"{r['stage']}/{r['fingerprint']}" for _, r in doomed.iterrows()} == _five(old) | {
+        "train/0123456789abcdef"}
+    planned = int(doomed["bytes"].sum())
+    doomed, summary = inventory.clean(store, keep_runs=1)
+    assert summary == {"removed": 6, "skipped": 0, "freed_bytes": planned, "store_bytes": size - planned,
+                       "skipped_paths": []}
+    assert _entries(store) == _five(new) and not leftover.exists()
+    assert inventory.clean(store, keep_runs=1)[1]["removed"] == 0
+
+
+def test_gc_skips_an_entry_a_run_holds_and_lets_go_of_each_lock(tmp_path):
+    store = tmp_path / "artifacts"
+    old, new = _logged_run(store), _logged_run(store)
+    busy = old["train"]
+    locks = FileLockManager(store / ".locks")
+    assert locks.acquire_lock(record_key(*busy.split("/")), "a-run")
+    try:
+        doomed, summary = inventory.clean(store, keep_runs=1)
+    finally:
+        locks.release_lock(record_key(*busy.split("/")), "a-run")
+    assert summary["removed"] == 4 and summary["skipped_paths"] == [f"{store / busy} (in use by a run)"]
+    assert _entries(store) == _five(new) | {busy}
+    # Every lock gc took is free again: a run takes them at once.
+    for name in _five(new) | {busy}:
+        assert locks.acquire_lock(record_key(*name.split("/")), "a-run", acquire_timeout=0)
+        locks.release_lock(record_key(*name.split("/")), "a-run")
+    assert inventory.clean(store, keep_runs=1)[1]["removed"] == 1

@@ -199,29 +199,8 @@ def test_an_entry_that_is_a_link_to_a_whole_entry_elsewhere_is_refused(tmp_path)
     assert store.problem("preprocess", FP) == f"{store.entry('preprocess', FP)} is a symbolic link"
 
 
-# A store in S3, against an in-memory bucket (fsspec's memory file system standing in for s3fs): what the store
-# does with its bucket, in milliseconds. tests/test_s3.py tries the same against a real S3 API (moto), end to end.
-
-@pytest.fixture
-def bucket(tmp_path, monkeypatch):
-    """`s3://team/mnist` in memory; each host's local copy of it under tmp_path/<host>."""
-    import s3fs
-    from fsspec.implementations.memory import MemoryFileSystem
-
-    from engine import remote, store as store_module
-
-    monkeypatch.setattr(MemoryFileSystem, "store", {})
-    monkeypatch.setattr(MemoryFileSystem, "pseudo_dirs", [""])
-    fs = MemoryFileSystem(skip_instance_cache=True)
-    monkeypatch.setattr(s3fs, "S3FileSystem", lambda **options: fs)
-    monkeypatch.setattr(store_module, "_IN_BUCKET", set())
-
-    def host(name: str) -> ArtifactStore:
-        monkeypatch.setenv(remote.CACHE_ENV, str(tmp_path / name))
-        return ArtifactStore(remote.local_root("s3://team/mnist"))
-
-    return fs, host
-
+# A store in S3, against an in-memory bucket (conftest's memory_bucket): what the store does with its bucket, in
+# milliseconds. tests/test_s3.py tries the same against a real S3 API (moto), end to end.
 
 _WHOLE = sorted(f"{FP}/{name}" for name in (MANIFEST, REF, "model.bin", "sub/history.csv"))
 
@@ -230,8 +209,8 @@ def _objects(fs) -> list:
     return sorted(key.split("/preprocess/", 1)[1] for key in fs.find("team/mnist"))
 
 
-def test_a_published_entry_is_uploaded_and_another_host_fetches_and_verifies_it(bucket):
-    fs, host = bucket
+def test_a_published_entry_is_uploaded_and_another_host_fetches_and_verifies_it(memory_bucket):
+    fs, host = memory_bucket
     a = host("host-a")
     assert a.identity == "s3://team/mnist" and a.remote.path == "team/mnist"
     _publish(a)
@@ -246,8 +225,8 @@ def test_a_published_entry_is_uploaded_and_another_host_fetches_and_verifies_it(
     assert [p.name for p in (b.root / "preprocess").iterdir()] == [FP]
 
 
-def test_an_upload_that_fails_publishes_nothing_locally(bucket, monkeypatch):
-    fs, host = bucket
+def test_an_upload_that_fails_publishes_nothing_locally(memory_bucket, monkeypatch):
+    fs, host = memory_bucket
     a = host("host-a")
 
     def unreachable(*args, **kwargs):
@@ -259,8 +238,8 @@ def test_an_upload_that_fails_publishes_nothing_locally(bucket, monkeypatch):
     assert not a.entry("preprocess", FP).exists() and list((a.root / "preprocess").iterdir()) == []
 
 
-def test_an_entry_the_bucket_lacks_is_uploaded_once(bucket, monkeypatch):
-    fs, host = bucket
+def test_an_entry_the_bucket_lacks_is_uploaded_once(memory_bucket, monkeypatch):
+    fs, host = memory_bucket
     a = host("host-a")
     _publish(a)
     fs.rm("team/mnist/preprocess", recursive=True)  # an emptied bucket
@@ -275,8 +254,8 @@ def test_an_entry_the_bucket_lacks_is_uploaded_once(bucket, monkeypatch):
     assert ArtifactStore(a.root.parent.parent / "on-disk").share("preprocess", FP) is False  # a store on disk
 
 
-def test_an_entry_evicted_leaves_the_bucket_too_unless_pruned_in_this_hosts_copy_only(bucket):
-    fs, host = bucket
+def test_an_entry_evicted_leaves_the_bucket_too_unless_pruned_in_this_hosts_copy_only(memory_bucket):
+    fs, host = memory_bucket
     a = host("host-a")
     _publish(a)
     assert a.in_bucket("preprocess", FP)
