@@ -209,7 +209,7 @@ def _objects(fs) -> list:
     return sorted(key.split("/preprocess/", 1)[1] for key in fs.find("team/mnist"))
 
 
-def test_a_published_entry_is_uploaded_and_another_host_fetches_and_verifies_it(memory_bucket):
+def test_a_published_entry_is_uploaded_and_another_host_fetches_and_verifies_it(memory_bucket, monkeypatch):
     fs, host = memory_bucket
     a = host("host-a")
     assert a.identity == "s3://team/mnist" and a.remote.path == "team/mnist"
@@ -218,7 +218,12 @@ def test_a_published_entry_is_uploaded_and_another_host_fetches_and_verifies_it(
     b = host("host-b")  # a host that has never seen the entry, nor the stage's folder
     assert not (b.root / "preprocess").exists()
     assert b.exists("preprocess", FP) and not b.exists("preprocess", "f" * 16)
+    fetched_into = []
+    fetch = type(b.remote).fetch
+    monkeypatch.setattr(type(b.remote), "fetch", lambda self, stage, fp, into: fetched_into.append(into.name) or fetch(
+        self, stage, fp, into))
     assert b.problem("preprocess", FP) is None
+    assert fetched_into[0].startswith(f".fetch-{FP}-")  # a name gc knows for a leftover, never an entry's
     assert (b.entry("preprocess", FP) / "model.bin").read_bytes() == b"weights"
     assert [p.name for p in (b.root / "preprocess").iterdir()] == [FP]  # no `.fetch-` folder left
     assert b.problem("preprocess", "f" * 16) == f"{b.entry('preprocess', 'f' * 16) / MANIFEST} is missing"
@@ -265,3 +270,73 @@ def test_an_entry_evicted_leaves_the_bucket_too_unless_pruned_in_this_hosts_copy
     assert a.evict("preprocess", FP) is None
     assert _objects(fs) == [] and not a.exists("preprocess", FP)
     assert not a.in_bucket("preprocess", FP)
+
+
+def test_a_file_changed_after_it_was_verified_is_caught_next_time(tmp_path):
+    """Checksums are remembered per version of a file (its inode, size and times), never per name alone."""
+    store = ArtifactStore(tmp_path)
+    _publish(store)
+    assert store.problem("preprocess", FP) is None
+    (store.entry("preprocess", FP) / "model.bin").write_bytes(b"WEIGHTS")  # the same size
+    assert store.problem("preprocess", FP) == f"{store.entry('preprocess', FP) / 'model.bin'} does not match its checksum"
+
+
+def test_an_entry_that_is_not_there_is_named_missing(tmp_path):
+    store = ArtifactStore(tmp_path)
+    (tmp_path / "preprocess").mkdir()
+    assert store.problem("preprocess", FP) == f"{store.entry('preprocess', FP) / MANIFEST} is missing"
+    assert list((tmp_path / "preprocess").iterdir()) == []
+
+
+@pytest.mark.parametrize("manifest, why", [("{", "is unreadable (Expecting property name"),
+                                           ('{"files": 42}', "is malformed (TypeError("),
+                                           ('{"files": {"ref.json": {"bytes": 1}}}', "is malformed (KeyError('sha256')")])
+def test_a_manifest_that_cannot_be_read_is_named(tmp_path, manifest, why):
+    store = ArtifactStore(tmp_path)
+    _publish(store)
+    (store.entry("preprocess", FP) / MANIFEST).write_text(manifest)
+    assert store.problem("preprocess", FP).startswith(f"{store.entry('preprocess', FP) / MANIFEST} {why}")
+
+
+def test_a_ref_that_names_another_entry_is_named(tmp_path):
+    import json
+
+    from engine.store import sha256_file
+
+    store = ArtifactStore(tmp_path)
+    _publish(store)
+    entry = store.entry("preprocess", FP)
+    ref = json.loads((entry / REF).read_text())
+    (entry / REF).write_text(json.dumps({**ref, "fingerprint": "f" * 16}))
+    manifest = json.loads((entry / MANIFEST).read_text())
+    manifest["files"][REF] = {"sha256": sha256_file(entry / REF), "bytes": (entry / REF).stat().st_size}
+    (entry / MANIFEST).write_text(json.dumps(manifest))
+    assert store.problem("preprocess", FP) == (f"{entry / REF} does not name this entry "
+                                               f"({entry / REF} names preprocess/{'f' * 16})")
+
+
+def test_opening_a_store_makes_its_folder_and_leaves_nothing_else(tmp_path):
+    root = tmp_path / "new" / "artifacts"
+    store = ArtifactStore(root)
+    assert store.open() is store and root.is_dir() and list(root.iterdir()) == []
+    assert store.open() is store and list(root.iterdir()) == []  # again: the folder is there already
+
+
+def test_a_disk_full_of_exactly_one_mebibyte_free_is_not_called_full_and_an_unmeasurable_one_is(tmp_path,
+                                                                                                monkeypatch):
+    import os
+
+    from engine.store import raise_if_full
+
+    class Exactly:
+        f_bavail, f_frsize = 256, 4096  # 1 MiB free: room, though a write failed
+
+    monkeypatch.setattr(os, "statvfs", lambda path: Exactly)
+    raise_if_full(OSError(28, "No space left on device"), tmp_path, "x")  # not a StoreError
+
+    def unmeasurable(path):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "statvfs", unmeasurable)
+    with pytest.raises(StoreError, match="^the artifact store is full: no space left on device while writing x$"):
+        raise_if_full(OSError(28, "No space left on device"), tmp_path, "x")
