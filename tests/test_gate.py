@@ -140,3 +140,12 @@ def test_promotions_cannot_ratchet_down():
     passed = [_decide(store, f"{i:016x}", accuracy, f"run-{i}").passed for i, accuracy in enumerate(accuracies)]
     assert passed == [True, True, False, False, False]
     assert champions.read_champion(store, "mnist").best == {TEST_DATA: 0.990}
+
+
+def test_the_bar_is_the_best_promoted_on_the_same_test_data_the_record_itself_included():
+    older = champions.Champion(model="a" * 16, test_accuracy=0.97, flow_run_id="r", test_sha256=TEST_DATA)
+    assert older.bar(TEST_DATA) == 0.97  # a record from before `best` was kept
+    assert older.bar("o" * 64) is None
+    champion = older.model_copy(update={"best": {TEST_DATA: 0.99, "o" * 64: 0.95}})
+    assert (champion.bar(TEST_DATA), champion.bar("o" * 64), champion.bar("n" * 64)) == (0.99, 0.95, None)
+    assert older.model_copy(update={"best": {TEST_DATA: 0.96}}).bar(TEST_DATA) == 0.97

@@ -637,3 +637,37 @@ def test_gc_skips_an_entry_a_run_holds_and_lets_go_of_each_lock(tmp_path):
         assert locks.acquire_lock(record_key(*name.split("/")), "a-run", acquire_timeout=0)
         locks.release_lock(record_key(*name.split("/")), "a-run")
     assert inventory.clean(store, keep_runs=1)[1]["removed"] == 1
+
+
+def test_leftovers_are_removed_a_link_as_a_link_and_what_stays_says_why(tmp_path, monkeypatch, capsys):
+    store = tmp_path / "artifacts"
+    _logged_run(store)
+    outside = tmp_path / "precious"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("not the store's")
+    link = store / "train" / ".evicted-0123456789abcdef-12345678"
+    link.symlink_to(outside)
+    half_written = store / "train" / ".tmp-0123456789abcdef-0badcafe"
+    half_written.write_text("a file, not a folder")
+    assert inventory.clean(store, keep_runs=1)[1]["removed"] == 2
+    assert not os.path.lexists(link) and not half_written.exists() and (outside / "keep.txt").exists()
+    # A file that cannot be removed says why, in the words of the system; a folder that stays, that it did.
+    stuck = store / "train" / ".tmp-0123456789abcdef-00000001"
+    stuck.write_text("z")
+    from pathlib import Path as RealPath
+
+    unlink = RealPath.unlink
+
+    def refuse(self, missing_ok=False):
+        if self == stuck:
+            raise PermissionError(13, "Permission denied", str(self))
+        return unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(RealPath, "unlink", refuse)
+    assert inventory.clean(store, keep_runs=1)[1]["skipped_paths"] == [f"{stuck} (cannot be removed: Permission denied)"]
+    monkeypatch.undo()
+    stuck.unlink()
+    stays = store / "train" / ".tmp-0123456789abcdef-00000002"
+    stays.mkdir()
+    monkeypatch.setattr(inventory.shutil, "rmtree", lambda path, onerror: None)  # reports nothing, removes nothing
+    assert inventory.clean(store, keep_runs=1)[1]["skipped_paths"] == [f"{stays} (cannot be removed: still there)"]
