@@ -623,7 +623,7 @@ def test_clean_says_what_it_removed_and_freed_and_a_dry_run_removes_nothing(tmp_
 def test_gc_skips_an_entry_a_run_holds_and_lets_go_of_each_lock(tmp_path):
     store = tmp_path / "artifacts"
     old, new = _logged_run(store), _logged_run(store)
-    busy = old["train"]
+    busy = old["download"]  # the first gc comes to: the rest still go
     locks = FileLockManager(store / ".locks")
     assert locks.acquire_lock(record_key(*busy.split("/")), "a-run")
     try:
@@ -671,3 +671,132 @@ def test_leftovers_are_removed_a_link_as_a_link_and_what_stays_says_why(tmp_path
     stays.mkdir()
     monkeypatch.setattr(inventory.shutil, "rmtree", lambda path, onerror: None)  # reports nothing, removes nothing
     assert inventory.clean(store, keep_runs=1)[1]["skipped_paths"] == [f"{stays} (cannot be removed: still there)"]
+
+
+def test_a_lineage_follows_every_input_its_manifests_name_and_only_entry_names(tmp_path):
+    store = tmp_path / "artifacts"
+    run = _logged_run(store)
+    report = run["report"].split("/")[1]
+    assert inventory.lineage(store, "report", report) == _five(run)  # inputs met twice on the way
+    # An input gone (evicted a moment ago) ends its own branch only.
+    import shutil
+
+    shutil.rmtree(store / run["download"])
+    assert inventory.lineage(store, "report", report) == _five(run)
+    # Names that are not `<stage>/<fingerprint>` are never followed.
+    manifest = json.loads((store / run["report"] / "manifest.json").read_text())
+    manifest["inputs"] = ["../../etc", 42, run["evaluate"]]
+    (store / run["report"] / "manifest.json").write_text(json.dumps(manifest))
+    assert inventory.lineage(store, "report", report) == _five(run)
+
+
+@pytest.mark.parametrize("how", ["champions a file", "record a link to nothing"])
+def test_what_gc_cannot_judge_is_named(tmp_path, how):
+    store = tmp_path / "artifacts"
+    _crown(store, _logged_run(store))
+    folder = store / "champions"
+    if how == "champions a file":
+        (folder / "mnist.json").unlink()
+        folder.rmdir()
+        folder.write_text("")
+        message = f"the champion records in {folder} cannot be listed (Not a directory); gc removes nothing until they can"
+    else:
+        (folder / "mnist.json").unlink()
+        (folder / "mnist.json").symlink_to(tmp_path / "offline" / "mnist.json")
+        message = (f"the mnist champion record {folder / 'mnist.json'} cannot be opened; gc removes nothing until it "
+                   "is repaired or moved aside")
+    with pytest.raises(inventory.CannotJudge) as refused:
+        inventory.clean(store, keep_runs=0)
+    assert str(refused.value) == message
+
+
+def test_a_champion_record_removed_while_gc_reads_leaves_the_others_judged(tmp_path, monkeypatch):
+    store = tmp_path / "artifacts"
+    fashion, mnist = _logged_run(store, "fashion_mnist"), _logged_run(store)
+    _crown(store, fashion, dataset="fashion_mnist")
+    _crown(store, mnist)
+    read = inventory.read_champion
+    from engine import layout
+
+    def removed_meanwhile(root, dataset):
+        if dataset == "fashion_mnist":  # listed, then removed before it was read
+            layout.champion(root, dataset).unlink()
+        return read(root, dataset)
+
+    monkeypatch.setattr(inventory, "read_champion", removed_meanwhile)
+    inventory.clean(store, keep_runs=0)
+    assert _entries(store) == _five(mnist)
+
+
+def test_older_than_never_takes_what_a_champion_or_a_recent_run_keeps_and_counts_the_day_itself(tmp_path):
+    store = tmp_path / "artifacts"
+    champion, old, recent = _logged_run(store), _logged_run(store), _logged_run(store)
+    _crown(store, champion)
+    week_ago = time.time() - 7 * 86400
+    for name in _entries(store):
+        os.utime(store / name, (week_ago, week_ago))
+    inventory.clean(store, keep_runs=1, older_than_days=7)
+    assert _entries(store) == _five(champion) | _five(recent)
+    assert not _five(old) & _entries(store)
+
+
+def test_gc_of_a_hosts_copy_of_a_bucket_prunes_the_copy_only(memory_bucket):
+    fs, host = memory_bucket
+    copy = host("host-a")
+    store = copy.root
+    old, new = _logged_run(store), _logged_run(store)
+    inventory.clean(store, keep_runs=1)
+    assert _entries(store) == _five(new)
+    assert {f"{stage}/{fingerprint}" for stage, fingerprint in (
+        key.strip("/").split("/")[2:4] for key in fs.find("team/mnist"))} == _five(old) | _five(new)
+
+
+def test_an_entry_gc_cannot_remove_says_why_in_the_systems_words(tmp_path, monkeypatch):
+    from pathlib import Path as RealPath
+
+    store, outside = tmp_path / "artifacts", tmp_path / "elsewhere"
+    (store / "train").mkdir(parents=True)
+    outside.mkdir()
+    link = store / "train" / "0123456789abcdef"
+    link.symlink_to(outside)
+    unlink = RealPath.unlink
+
+    def refuse(self, missing_ok=False):
+        if self == link:
+            raise PermissionError(13, "Permission denied", str(self))
+        return unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(RealPath, "unlink", refuse)
+    assert inventory.clean(store, keep_runs=0)[1]["skipped_paths"] == [f"{link} (cannot be removed: Permission denied)"]
+
+
+def test_gc_during_a_run_removes_nothing_and_says_so(tmp_path):
+    from engine import locking
+
+    store = tmp_path / "artifacts"
+    _logged_run(store)
+    before = _entries(store)
+    with locking.run_in_progress(FileLockManager(store / ".locks").open(), ArtifactStore(store).identity):
+        with pytest.raises(inventory.RunsInProgress) as refused:
+            inventory.clean(store, keep_runs=0)
+    assert str(refused.value) == "a run (or another gc) is in progress in this store: gc removes nothing until it ends"
+    assert _entries(store) == before
+
+
+def test_a_dry_run_makes_no_locks_folder(tmp_path):
+    store = tmp_path / "artifacts"
+    _logged_run(store)
+    inventory.clean(store, keep_runs=0, remove=False)
+    assert not (store / ".locks").exists()
+
+
+def test_bytes_of_what_a_run_removes_meanwhile_count_as_nothing(tmp_path, monkeypatch):
+    folder = tmp_path / "entry"
+    folder.mkdir()
+    (folder / "gone").write_bytes(b"x" * 5000)
+    (folder / "kept").write_bytes(b"y" * 5000)
+    assert inventory.allocated(tmp_path / "missing") == 0
+    lstat = os.lstat
+    monkeypatch.setattr(inventory.os, "lstat", lambda path: (_ for _ in ()).throw(FileNotFoundError(path))
+                        if str(path).endswith("gone") else lstat(path))
+    assert inventory.allocated(folder) == _du(folder) - _du(folder / "gone")

@@ -340,3 +340,46 @@ def test_a_disk_full_of_exactly_one_mebibyte_free_is_not_called_full_and_an_unme
     monkeypatch.setattr(os, "statvfs", unmeasurable)
     with pytest.raises(StoreError, match="^the artifact store is full: no space left on device while writing x$"):
         raise_if_full(OSError(28, "No space left on device"), tmp_path, "x")
+
+
+def test_a_write_that_fails_before_its_file_exists_is_named_as_the_full_disk_it_is(tmp_path, monkeypatch):
+    import os
+    from pathlib import Path
+
+    from engine.store import write_atomically
+
+    class Full:
+        f_bavail, f_frsize = 3, 4096
+
+    measured = []
+    monkeypatch.setattr(os, "statvfs", lambda path: measured.append(Path(path)) or Full)
+
+    def no_room(self, text):
+        raise OSError(28, "No space left on device")  # before the file is made
+
+    monkeypatch.setattr(Path, "write_text", no_room)
+    target = tmp_path / "champion.json"
+    with pytest.raises(StoreError, match=f"no space left on device while writing {target}$"):
+        write_atomically(target, "new")
+    assert measured == [tmp_path]  # the disk the file is on
+
+
+def test_an_entry_only_partly_removed_is_left_out_of_sight_for_the_next_gc(tmp_path, monkeypatch):
+    import shutil
+
+    store = ArtifactStore(tmp_path)
+    _publish(store)
+    rmtree = shutil.rmtree
+
+    def partly(path, ignore_errors=False, **kwargs):
+        if not ignore_errors:
+            raise PermissionError(13, "Permission denied")
+        (Path(path) / "model.bin").unlink()  # some of it goes
+
+    from pathlib import Path
+
+    monkeypatch.setattr("engine.store.shutil.rmtree", partly)
+    left = store.evict("preprocess", FP)
+    monkeypatch.setattr("engine.store.shutil.rmtree", rmtree)
+    assert left is not None and left.name.startswith(f".evicted-{FP}-") and left.is_dir()
+    assert not store.exists("preprocess", FP)
