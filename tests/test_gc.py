@@ -800,3 +800,43 @@ def test_bytes_of_what_a_run_removes_meanwhile_count_as_nothing(tmp_path, monkey
     monkeypatch.setattr(inventory.os, "lstat", lambda path: (_ for _ in ()).throw(FileNotFoundError(path))
                         if str(path).endswith("gone") else lstat(path))
     assert inventory.allocated(folder) == _du(folder) - _du(folder / "gone")
+
+
+def test_only_a_folder_that_looks_like_a_store_is_taken_for_one(tmp_path):
+    store = tmp_path / "artifacts"
+    _logged_run(store)
+    (tmp_path / "link").symlink_to(store)
+    (tmp_path / "file").write_text("")
+    for path in (tmp_path / "link", tmp_path / "file", tmp_path / "missing"):
+        with pytest.raises(inventory.NotAStore) as refused:
+            inventory.check(path)
+        assert str(refused.value) == f"{path} is not a folder"
+    for name in ("f", "e", "d", "c", "b", "a"):
+        (store / name).mkdir()
+    with pytest.raises(inventory.NotAStore) as refused:
+        inventory.check(store)
+    assert str(refused.value) == f"{store} does not look like an artifact store: it holds a, b, c, d, e"
+
+
+def test_the_last_five_runs_of_a_dataset_keep_their_entries_by_default_and_ages_count_in_days(tmp_path):
+    store = tmp_path / "artifacts"
+    runs = [_logged_run(store) for _ in range(6)]
+    rows = _listing(store)
+    assert {name for name, row in rows.items() if row["recent_run"]} == set().union(*map(_five, runs[1:]))
+    long_ago = time.time() - 1000.004 * 86400
+    os.utime(store / runs[0]["train"], (long_ago, long_ago))
+    assert _listing(store)[runs[0]["train"]]["age_days"] == 1000.0
+
+
+def test_a_path_gone_while_the_store_is_listed_is_left_out_and_the_rest_listed(tmp_path, monkeypatch):
+    store = tmp_path / "artifacts"
+    run = _logged_run(store)
+    rows = inventory._rows
+
+    def one_gone_first(root):
+        yield inventory._row("entry", root / "train" / "0123456789abcdef", "train", "0123456789abcdef")
+        yield from rows(root)
+
+    monkeypatch.setattr(inventory, "_rows", one_gone_first)
+    listed = _listing(store)
+    assert "train/0123456789abcdef" not in listed and _five(run) <= set(listed)

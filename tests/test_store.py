@@ -383,3 +383,28 @@ def test_an_entry_only_partly_removed_is_left_out_of_sight_for_the_next_gc(tmp_p
     monkeypatch.setattr("engine.store.shutil.rmtree", rmtree)
     assert left is not None and left.name.startswith(f".evicted-{FP}-") and left.is_dir()
     assert not store.exists("preprocess", FP)
+
+
+def test_a_writer_that_finds_the_entry_published_keeps_it_or_replaces_it_if_broken(tmp_path):
+    store = ArtifactStore(tmp_path)
+    _publish(store, b"first")
+    _publish(store, b"second")  # a concurrent run published the same entry first: it stays
+    entry = store.entry("preprocess", FP)
+    assert (entry / "model.bin").read_bytes() == b"first" and store.problem("preprocess", FP) is None
+    (entry / "model.bin").write_bytes(b"broken")
+    _publish(store, b"third")  # a broken one is evicted and replaced
+    assert (entry / "model.bin").read_bytes() == b"third" and store.problem("preprocess", FP) is None
+    assert [p.name for p in (tmp_path / "preprocess").iterdir()] == [FP]
+
+
+def test_a_remote_file_planted_in_a_store_on_disk_is_refused_by_name(tmp_path, monkeypatch):
+    from engine import remote
+
+    monkeypatch.setenv(remote.CACHE_ENV, str(tmp_path / "cache"))
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / ".remote").write_text("s3://other/stolen\n")
+    with pytest.raises(StoreError) as refused:
+        ArtifactStore(tmp_path / "store")
+    assert str(refused.value) == (
+        f"{tmp_path / 'store'} holds {tmp_path / 'store' / '.remote'}, naming a bucket, but is not this host's copy of "
+        f"that bucket (under {remote.CACHE_ENV}); a store's bucket comes from its s3:// address alone: remove the file")
