@@ -44,6 +44,29 @@ def store(tmp_path) -> str:
     return str(tmp_path / "artifacts")
 
 
+@pytest.fixture
+def memory_bucket(tmp_path, monkeypatch):
+    """`s3://team/mnist` in memory (fsspec's memory file system standing in for s3fs): the file system, and
+    `host(name)`, the store in host `name`'s local copy of it (under tmp_path/<name>)."""
+    import s3fs
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    from engine import remote, store as store_module
+    from engine.store import ArtifactStore
+
+    monkeypatch.setattr(MemoryFileSystem, "store", {})
+    monkeypatch.setattr(MemoryFileSystem, "pseudo_dirs", [""])
+    fs = MemoryFileSystem(skip_instance_cache=True)
+    monkeypatch.setattr(s3fs, "S3FileSystem", lambda **options: fs)
+    monkeypatch.setattr(store_module, "_IN_BUCKET", set())
+
+    def host(name: str) -> ArtifactStore:
+        monkeypatch.setenv(remote.CACHE_ENV, str(tmp_path / name))
+        return ArtifactStore(remote.local_root("s3://team/mnist"))
+
+    return fs, host
+
+
 def _service(name: str, start, stop):
     """A service of the session's own, in a temporary folder on a free loopback port; stopped and removed after."""
     folder = Path(tempfile.mkdtemp(prefix=f"{name}-"))

@@ -278,3 +278,218 @@ def test_only_what_is_imported_for_annotations_stays_out_of_a_key(helper_package
     (helper_package / "stage.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
                                              "    from pkgx import unused\nelse:\n    from pkgx import helper\n")
     assert project_modules("pkgx.stage") == ["pkgx.helper", "pkgx.leaf", "pkgx.stage"]
+
+
+def test_stage_makes_a_cached_prefect_task_of_a_plain_function(tmp_path, monkeypatch):
+    """What `stage()` makes of a function of tasks/: its task's signature, key, retries and serializer, and a run."""
+    import inspect
+    import json
+
+    import prefect.artifacts
+
+    from engine import layout, retries
+
+    monkeypatch.setenv("MNIST_PIPELINE_STAGE_RETRIES", "3")
+    monkeypatch.setenv("MNIST_PIPELINE_RETRY_DELAYS_S", "2,5")
+    monkeypatch.setenv("MNIST_PIPELINE_RETRY_JITTER", "0.25")
+    seen = {}
+
+    def preprocess_dataset(out, raw, scale=2, *, work, log, downloads, progress, check_lock):
+        """What the stage computes."""
+        seen.update(raw=raw, scale=scale, work=work, log=log, downloads=downloads, check_lock=check_lock)
+        work.mkdir(parents=True)
+        (work / "checkpoint").write_text("kept between attempts")
+        progress(50.0)
+        (out / "weights.bin").write_bytes(b"w" * scale)
+        return {"train_count": 1, "validation_count": 0, "test_count": 1, "test_sha256": "0" * 64}
+
+    template = tmp_path / "page.j2"
+    template.write_text("{{ x }}")
+
+    def describe(inputs):
+        return {"raw_checksum": "c"}
+
+    # A stage is named by its module's last part.
+    for module in ("preprocess", "tasks.preprocess", "project.tasks.preprocess"):
+        preprocess_dataset.__module__ = module
+        assert caching.stage(preprocess_dataset, libraries=[]).cache_policy.stage == "preprocess"
+    preprocess_dataset.__module__ = "tasks.preprocess"
+    task = caching.stage(preprocess_dataset, libraries=["numpy"], describe_inputs=describe, files=[template])
+    assert task.name == task.fn.__name__ == task.fn.__qualname__ == "preprocess_dataset"
+    assert task.fn.__doc__ == "What the stage computes."
+    signature = inspect.signature(task.fn)
+    assert list(signature.parameters) == ["artifacts_dir", "raw", "scale"]  # the extras are the stage's own
+    assert signature.parameters["artifacts_dir"].annotation is str
+    assert signature.parameters["artifacts_dir"].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+    assert signature.return_annotation is PreparedRef
+    cache = task.cache_policy
+    assert (cache.stage, cache.module, cache.describe_inputs, cache.files, cache.libraries) == (
+        "preprocess", "tasks.preprocess", describe, (template,), ("numpy",))
+    assert (task.persist_result, task.result_serializer) == (True, "json")
+    assert (task.retries, task.retry_delay_seconds, task.retry_jitter_factor) == (3, [2.0, 5.0], 0.25)
+    assert task.retry_condition_fn is retries.worth_retrying
+
+    store = str(tmp_path / "store")
+    upstream = _golden_entry(store)
+    shown = []
+    monkeypatch.setattr(prefect.artifacts, "create_progress_artifact", lambda **made: shown.append(made["key"]))
+    monkeypatch.setattr(caching.TaskRunContext, "get", lambda: object())  # as in a task run
+    monkeypatch.setattr(caching, "get_run_logger", lambda: caching.log)
+    ref = task.fn(store, upstream)  # the plain function, computing the entry
+    assert ref.fingerprint == cache.fingerprint({"artifacts_dir": store, "raw": upstream, "scale": 2})
+    assert seen["raw"] == upstream.at(store) and seen["raw"].located_in == ArtifactStore(store).path(upstream)
+    assert seen["scale"] == 2 and seen["log"] is caching.log and seen["check_lock"] is caching._check_lock
+    assert seen["work"] == layout.work(store, "preprocess", ref.fingerprint) and not seen["work"].exists()
+    assert seen["downloads"] == Path(store) / layout.DOWNLOADS and shown == ["preprocess-progress"]
+    assert ArtifactStore(store).problem("preprocess", ref.fingerprint) is None
+    manifest = json.loads((ArtifactStore(store).path(ref) / layout.MANIFEST).read_text())
+    assert manifest["inputs"] == [upstream.name] and manifest["versions"] == caching.library_versions(("numpy",))
+    again = task.fn(artifacts_dir=store, raw=upstream, scale=3)
+    assert again.fingerprint != ref.fingerprint and seen["scale"] == 3
+
+
+def test_progress_is_one_artifact_made_at_the_first_report_then_updated(monkeypatch):
+    import prefect.artifacts
+
+    calls = []
+    monkeypatch.setattr(prefect.artifacts, "create_progress_artifact",
+                        lambda **made: calls.append(("create", made)) or "artifact-1")
+    monkeypatch.setattr(prefect.artifacts, "update_progress_artifact", lambda **update: calls.append(("update", update)))
+    outside = caching._progress_artifact("train")  # no task run: nobody to show it to
+    assert outside(12.34) is None and calls == []
+    monkeypatch.setattr(caching.TaskRunContext, "get", lambda: object())
+    report = caching._progress_artifact("train")
+    report(12.34)
+    report(50.06)
+    assert calls == [("create", {"progress": 12.3, "key": "train-progress", "description": "Share of the train stage done"}),
+                     ("update", {"artifact_id": "artifact-1", "progress": 50.1})]
+
+
+def _transaction(monkeypatch, key, lost=None):
+    """Prefect's transaction of a task run, as _check_lock and the fingerprint of a task run see it."""
+    from types import SimpleNamespace
+
+    class Locks:
+        def __init__(self):
+            self.asked = []
+
+        def lost(self, asked):
+            self.asked.append(asked)
+            return lost
+
+    transaction = SimpleNamespace(key=key, store=None if lost is None else SimpleNamespace(lock_manager=Locks()))
+    monkeypatch.setattr(caching, "get_transaction", lambda: transaction)
+    return transaction
+
+
+def test_a_lock_lost_while_the_run_was_stopped_stops_the_stage(monkeypatch):
+    from engine import retries
+
+    key = "train/0123456789abcdef/result.json"
+    monkeypatch.setattr(caching, "get_transaction", lambda: None)
+    caching._check_lock()  # no transaction (outside a flow): nothing to lose
+    _transaction(monkeypatch, key)
+    caching._check_lock()  # no store of records: no locks
+    transaction = _transaction(monkeypatch, key, lost=False)
+    caching._check_lock()
+    assert transaction.store.lock_manager.asked == [key]
+    _transaction(monkeypatch, key, lost=True)
+    with pytest.raises(retries.TransientError) as stopped:
+        caching._check_lock()
+    assert str(stopped.value) == ("the lock on train/0123456789abcdef expired while this run was stopped, and another "
+                                  "run took over that entry: this run stopped writing to it; run again to be served "
+                                  "its result")
+
+
+def test_a_task_run_reuses_the_fingerprint_prefect_computed_for_its_stage_only(monkeypatch):
+    monkeypatch.setattr(caching, "get_transaction", lambda: None)
+    assert caching._fingerprint_of_this_task_run("train") is None
+    _transaction(monkeypatch, "train/0123456789abcdef/result.json")
+    assert caching._fingerprint_of_this_task_run("train") == "0123456789abcdef"
+    assert caching._fingerprint_of_this_task_run("preprocess") is None
+    for key in (None, "train/0123456789abcdeg/result.json", "train/0123456789abcdef/other.json"):
+        _transaction(monkeypatch, key)
+        assert caching._fingerprint_of_this_task_run("train") is None
+
+
+def _golden_entry(store: str) -> PreparedRef:
+    cache = StageCache(stage="preprocess", module="tasks.preprocess")
+
+    def build(out, raw):
+        (out / "train_x.npy").write_bytes(b"the same bytes")
+        (out / "sub").mkdir()
+        (out / "sub" / "y.npy").write_bytes(b"and these")
+        return {"train_count": 3, "validation_count": 1, "test_count": 2, "test_sha256": "5" * 64}
+
+    return cache.produce(build, store, {"raw": "r"})
+
+
+def test_keys_stay_the_same_for_the_same_inputs_until_store_version_changes(tmp_path, monkeypatch):
+    """A store's entries are found again by later releases: a key changes with what the stage computes from
+    (pinned here with the source and library versions held fixed), or with STORE_VERSION, never by itself."""
+    from engine import layout
+    from tasks.params import TrainParams
+
+    upstream = _golden_entry(str(tmp_path))
+    assert ArtifactStore(tmp_path).content_digest(upstream) == (
+        "e731decb95fb0ef924961f0656b56f7a26f8afa22ba4486662753f4dfe6d697b")
+    monkeypatch.setattr(caching, "source_digest", lambda module, files=(): f"source of {module}, {list(files)}")
+    monkeypatch.setattr(caching, "library_versions", lambda names: {name: "1.0" for name in names})
+    cache = StageCache(stage="train", module="tasks.train", libraries=("numpy",),
+                       describe_inputs=lambda inputs: {"seed_twice": inputs["params"].seed * 2})
+    params = TrainParams(epochs=1, batch_size=8, learning_rate=0.001, lr_schedule="constant", seed=3)
+    inputs = {"artifacts_dir": str(tmp_path), "data": upstream, "params": params, "mirror": Path("/data/mnist")}
+    assert layout.STORE_VERSION == 4
+    assert cache.fingerprint(inputs) == "48ca172ad4d67112"
+
+
+def test_the_key_follows_the_files_a_stage_reads_and_what_describe_inputs_makes_of_its_inputs(tmp_path):
+    template = tmp_path / "report.md.j2"
+    template.write_text("{{ accuracy }}")
+    cache = StageCache(stage="report", module="tasks.report", files=(template,),
+                       describe_inputs=lambda inputs: {"checksum": inputs["mirror"].upper()})
+    before = cache.fingerprint({"mirror": "a"})
+    assert cache.fingerprint({"mirror": "b"}) != before
+    template.write_text("{{ accuracy }} and more")
+    source_digest.cache_clear()  # a process reads each source once
+    assert cache.fingerprint({"mirror": "a"}) != before
+
+
+def test_a_module_without_source_is_named(helper_package):
+    with pytest.raises(ValueError, match="^module pkgx.missing has no source file$"):
+        caching._source("pkgx.missing")
+
+
+def test_produce_writes_the_entry_prefect_keyed_this_task_run_under(tmp_path, monkeypatch):
+    """The entry is where Prefect's record key says, even if the inputs' key has moved on since."""
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(caching, "get_transaction", lambda: SimpleNamespace(
+        key="preprocess/00000000000000aa/result.json", store=None))
+    cache = StageCache(stage="preprocess", module="tasks.preprocess")
+    ref = cache.produce(_write, str(tmp_path), {"raw": "r"})
+    assert ref.fingerprint == "00000000000000aa" and ArtifactStore(tmp_path).problem("preprocess", ref.fingerprint) is None
+
+
+def test_a_served_entry_that_its_bucket_lacks_is_uploaded(memory_bucket):
+    fs, host = memory_bucket
+    copy = host("host-a")
+    cache = StageCache(stage="preprocess", module="tasks.preprocess")
+    ref = cache.produce(_write, str(copy.root), {"raw": "r"})
+    fs.rm(f"team/mnist/preprocess/{ref.fingerprint}", recursive=True)
+    from engine import store as store_module
+
+    store_module._IN_BUCKET.clear()
+
+    def must_not_build(out, raw):
+        raise AssertionError("built again")
+
+    assert cache.produce(must_not_build, str(copy.root), {"raw": "r"}) == ref
+    assert fs.exists(f"team/mnist/preprocess/{ref.fingerprint}/manifest.json")
+
+
+def test_the_run_logger_is_prefects_inside_a_task_run(monkeypatch):
+    assert caching.run_logger() is caching.log
+    monkeypatch.setattr(caching.TaskRunContext, "get", lambda: object())
+    monkeypatch.setattr(caching, "get_run_logger", lambda: "prefect's run logger")
+    assert caching.run_logger() == "prefect's run logger"

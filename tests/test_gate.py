@@ -5,6 +5,7 @@ import pytest
 from engine import champions, layout
 from flows import gate
 from engine.locking import FileLockManager
+from engine.store import StoreError
 from tasks.refs import MetricsRef, ModelRef
 
 
@@ -140,3 +141,89 @@ def test_promotions_cannot_ratchet_down():
     passed = [_decide(store, f"{i:016x}", accuracy, f"run-{i}").passed for i, accuracy in enumerate(accuracies)]
     assert passed == [True, True, False, False, False]
     assert champions.read_champion(store, "mnist").best == {TEST_DATA: 0.990}
+
+
+def test_the_bar_is_the_best_promoted_on_the_same_test_data_the_record_itself_included():
+    older = champions.Champion(model="a" * 16, test_accuracy=0.97, flow_run_id="r", test_sha256=TEST_DATA)
+    assert older.bar(TEST_DATA) == 0.97  # a record from before `best` was kept
+    assert older.bar("o" * 64) is None
+    champion = older.model_copy(update={"best": {TEST_DATA: 0.99, "o" * 64: 0.95}})
+    assert (champion.bar(TEST_DATA), champion.bar("o" * 64), champion.bar("n" * 64)) == (0.99, 0.95, None)
+    assert older.model_copy(update={"best": {TEST_DATA: 0.96}}).bar(TEST_DATA) == 0.97
+
+
+def test_the_gates_reasons_word_for_word():
+    assert gate.judge(0.98, threshold=0.97, bar=None).reason == "test accuracy 0.9800 reaches the threshold 0.9700"
+    held = gate.judge(0.99, threshold=0.97, bar=0.99)
+    assert held.reason == ("test accuracy 0.9900 reaches the threshold 0.9700 and holds against 0.9900, the best "
+                           "promoted on the same test data") and held.champion_accuracy == 0.99
+    alone = gate.judge(0.97, threshold=0.95, bar=None, other_data=True)
+    assert alone.reason == ("test accuracy 0.9700 reaches the threshold 0.9500; the champion was measured on other "
+                            "test data, so it was judged against the threshold alone")
+    under = gate.judge(0.95, threshold=0.97, bar=0.99)
+    assert under.reason == "test accuracy 0.9500 is under the threshold 0.9700" and under.champion_accuracy == 0.99
+    below = gate.judge(0.98, threshold=0.97, bar=0.99)
+    assert below.reason == ("test accuracy 0.9800 is more than 0.005 under 0.9900, the best promoted on the same "
+                            "test data")
+
+
+def test_the_best_of_every_test_data_is_kept_through_promotions(tmp_path):
+    store = str(tmp_path)
+    data = {name: name * 64 for name in "abc"}
+    # An older record: no `best`, its accuracy measured on a.
+    champions.write_champion(store, "mnist", champions.Champion(model="0" * 16, test_accuracy=0.98,
+                                                                flow_run_id="old", test_sha256=data["a"]))
+    for fingerprint, accuracy, test_data in (("1" * 16, 0.975, data["b"]), ("2" * 16, 0.971, data["c"])):
+        assert _decide(store, fingerprint, accuracy, f"run-{fingerprint}", test_data).passed
+    assert champions.read_champion(store, "mnist").best == {data["a"]: 0.98, data["b"]: 0.975, data["c"]: 0.971}
+
+
+def test_a_champion_record_that_cannot_be_read_names_why(tmp_path):
+    store = str(tmp_path)
+    path = layout.champion(store, "mnist")
+    path.parent.mkdir(parents=True)
+    path.mkdir()  # a folder where the record should be
+    with pytest.raises(champions.ChampionDamaged) as damaged:
+        champions.read_champion(store, "mnist")
+    assert str(damaged.value) == f"the mnist champion record {path} is damaged ([Errno 21] Is a directory: '{path}')"
+    path.rmdir()
+    path.write_text('{"model": "' + "a" * 16 + '", "test_accuracy": 2, "flow_run_id": "r"}')
+    with pytest.raises(champions.ChampionDamaged) as damaged:
+        champions.read_champion(store, "mnist")
+    assert str(damaged.value) == (f"the mnist champion record {path} is damaged "
+                                  "(Input should be less than or equal to 1)")
+
+
+def test_a_damaged_record_is_moved_aside_with_the_time_in_its_name_or_the_failure_is_named(tmp_path, monkeypatch):
+    import os
+    import re
+
+    store = str(tmp_path)
+    path = layout.champion(store, "mnist")
+    path.parent.mkdir(parents=True)
+    path.write_text("42")
+
+    def refuse(src, dst):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(StoreError) as refused:
+        champions.read_for_update(store, "mnist")
+    assert str(refused.value) == f"cannot write the mnist champion record {path}: Permission denied"
+    monkeypatch.undo()
+    assert champions.read_for_update(store, "mnist") is None
+    [evidence] = path.parent.iterdir()
+    assert re.fullmatch(r"mnist\.json\.damaged-\d{8}T\d{6}", evidence.name), evidence.name
+
+
+def test_a_champion_record_is_written_into_a_new_store_and_rewritten(tmp_path):
+    store = str(tmp_path / "new" / "artifacts")
+    record = champions.Champion(model="a" * 16, test_accuracy=0.9, flow_run_id="r")
+    champions.write_champion(store, "mnist", record)
+    champions.write_champion(store, "mnist", record.model_copy(update={"flow_run_id": "s"}))
+    assert champions.read_champion(store, "mnist").flow_run_id == "s"
+    (tmp_path / "file").write_text("")
+    with pytest.raises(StoreError) as refused:
+        champions.write_champion(str(tmp_path / "file"), "mnist", record)
+    assert str(refused.value) == (f"cannot write the mnist champion record {tmp_path / 'file' / 'champions' / 'mnist.json'}"
+                                  ": Not a directory")

@@ -501,3 +501,342 @@ def test_an_entry_only_partly_removed_is_not_counted_as_freed(tmp_path, monkeypa
     captured = capsys.readouterr()
     assert json.loads(captured.out) == {"removed": 0, "skipped": 5, "freed_bytes": 0}
     assert "part of it is left in .evicted-" in captured.err
+
+
+def _listing(store: Path, **options) -> dict:
+    """inventory()'s rows by path relative to the store (`.` for the store itself)."""
+    return {os.fsdecode(os.path.relpath(row["path"], store)): row
+            for row in inventory.inventory(store, **options).to_dict("records")}
+
+
+def _folder_only(path: Path) -> int:
+    return path.lstat().st_blocks * 512
+
+
+def test_the_store_lists_every_path_once_with_its_bytes_and_what_keeps_it(tmp_path):
+    store = tmp_path / "artifacts"
+    champion = _logged_run(store)
+    newer = _logged_run(store)
+    fashion = _logged_run(store, "fashion_mnist", reuse={"download": champion["download"]})
+    _crown(store, champion)
+    _crown(store, fashion, dataset="fashion_mnist")
+    report = store / "runs" / newer["flow_run_id"] / "report.md"
+    report.parent.mkdir(parents=True)
+    report.write_text("# a run")
+    (store / "runs" / os.fsdecode(b"r\xff")).mkdir()
+    checkpoint = store / "train" / ".work" / "0123456789abcdef"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "ckpt.keras").write_bytes(b"c" * 3000)
+    (store / "train" / ".work" / "notes").write_text("the user's")
+    leftover = store / "train" / ".tmp-fedcba9876543210-0badcafe"
+    leftover.mkdir()
+    (store / "train" / "NOTES.txt").write_text("the user's")
+    aged = store / newer["train"]
+    now = time.time()
+    os.utime(aged, (now - 1.23456 * 86400, now - 1.23456 * 86400))
+
+    rows = _listing(store, keep_runs=1)
+    assert sum(row["bytes"] for row in rows.values()) == _du(store)
+    assert list(inventory.inventory(store).columns) == ["kind", "stage", "fingerprint", "bytes", "age_days",
+                                                        "last_run", "champion", "recent_run", "local_only",
+                                                        "flow_run_id", "path"]
+    kinds = {name: (row["kind"], row["stage"], row["fingerprint"]) for name, row in rows.items()}
+    entries = {f"{stage}/{fingerprint}" for kind, stage, fingerprint in kinds.values() if kind == "entry"}
+    assert entries == _entries(store) - {"train/NOTES.txt"} > _five(champion) | _five(newer) | _five(fashion)
+    assert all(kinds[entry] == ("entry", *entry.split("/")) for entry in entries)
+    assert {name: kind for name, kind in kinds.items() if name not in entries} == {
+        ".": ("store", "", ""), "runs.jsonl": ("store", "", ""), "champions": ("store", "", ""),
+        "runs": ("store", "", ""), f"runs/{newer['flow_run_id']}": ("run report", "", ""),
+        os.fsdecode(b"runs/r\xff"): ("run report", "", ""),
+        **{stage: ("store", stage, "") for stage in STAGES},
+        "train/.work": ("store", "train", ""), "train/.work/0123456789abcdef": ("checkpoint", "train", "0123456789abcdef"),
+        "train/.work/notes": ("foreign", "train", ""), "train/.tmp-fedcba9876543210-0badcafe":
+            ("leftover", "train", "fedcba9876543210"), "train/NOTES.txt": ("foreign", "train", "")}
+    # A folder's own block for the store's folders, the whole of it for everything else.
+    for name in (".", "runs", "train", "train/.work", *STAGES):
+        assert rows[name]["bytes"] == _folder_only(store / name), name
+    for name in ("champions", "train/.work/0123456789abcdef", newer["train"], f"runs/{newer['flow_run_id']}"):
+        assert rows[name]["bytes"] == _du(store / name) > _folder_only(store / name), name
+    assert rows[os.fsdecode(b"runs/r\xff")]["flow_run_id"] == "r\\xff"
+    assert rows[f"runs/{newer['flow_run_id']}"]["flow_run_id"] == newer["flow_run_id"]
+    assert rows[newer["train"]]["age_days"] == 1.23 and rows[newer["preprocess"]]["age_days"] == 0.0
+    # What keeps each entry: the champions' lineages (and their runs), the last run of each dataset.
+    assert rows[champion["download"]]["champion"] == "fashion_mnist, mnist"
+    assert {rows[entry]["champion"] for entry in _five(champion) - {champion["download"]}} == {"mnist"}
+    assert {rows[entry]["champion"] for entry in _five(newer)} == {""}
+    assert {entry for entry in entries if rows[entry]["recent_run"]} == _five(newer) | _five(fashion)
+    # The last run that used each entry.
+    assert rows[champion["download"]]["last_run"] == fashion["flow_run_id"]
+    assert {rows[entry]["last_run"] for entry in _five(champion) - {champion["download"]}} == {champion["flow_run_id"]}
+    assert {rows[entry]["last_run"] for entry in _five(newer)} == {newer["flow_run_id"]}
+    assert rows["train/.work/0123456789abcdef"]["last_run"] == "" and not any(r["local_only"] for r in rows.values())
+    assert {name for name, row in rows.items() if row["flow_run_id"] == row["flow_run_id"] and row["flow_run_id"]} == {
+        f"runs/{newer['flow_run_id']}", os.fsdecode(b"runs/r\xff")}
+    # keep_runs: the last 5 of each dataset by default.
+    assert all(_listing(store)[entry]["recent_run"] for entry in _five(champion) | _five(newer) | _five(fashion))
+
+
+def test_an_entry_in_a_hosts_copy_that_its_bucket_lacks_is_local_only(memory_bucket):
+    from engine.refs import ref_type
+
+    fs, host = memory_bucket
+    copy = host("host-a")
+    names = []
+    for fingerprint in ("0123456789abcdef", "fedcba9876543210"):
+        with copy.writing("evaluate", fingerprint) as folder:
+            (folder / "ref.json").write_text(ref_type("evaluate")(
+                stage="evaluate", fingerprint=fingerprint, test_accuracy=0.5, test_loss=1.0, test_count=2,
+                test_sha256="a" * 64).model_dump_json())
+        names.append(f"evaluate/{fingerprint}")
+    leftover = copy.root / "evaluate" / ".tmp-0123456789abcdef-0badcafe"
+    leftover.mkdir()
+    fs.rm("team/mnist/evaluate/fedcba9876543210", recursive=True)
+    from engine import store as store_module
+
+    store_module._IN_BUCKET.clear()  # a new process: what the bucket holds is asked again
+    rows = _listing(copy.root)
+    assert {name for name, row in rows.items() if row["local_only"]} == {"evaluate/fedcba9876543210"}
+    assert rows["evaluate/.tmp-0123456789abcdef-0badcafe"]["kind"] == "leftover"
+
+
+def test_clean_says_what_it_removed_and_freed_and_a_dry_run_removes_nothing(tmp_path):
+    store = tmp_path / "artifacts"
+    old, new = _logged_run(store), _logged_run(store)
+    assert inventory.clean(store, keep_runs=2)[1]["removed"] == 0  # both runs kept; the store's lock file made
+    leftover = store / "train" / ".evicted-0123456789abcdef-12345678"
+    leftover.mkdir()
+    (leftover / "file").write_bytes(b"z" * 5000)
+    before, size, paths = _entries(store), _du(store), sorted(store.rglob("*"))
+    doomed, summary = inventory.clean(store, keep_runs=1, remove=False)
+    assert summary == {"removed": 0, "skipped": 0, "freed_bytes": 0, "store_bytes": size, "skipped_paths": []}
+    assert sorted(store.rglob("*")) == paths and _du(store) == size  # a dry run takes no lock, writes nothing
+    assert {f"{r['stage']}/{r['fingerprint']}" for _, r in doomed.iterrows()} == _five(old) | {
+        "train/0123456789abcdef"}
+    planned = int(doomed["bytes"].sum())
+    doomed, summary = inventory.clean(store, keep_runs=1)
+    assert summary == {"removed": 6, "skipped": 0, "freed_bytes": planned, "store_bytes": size - planned,
+                       "skipped_paths": []}
+    assert _entries(store) == _five(new) and not leftover.exists()
+    assert inventory.clean(store, keep_runs=1)[1]["removed"] == 0
+
+
+def test_gc_skips_an_entry_a_run_holds_and_lets_go_of_each_lock(tmp_path):
+    store = tmp_path / "artifacts"
+    old, new = _logged_run(store), _logged_run(store)
+    busy = old["download"]  # the first gc comes to: the rest still go
+    locks = FileLockManager(store / ".locks")
+    assert locks.acquire_lock(record_key(*busy.split("/")), "a-run")
+    try:
+        doomed, summary = inventory.clean(store, keep_runs=1)
+    finally:
+        locks.release_lock(record_key(*busy.split("/")), "a-run")
+    assert summary["removed"] == 4 and summary["skipped_paths"] == [f"{store / busy} (in use by a run)"]
+    assert _entries(store) == _five(new) | {busy}
+    # Every lock gc took is free again: a run takes them at once.
+    for name in _five(new) | {busy}:
+        assert locks.acquire_lock(record_key(*name.split("/")), "a-run", acquire_timeout=0)
+        locks.release_lock(record_key(*name.split("/")), "a-run")
+    assert inventory.clean(store, keep_runs=1)[1]["removed"] == 1
+
+
+def test_leftovers_are_removed_a_link_as_a_link_and_what_stays_says_why(tmp_path, monkeypatch, capsys):
+    store = tmp_path / "artifacts"
+    _logged_run(store)
+    outside = tmp_path / "precious"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("not the store's")
+    link = store / "train" / ".evicted-0123456789abcdef-12345678"
+    link.symlink_to(outside)
+    half_written = store / "train" / ".tmp-0123456789abcdef-0badcafe"
+    half_written.write_text("a file, not a folder")
+    assert inventory.clean(store, keep_runs=1)[1]["removed"] == 2
+    assert not os.path.lexists(link) and not half_written.exists() and (outside / "keep.txt").exists()
+    # A file that cannot be removed says why, in the words of the system; a folder that stays, that it did.
+    stuck = store / "train" / ".tmp-0123456789abcdef-00000001"
+    stuck.write_text("z")
+    from pathlib import Path as RealPath
+
+    unlink = RealPath.unlink
+
+    def refuse(self, missing_ok=False):
+        if self == stuck:
+            raise PermissionError(13, "Permission denied", str(self))
+        return unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(RealPath, "unlink", refuse)
+    assert inventory.clean(store, keep_runs=1)[1]["skipped_paths"] == [f"{stuck} (cannot be removed: Permission denied)"]
+    monkeypatch.undo()
+    stuck.unlink()
+    stays = store / "train" / ".tmp-0123456789abcdef-00000002"
+    stays.mkdir()
+    monkeypatch.setattr(inventory.shutil, "rmtree", lambda path, onerror: None)  # reports nothing, removes nothing
+    assert inventory.clean(store, keep_runs=1)[1]["skipped_paths"] == [f"{stays} (cannot be removed: still there)"]
+
+
+def test_a_lineage_follows_every_input_its_manifests_name_and_only_entry_names(tmp_path):
+    store = tmp_path / "artifacts"
+    run = _logged_run(store)
+    report = run["report"].split("/")[1]
+    assert inventory.lineage(store, "report", report) == _five(run)  # inputs met twice on the way
+    # An input gone (evicted a moment ago) ends its own branch only.
+    import shutil
+
+    shutil.rmtree(store / run["download"])
+    assert inventory.lineage(store, "report", report) == _five(run)
+    # Names that are not `<stage>/<fingerprint>` are never followed.
+    manifest = json.loads((store / run["report"] / "manifest.json").read_text())
+    manifest["inputs"] = ["../../etc", 42, run["evaluate"]]
+    (store / run["report"] / "manifest.json").write_text(json.dumps(manifest))
+    assert inventory.lineage(store, "report", report) == _five(run)
+
+
+@pytest.mark.parametrize("how", ["champions a file", "record a link to nothing"])
+def test_what_gc_cannot_judge_is_named(tmp_path, how):
+    store = tmp_path / "artifacts"
+    _crown(store, _logged_run(store))
+    folder = store / "champions"
+    if how == "champions a file":
+        (folder / "mnist.json").unlink()
+        folder.rmdir()
+        folder.write_text("")
+        message = f"the champion records in {folder} cannot be listed (Not a directory); gc removes nothing until they can"
+    else:
+        (folder / "mnist.json").unlink()
+        (folder / "mnist.json").symlink_to(tmp_path / "offline" / "mnist.json")
+        message = (f"the mnist champion record {folder / 'mnist.json'} cannot be opened; gc removes nothing until it "
+                   "is repaired or moved aside")
+    with pytest.raises(inventory.CannotJudge) as refused:
+        inventory.clean(store, keep_runs=0)
+    assert str(refused.value) == message
+
+
+def test_a_champion_record_removed_while_gc_reads_leaves_the_others_judged(tmp_path, monkeypatch):
+    store = tmp_path / "artifacts"
+    fashion, mnist = _logged_run(store, "fashion_mnist"), _logged_run(store)
+    _crown(store, fashion, dataset="fashion_mnist")
+    _crown(store, mnist)
+    read = inventory.read_champion
+    from engine import layout
+
+    def removed_meanwhile(root, dataset):
+        if dataset == "fashion_mnist":  # listed, then removed before it was read
+            layout.champion(root, dataset).unlink()
+        return read(root, dataset)
+
+    monkeypatch.setattr(inventory, "read_champion", removed_meanwhile)
+    inventory.clean(store, keep_runs=0)
+    assert _entries(store) == _five(mnist)
+
+
+def test_older_than_never_takes_what_a_champion_or_a_recent_run_keeps_and_counts_the_day_itself(tmp_path):
+    store = tmp_path / "artifacts"
+    champion, old, recent = _logged_run(store), _logged_run(store), _logged_run(store)
+    _crown(store, champion)
+    week_ago = time.time() - 7 * 86400
+    for name in _entries(store):
+        os.utime(store / name, (week_ago, week_ago))
+    inventory.clean(store, keep_runs=1, older_than_days=7)
+    assert _entries(store) == _five(champion) | _five(recent)
+    assert not _five(old) & _entries(store)
+
+
+def test_gc_of_a_hosts_copy_of_a_bucket_prunes_the_copy_only(memory_bucket):
+    fs, host = memory_bucket
+    copy = host("host-a")
+    store = copy.root
+    old, new = _logged_run(store), _logged_run(store)
+    inventory.clean(store, keep_runs=1)
+    assert _entries(store) == _five(new)
+    assert {f"{stage}/{fingerprint}" for stage, fingerprint in (
+        key.strip("/").split("/")[2:4] for key in fs.find("team/mnist"))} == _five(old) | _five(new)
+
+
+def test_an_entry_gc_cannot_remove_says_why_in_the_systems_words(tmp_path, monkeypatch):
+    from pathlib import Path as RealPath
+
+    store, outside = tmp_path / "artifacts", tmp_path / "elsewhere"
+    (store / "train").mkdir(parents=True)
+    outside.mkdir()
+    link = store / "train" / "0123456789abcdef"
+    link.symlink_to(outside)
+    unlink = RealPath.unlink
+
+    def refuse(self, missing_ok=False):
+        if self == link:
+            raise PermissionError(13, "Permission denied", str(self))
+        return unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(RealPath, "unlink", refuse)
+    assert inventory.clean(store, keep_runs=0)[1]["skipped_paths"] == [f"{link} (cannot be removed: Permission denied)"]
+
+
+def test_gc_during_a_run_removes_nothing_and_says_so(tmp_path):
+    from engine import locking
+
+    store = tmp_path / "artifacts"
+    _logged_run(store)
+    before = _entries(store)
+    with locking.run_in_progress(FileLockManager(store / ".locks").open(), ArtifactStore(store).identity):
+        with pytest.raises(inventory.RunsInProgress) as refused:
+            inventory.clean(store, keep_runs=0)
+    assert str(refused.value) == "a run (or another gc) is in progress in this store: gc removes nothing until it ends"
+    assert _entries(store) == before
+
+
+def test_a_dry_run_makes_no_locks_folder(tmp_path):
+    store = tmp_path / "artifacts"
+    _logged_run(store)
+    inventory.clean(store, keep_runs=0, remove=False)
+    assert not (store / ".locks").exists()
+
+
+def test_bytes_of_what_a_run_removes_meanwhile_count_as_nothing(tmp_path, monkeypatch):
+    folder = tmp_path / "entry"
+    folder.mkdir()
+    (folder / "gone").write_bytes(b"x" * 5000)
+    (folder / "kept").write_bytes(b"y" * 5000)
+    assert inventory.allocated(tmp_path / "missing") == 0
+    lstat = os.lstat
+    monkeypatch.setattr(inventory.os, "lstat", lambda path: (_ for _ in ()).throw(FileNotFoundError(path))
+                        if str(path).endswith("gone") else lstat(path))
+    assert inventory.allocated(folder) == _du(folder) - _du(folder / "gone")
+
+
+def test_only_a_folder_that_looks_like_a_store_is_taken_for_one(tmp_path):
+    store = tmp_path / "artifacts"
+    _logged_run(store)
+    (tmp_path / "link").symlink_to(store)
+    (tmp_path / "file").write_text("")
+    for path in (tmp_path / "link", tmp_path / "file", tmp_path / "missing"):
+        with pytest.raises(inventory.NotAStore) as refused:
+            inventory.check(path)
+        assert str(refused.value) == f"{path} is not a folder"
+    for name in ("f", "e", "d", "c", "b", "a"):
+        (store / name).mkdir()
+    with pytest.raises(inventory.NotAStore) as refused:
+        inventory.check(store)
+    assert str(refused.value) == f"{store} does not look like an artifact store: it holds a, b, c, d, e"
+
+
+def test_the_last_five_runs_of_a_dataset_keep_their_entries_by_default_and_ages_count_in_days(tmp_path):
+    store = tmp_path / "artifacts"
+    runs = [_logged_run(store) for _ in range(6)]
+    rows = _listing(store)
+    assert {name for name, row in rows.items() if row["recent_run"]} == set().union(*map(_five, runs[1:]))
+    long_ago = time.time() - 1000.004 * 86400
+    os.utime(store / runs[0]["train"], (long_ago, long_ago))
+    assert _listing(store)[runs[0]["train"]]["age_days"] == 1000.0
+
+
+def test_a_path_gone_while_the_store_is_listed_is_left_out_and_the_rest_listed(tmp_path, monkeypatch):
+    store = tmp_path / "artifacts"
+    run = _logged_run(store)
+    rows = inventory._rows
+
+    def one_gone_first(root):
+        yield inventory._row("entry", root / "train" / "0123456789abcdef", "train", "0123456789abcdef")
+        yield from rows(root)
+
+    monkeypatch.setattr(inventory, "_rows", one_gone_first)
+    listed = _listing(store)
+    assert "train/0123456789abcdef" not in listed and _five(run) <= set(listed)

@@ -150,3 +150,21 @@ def test_prefects_writes_leave_the_entry_as_it_is(entry):
     before = sorted(p.name for p in folder.iterdir())
     EntryRecords(basepath=str(root)).write_path(record_key(ref.stage, ref.fingerprint), b"anything")
     assert sorted(p.name for p in folder.iterdir()) == before
+
+
+def test_the_record_made_from_an_entry_names_json_and_the_entry(entry):
+    """What Prefect gets: a JSON record of the entry's reference, its storage key inside the entry, never pickle."""
+    import asyncio
+
+    root, ref = entry
+    key = record_key(ref.stage, ref.fingerprint)
+    records = EntryRecords(basepath=str(root))
+    blob = json.loads(records.read_path(key))
+    assert blob["metadata"]["serializer"]["type"] == "json"
+    assert blob["metadata"]["storage_key"] == str(ArtifactStore(root).path(ref) / "result.json")
+    assert json.loads(blob["result"])["data"] == json.loads(ref.model_dump_json())
+    assert asyncio.run(records.aread_path(key)) == records.read_path(key)
+    # Prefect's writes are dropped, and it is told where the record is.
+    assert records.write_path(key, b"anything") == str(root / key)
+    assert asyncio.run(records.awrite_path(key, b"anything")) == str(root / key)
+    assert not (root / key).exists()
