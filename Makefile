@@ -47,11 +47,11 @@ system-deps:
 run: install
 	$(BIN)/mnist-pipeline run $(ARGS)
 
-test: install system-deps
+test: install system-deps data
 	$(BIN)/python -m pytest $(LANES) $(PYTEST_ARGS)
 
 # The everyday lane: no Prefect server, no browser, no flow run end to end.
-test-fast: install
+test-fast: install data
 	$(BIN)/python -m pytest -m "not e2e" $(LANES) $(PYTEST_ARGS)
 
 # Mutation testing (mutmut) of the store, the cache policy, the champion records and the gate, gc and

@@ -226,8 +226,12 @@ def predict(args: argparse.Namespace) -> int:
     try:
         images = [prediction.prepare(path, invert) for path in args.images]
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        model = prediction.load_model(args.model or prediction.champion_model(
-            remote.store_root(args.artifacts_dir), args.dataset))
+        if args.model:
+            used, model_file = {"path": str(args.model)}, args.model
+        else:
+            fingerprint, model_file = prediction.champion_model(remote.store_root(args.artifacts_dir), args.dataset)
+            used = {"dataset": args.dataset, "fingerprint": fingerprint, "path": str(model_file)}
+        model = prediction.load_model(model_file)
     except (prediction.NotAnImage, prediction.ModelUnreadable, ChampionDamaged, FileNotFoundError) as error:
         print(f"{PROG}: error: {shown(str(error))}", file=sys.stderr)
         return EXIT_INVALID
@@ -235,9 +239,12 @@ def predict(args: argparse.Namespace) -> int:
     results = [{"image": shown(str(path)), "class": int(p.argmax()),
                 "probabilities": [round(float(x), 6) for x in p]}
                for path, p in zip(args.images, probabilities)]
+    used = {key: shown(value) for key, value in used.items()}
     if args.json:
-        print(json.dumps(results))
+        print(json.dumps({"model": used, "predictions": results}))
     else:
+        print(f"model: the {used['dataset']} champion {used['fingerprint']} ({used['path']})" if "dataset" in used
+              else f"model: {used['path']}")
         for result in results:
             top = result["probabilities"][result["class"]]
             print(f"{result['image']}: {result['class']} ({top:.1%})")
