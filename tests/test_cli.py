@@ -368,13 +368,13 @@ def test_mirror_file_still_being_copied_is_retried(tmp_path, server):
     assert download["state"] == "Completed" and download["attempts"] == 2
 
 
-def test_the_readme_lists_every_flow_parameter_with_its_description():
+def test_the_operations_guide_lists_every_flow_parameter_with_its_description():
     import re
 
     from flows.pipeline import mnist_pipeline
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    table = dict(re.findall(r"^\| `(\w+)` \| (.+?) \|$", readme.split("| field | description |")[1].split("\n\n")[0],
+    guide = (Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text()
+    table = dict(re.findall(r"^\| `(\w+)` \| (.+?) \|$", guide.split("| field | description |")[1].split("\n\n")[0],
                             re.MULTILINE))
     schema = mnist_pipeline.parameters.model_dump()["properties"]
     assert table == {name: field["description"] for name, field in schema.items()}
