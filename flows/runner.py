@@ -22,6 +22,7 @@ from flows import gate
 from engine.caching import EntryRecords
 from flows.gate import GateResult
 from engine.refs import EntryRef
+from tasks.params import TrainParams
 from tasks.refs import MetricsRef, ModelRef, ReportRef
 from engine.retries import INTERRUPTED, PermanentError, TransientError
 from engine.settings import settings
@@ -29,8 +30,9 @@ from engine.store import ArtifactStore, StoreError, store_errors, write_atomical
 
 # The flow run's state when its model did not pass the quality gate.
 NOT_PROMOTED = "NotPromoted"
-# How many earlier runs of the same dataset a run's report compares against.
+# How many earlier runs of the same dataset a run's report compares against, and what it shows of each.
 PREVIOUS_RUNS = 5
+EARLIER_COLUMNS = ["epochs", "batch_size", "learning_rate", "validation_accuracy", "test_accuracy", "gate_passed"]
 
 
 # The quality gate's verdict, a task of its own in the UI.
@@ -187,7 +189,8 @@ class StageRunner:
             summary.update(extra)  # what a flow adds to the summary (a sweep's comparison)
             # The stage's report with what only this run knows (stage times, earlier runs).
             undo.callback(shutil.rmtree, folder, ignore_errors=True)
-            write_run_report(self.artifacts_dir, folder, report, metrics, cfg.dataset, verdict, self.stages)
+            write_run_report(self.artifacts_dir, folder, report, model, metrics, cfg.train, cfg.dataset, verdict,
+                             self.stages)
             summary["run_report"] = str(folder / reports.REPORT_HTML)
             line = {
                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -216,24 +219,37 @@ class StageRunner:
         return Completed(name=NOT_PROMOTED, message=f"not promoted: {verdict.reason}", data=summary)
 
 
-def write_run_report(artifacts_dir: str, folder: Path, report: ReportRef, metrics: MetricsRef, dataset: str,
-                     gate: GateResult, stages: dict[str, dict]) -> None:
-    """This run's report in `folder`: the stage's, with the gate's verdict, stage times and earlier runs."""
+def write_run_report(artifacts_dir: str, folder: Path, report: ReportRef, model: ModelRef, metrics: MetricsRef,
+                     params: TrainParams, dataset: str, gate: GateResult, stages: dict[str, dict]) -> None:
+    """This run's report in `folder`: the stage's, with a summary under its title (the gate's verdict and the
+    run's parameters), and the stage times and earlier runs at its end."""
     entry = ArtifactStore(artifacts_dir).path(report)
     timing = [{"stage": stage, **{k: record[k] for k in ("state", "seconds", "attempts")}}
               for stage, record in stages.items()]
-    earlier = [run for run in runlog.records(artifacts_dir) if run["dataset"] == dataset][-PREVIOUS_RUNS:]
-    columns = ["finished", "test_data", "sizes", "epochs", "batch_size", "learning_rate", "lr_schedule",
-               "validation_accuracy", "test_accuracy", "gate_passed"]
-    text = (entry / reports.REPORT_MD).read_text() + reports.render(
+    title, _, body = (entry / reports.REPORT_MD).read_text().partition("\n")
+    summary = reports.render("summary.md.j2", gate=gate, metrics=metrics, model=model, params=params.model_dump())
+    text = title + "\n" + summary + body + reports.render(
         "run.md.j2", gate=gate, timing=timing, dataset=dataset, metrics=metrics,
-        earlier=[{column: run.get(column) for column in columns} for run in earlier] or None)
+        earlier=_earlier_runs(artifacts_dir, dataset) or None)
     folder.mkdir(parents=True, exist_ok=True)
     # The report's images beside it, so both pages read them by name.
     for image in entry.glob("*.png"):
         shutil.copyfile(image, folder / image.name)
     write_atomically(folder / reports.REPORT_MD, text)
     write_atomically(folder / reports.REPORT_HTML, reports.to_html(text, folder))
+
+
+def _earlier_runs(artifacts_dir: str, dataset: str) -> list[dict[str, Any]]:
+    """The dataset's last runs in the run log, a row each, narrow enough for the page; reruns of one model with
+    the same result folded into one row, with their count and the last one's time."""
+    rows: dict[tuple, dict[str, Any]] = {}
+    for run in (run for run in runlog.records(artifacts_dir) if run["dataset"] == dataset):
+        same = (run.get("entries", {}).get("train") or run.get("flow_run_id"), run.get("test_data"),
+                run.get("test_accuracy"))
+        folded = rows.pop(same, {"runs": 0})
+        rows[same] = {"finished": run.get("finished"), **{column: run.get(column) for column in EARLIER_COLUMNS},
+                      "runs": folded["runs"] + 1}
+    return list(rows.values())[-PREVIOUS_RUNS:]
 
 
 def report_link(path: Path) -> str:
