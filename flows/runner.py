@@ -18,7 +18,7 @@ from flows.config import PipelineConfig
 from tasks import report as reports
 from engine import layout, locking, remote, runlog
 from engine.champions import champion_lock
-from flows import gate
+from flows import gate, logs
 from engine.caching import EntryRecords
 from flows.gate import GateResult
 from engine.refs import EntryRef
@@ -32,6 +32,10 @@ NOT_PROMOTED = "NotPromoted"
 # How many earlier runs of the same dataset a run's report compares against.
 PREVIOUS_RUNS = 5
 
+
+# In every process that runs the stages (a Dask worker's too): no engine lines about the runner's hooks, and no
+# Prefect traceback after a run that failed on purpose.
+logs.quiet()
 
 # The quality gate's verdict, a task of its own in the UI.
 gate_model = task(gate.gate_model, cache_policy=NO_CACHE)

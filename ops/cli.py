@@ -127,8 +127,6 @@ def _quiet_terminal() -> None:
     for handler in {h for logger in loggers for h in getattr(logger, "handlers", [])}:
         if isinstance(handler, PrefectConsoleHandler) and handler.formatter is not None:
             handler.setFormatter(_WithoutExpectedTracebacks(handler.formatter))
-            # The engine's lines about the hook that counts a stage's tries: nothing a user needs.
-            handler.addFilter(lambda record: "'count_attempts'" not in record.getMessage())
 
 
 def _prefect_at_home() -> None:
