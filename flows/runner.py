@@ -71,6 +71,28 @@ def _crash_leftover_task_runs() -> None:
                                                                     "was retried"), force=True)
 
 
+def task_run_times(ids: list[Any], wait_s: float = 15.0) -> dict[Any, tuple[float, int]]:
+    """Each ended task run's own running time, in seconds (its tries', not the waits between them nor its
+    queueing), and its count of tries, as the API records them, which is what the UI shows.
+
+    The engine that ran a task in another process (a Dask worker) reports its states as events, which the server
+    records a moment later: waits up to `wait_s` for every run's final state; those still missing are left out.
+    """
+    from prefect import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterId
+
+    found: dict[Any, tuple[float, int]] = {}
+    deadline = time.monotonic() + wait_s
+    with get_client(sync_client=True) as client:
+        while True:
+            for task_run in client.read_task_runs(task_run_filter=TaskRunFilter(id=TaskRunFilterId(any_=ids))):
+                if task_run.state is not None and task_run.state.is_final() and task_run.end_time is not None:
+                    found[task_run.id] = (task_run.total_run_time.total_seconds(), max(1, task_run.run_count))
+            if len(found) == len(set(ids)) or time.monotonic() > deadline:
+                return found
+            time.sleep(0.25)
+
+
 def _stop_if_interrupted() -> None:
     """No stage starts once the run was interrupted, even if the interrupt was lost as another error."""
     if INTERRUPTED.is_set():
@@ -130,22 +152,34 @@ class StageRunner:
         _stop_if_interrupted()
         start = time.perf_counter()
         state = self._bound(stage_task)(self.artifacts_dir, *args, return_state=True)
-        return self._record(stage_task.cache_policy.stage, state, start)
+        return self._record(stage_task.cache_policy.stage, state, time.perf_counter() - start)
 
     def map(self, stage_task: Task, runs: dict[str, tuple]) -> dict[str, Any]:
         """The stage once per entry of `runs` (label: arguments), through the flow's task runner (Dask's, say),
-        each recorded as `stage[label]`; a failure fails them all, once every run has ended."""
+        each recorded as `stage[label]` with its own time and tries; a failure fails them all, once every run
+        has ended."""
+        from prefect.futures import as_completed
+
         _stop_if_interrupted()
         bound, start = self._bound(stage_task), time.perf_counter()
         futures = {label: bound.submit(self.artifacts_dir, *args) for label, args in runs.items()}
-        for future in futures.values():
-            future.wait()
-        return {label: self._record(f"{stage_task.cache_policy.stage}[{label}]", future.state, start)
+        # Until each run's own record arrives: from the submission to its end, waits for a free worker included.
+        waited = {}
+        for future in as_completed(list(futures.values())):
+            future.wait()  # done: its final state, at hand
+            waited[future.task_run_id] = time.perf_counter() - start
+        own = task_run_times([future.task_run_id for future in futures.values()])
+        for task_run_id, (seconds, attempts) in own.items():
+            waited[task_run_id] = seconds
+            # Its hooks ran in the worker's process, where this runner's count is not seen.
+            self.attempts[task_run_id] = attempts
+        return {label: self._record(f"{stage_task.cache_policy.stage}[{label}]", future.state,
+                                    waited[future.task_run_id])
                 for label, future in futures.items()}
 
-    def _record(self, stage: str, state: State, start: float) -> Any:
+    def _record(self, stage: str, state: State, seconds: float) -> Any:
         # A stage served from cache never runs its hooks: one attempt.
-        record = self.stages[stage] = {"state": state.name, "seconds": round(time.perf_counter() - start, 3),
+        record = self.stages[stage] = {"state": state.name, "seconds": round(seconds, 3),
                                        "attempts": self.attempts.pop(state.state_details.task_run_id, 1),
                                        "artifact": None}
         if not state.is_completed():  # Failed, or Crashed
