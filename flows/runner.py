@@ -230,6 +230,8 @@ class StageRunner:
             line = {
                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "flow_run_id": run_id,
+                # The name the UI shows for it ("crimson-fox"), which `mnist-pipeline runs` lists.
+                "run_name": flow_run.name,
                 **cfg.model_dump(exclude={"artifacts_dir"}),
                 # Which data the figures come from: the test split's short checksum, and the splits' sizes.
                 "test_data": metrics.test_sha256[:12],
