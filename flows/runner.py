@@ -18,7 +18,7 @@ from flows.config import PipelineConfig
 from tasks import report as reports
 from engine import layout, locking, remote, runlog
 from engine.champions import champion_lock
-from flows import gate
+from flows import gate, logs
 from engine.caching import EntryRecords
 from flows.gate import GateResult
 from engine.refs import EntryRef
@@ -34,6 +34,10 @@ NOT_PROMOTED = "NotPromoted"
 PREVIOUS_RUNS = 5
 EARLIER_COLUMNS = ["epochs", "batch_size", "learning_rate", "validation_accuracy", "test_accuracy", "gate_passed"]
 
+
+# In every process that runs the stages (a Dask worker's too): no engine lines about the runner's hooks, and no
+# Prefect traceback after a run that failed on purpose.
+logs.quiet()
 
 # The quality gate's verdict, a task of its own in the UI.
 gate_model = task(gate.gate_model, cache_policy=NO_CACHE)
@@ -67,6 +71,28 @@ def _crash_leftover_task_runs() -> None:
         for task_run in leftovers:
             client.set_task_run_state(task_run.id, Crashed(message="its flow run's process ended; the flow run "
                                                                     "was retried"), force=True)
+
+
+def task_run_times(ids: list[Any], wait_s: float = 15.0) -> dict[Any, tuple[float, int]]:
+    """Each ended task run's own running time, in seconds (its tries', not the waits between them nor its
+    queueing), and its count of tries, as the API records them, which is what the UI shows.
+
+    The engine that ran a task in another process (a Dask worker) reports its states as events, which the server
+    records a moment later: waits up to `wait_s` for every run's final state; those still missing are left out.
+    """
+    from prefect import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterId
+
+    found: dict[Any, tuple[float, int]] = {}
+    deadline = time.monotonic() + wait_s
+    with get_client(sync_client=True) as client:
+        while True:
+            for task_run in client.read_task_runs(task_run_filter=TaskRunFilter(id=TaskRunFilterId(any_=ids))):
+                if task_run.state is not None and task_run.state.is_final() and task_run.end_time is not None:
+                    found[task_run.id] = (task_run.total_run_time.total_seconds(), max(1, task_run.run_count))
+            if len(found) == len(set(ids)) or time.monotonic() > deadline:
+                return found
+            time.sleep(0.25)
 
 
 def _stop_if_interrupted() -> None:
@@ -128,22 +154,34 @@ class StageRunner:
         _stop_if_interrupted()
         start = time.perf_counter()
         state = self._bound(stage_task)(self.artifacts_dir, *args, return_state=True)
-        return self._record(stage_task.cache_policy.stage, state, start)
+        return self._record(stage_task.cache_policy.stage, state, time.perf_counter() - start)
 
     def map(self, stage_task: Task, runs: dict[str, tuple]) -> dict[str, Any]:
         """The stage once per entry of `runs` (label: arguments), through the flow's task runner (Dask's, say),
-        each recorded as `stage[label]`; a failure fails them all, once every run has ended."""
+        each recorded as `stage[label]` with its own time and tries; a failure fails them all, once every run
+        has ended."""
+        from prefect.futures import as_completed
+
         _stop_if_interrupted()
         bound, start = self._bound(stage_task), time.perf_counter()
         futures = {label: bound.submit(self.artifacts_dir, *args) for label, args in runs.items()}
-        for future in futures.values():
-            future.wait()
-        return {label: self._record(f"{stage_task.cache_policy.stage}[{label}]", future.state, start)
+        # Until each run's own record arrives: from the submission to its end, waits for a free worker included.
+        waited = {}
+        for future in as_completed(list(futures.values())):
+            future.wait()  # done: its final state, at hand
+            waited[future.task_run_id] = time.perf_counter() - start
+        own = task_run_times([future.task_run_id for future in futures.values()])
+        for task_run_id, (seconds, attempts) in own.items():
+            waited[task_run_id] = seconds
+            # Its hooks ran in the worker's process, where this runner's count is not seen.
+            self.attempts[task_run_id] = attempts
+        return {label: self._record(f"{stage_task.cache_policy.stage}[{label}]", future.state,
+                                    waited[future.task_run_id])
                 for label, future in futures.items()}
 
-    def _record(self, stage: str, state: State, start: float) -> Any:
+    def _record(self, stage: str, state: State, seconds: float) -> Any:
         # A stage served from cache never runs its hooks: one attempt.
-        record = self.stages[stage] = {"state": state.name, "seconds": round(time.perf_counter() - start, 3),
+        record = self.stages[stage] = {"state": state.name, "seconds": round(seconds, 3),
                                        "attempts": self.attempts.pop(state.state_details.task_run_id, 1),
                                        "artifact": None}
         if not state.is_completed():  # Failed, or Crashed
@@ -195,6 +233,8 @@ class StageRunner:
             line = {
                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "flow_run_id": run_id,
+                # The name the UI shows for it ("crimson-fox"), which `mnist-pipeline runs` lists.
+                "run_name": flow_run.name,
                 **cfg.model_dump(exclude={"artifacts_dir"}),
                 # Which data the figures come from: the test split's short checksum, and the splits' sizes.
                 "test_data": metrics.test_sha256[:12],

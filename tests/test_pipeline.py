@@ -242,13 +242,23 @@ def test_flow_run_publishes_its_artifacts(run):
 
 
 def test_runs_command_lists_what_ran(run, store, capsys):
+    from prefect.client.orchestration import get_client
+
     from ops import cli
 
     summary = run(accuracy_threshold=0.5)
     assert cli.main(["runs", "--artifacts-dir", store, "--json"]) == 0
     listed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert [r["flow_run_id"] for r in listed] == [summary["flow_run_id"]]
+    # By default one screen wide, the run by the name the Prefect UI gives it, recorded when it ran.
+    with get_client(sync_client=True) as client:
+        name = client.read_flow_run(summary["flow_run_id"]).name
+    assert listed[0]["run_name"] == name
     assert cli.main(["runs", "--artifacts-dir", store]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["when", "run", "dataset", "epochs", "batch", "lr", "test", "accuracy", "gate"]
+    assert f" {name} " in lines[-1] and max(map(len, lines)) <= 120
+    assert cli.main(["runs", "--artifacts-dir", store, "--all"]) == 0
     assert summary["flow_run_id"] in capsys.readouterr().out
 
 

@@ -101,7 +101,18 @@ def test_the_run_part_names_the_best_earlier_score_of_those_recorded(scores, bes
                          timing=[{"stage": "train", "state": "Cached", "seconds": 0.5, "attempts": 1}],
                          dataset="mnist", metrics=SimpleNamespace(test_accuracy=0.9), earlier=earlier)
     assert f"the best of the {len(scores)} runs before it: {best}." in text
-    assert "| train   | Cached  |    0.5000 |          1 |" in text
+    assert "| train   | Cached  | 0.50 s    |          1 |" in text
+
+
+def test_seconds_show_two_decimals_and_their_unit_in_every_table_of_the_reports():
+    import pandas as pd
+
+    rows = [{"stage": "train", "seconds": 23.55}, {"stage": "report", "seconds": 0.0612}]
+    assert report.table(rows).splitlines()[2:] == ["| train   | 23.55 s   |", "| report  | 0.06 s    |"]
+    # The epochs' table of the stage's report too; other figures keep their four decimals.
+    history = report.table(pd.DataFrame({"epoch": [1], "loss": [0.25], "seconds": [8.1234]}))
+    assert history.splitlines()[2] == "|       1 | 0.2500 | 8.12 s    |"
+    assert "23.5500" not in report.table(rows) and report.seconds(None) is None
 
 
 HEADINGS = ("h1", "h2", "h3", "h4", "h5", "h6")
