@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 # The columns `mnist-pipeline runs --all` shows, in order (`runs` alone shows a few of them).
 COLUMNS = ["finished", "run_name", "dataset", "test_data", "sizes", "epochs", "batch_size", "learning_rate",
            "lr_schedule", "train_limit", "validation_split", "seed", "validation_accuracy", "test_accuracy",
-           "gate_passed", "gate_reason", "flow_run_id"]
+           "gate_passed", "gate_verdict", "gate_reason", "flow_run_id"]
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from engine.store import ArtifactStore, StoreError, store_errors, write_atomical
 NOT_PROMOTED = "NotPromoted"
 # How many earlier runs of the same dataset a run's report compares against, and what it shows of each.
 PREVIOUS_RUNS = 5
-EARLIER_COLUMNS = ["epochs", "batch_size", "learning_rate", "validation_accuracy", "test_accuracy", "gate_passed"]
+EARLIER_COLUMNS = ["epochs", "batch_size", "learning_rate", "validation_accuracy", "test_accuracy", "gate_verdict"]
 
 
 # In every process that runs the stages (a Dask worker's too): no engine lines about the runner's hooks, and no
@@ -221,7 +221,7 @@ class StageRunner:
         folder = layout.run_folder(self.artifacts_dir, run_id)
         with champion_lock(self.locks, cfg.dataset), ExitStack() as undo, \
                 store_errors(f"cannot record the run in the artifact store {self.store.root}"):
-            verdict = gate_model(self.artifacts_dir, cfg.dataset, metrics, cfg.threshold)
+            verdict = gate_model(self.artifacts_dir, cfg.dataset, model, metrics, cfg.threshold)
             summary = self.summary(model=model, metrics=metrics, report=report)
             summary["gate"] = verdict.model_dump()
             summary.update(extra)  # what a flow adds to the summary (a sweep's comparison)
@@ -242,14 +242,14 @@ class StageRunner:
                          f"/{metrics.test_count}",
                 "validation_accuracy": model.validation_accuracy,
                 "test_accuracy": metrics.test_accuracy, "test_loss": metrics.test_loss,
-                "gate_passed": verdict.passed, "gate_reason": verdict.reason,
+                "gate_passed": verdict.passed, "gate_verdict": verdict.verdict, "gate_reason": verdict.reason,
                 "stages": {stage: record["state"] for stage, record in self.stages.items()},
                 # The entries it used, `<stage>/<fingerprint>`: what `mnist-pipeline gc` keeps for it.
                 "entries": {stage: Path(record["artifact"]).relative_to(self.store.root).as_posix()
                             for stage, record in self.stages.items() if record["artifact"]},
             }
             with runlog.added(self.artifacts_dir, line, self.locks):  # taken back if the promotion fails
-                if verdict.passed:
+                if verdict.verdict == gate.PROMOTED:
                     gate.promote(self.artifacts_dir, cfg.dataset, model, metrics, run_id)
             undo.pop_all()  # all written: nothing to take back
         publish_report(self.artifacts_dir, folder, metrics, cfg.dataset, verdict)
@@ -312,7 +312,7 @@ def publish_report(artifacts_dir: str, folder: Path, metrics: MetricsRef, datase
     key = dataset.replace("_", "-")
     link = report_link(folder / reports.REPORT_HTML)
     headline = (f"**Test accuracy {metrics.test_accuracy:.4f}** (test split), test loss {metrics.test_loss:.4f}; "
-                f"{'promoted to champion' if gate.passed else 'not promoted'}: {reports.as_text(gate.reason)}. "
+                f"{gate.verdict}: {reports.as_text(gate.reason)}. "
                 f"Full report with images: [report.html]({link})")
     # report.md shows every value as text, as report.html does. The UI cannot reach the store's
     # PNG files: images stay in report.html.

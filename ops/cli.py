@@ -217,7 +217,7 @@ def _emit(summary: dict[str, Any], as_json: bool) -> None:
         print(json.dumps(summary), flush=True)
     elif "metrics" in summary:
         print(f"test accuracy {summary['metrics']['test_accuracy']:.4f}; report: {shown(summary['report'])}")
-        print(("promoted to champion: " if summary["gate"]["passed"] else "not promoted: ") + summary["gate"]["reason"])
+        print(f"{summary['gate']['verdict']}: {summary['gate']['reason']}")
 
 
 def predict(args: argparse.Namespace) -> int:
@@ -359,6 +359,8 @@ def runs(args: argparse.Namespace) -> int:
         print(_grid(listing, wide=True, right=_numbers(listing)))
     else:  # one screen wide: the run, its main settings, its figure and its verdict
         gate = table["gate_passed"].map({True: "promoted", False: "not promoted"})
+        if "gate_verdict" in table:  # lines from before the verdict had a name: passed or not
+            gate = table["gate_verdict"].map({"already the champion": "already"}).fillna(gate)
         listing = pd.DataFrame({
             "when": table["finished"].map(_when), "run": names,
             "dataset": table["dataset"], "epochs": table["epochs"], "batch": table["batch_size"],

@@ -193,9 +193,13 @@ def test_gate_promotes_a_good_model_and_refuses_a_weak_one(run, store):
     from engine.champions import read_champion
 
     promoted = run(accuracy_threshold=0.5)
-    assert promoted["gate"]["passed"] is True
+    assert promoted["gate"]["passed"] is True and promoted["gate"]["verdict"] == "promoted to champion"
     champion = read_champion(store, "mnist")
     assert champion.test_accuracy == promoted["metrics"]["test_accuracy"]
+    # The same model again, every stage cached: already the champion, not promoted a second time.
+    again = run(accuracy_threshold=0.5)
+    assert again["gate"]["verdict"] == "already the champion" and again["gate"]["passed"] is True
+    assert read_champion(store, "mnist") == champion
 
     state = run(accuracy_threshold=0.999, seed=1, return_state=True)
     assert state.is_completed() and state.name == "NotPromoted"

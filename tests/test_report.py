@@ -97,7 +97,8 @@ def test_the_run_part_names_the_best_earlier_score_of_those_recorded(scores, bes
     from flows.gate import GateResult
 
     earlier = [{"finished": f"2026-11-0{i + 1}", "test_accuracy": score, "runs": 1} for i, score in enumerate(scores)]
-    text = report.render("run.md.j2", gate=GateResult(passed=False, champion_accuracy=None, reason="r"),
+    refused = GateResult(passed=False, champion_accuracy=None, reason="r", verdict="not promoted")
+    text = report.render("run.md.j2", gate=refused,
                          timing=[{"stage": "train", "state": "Cached", "seconds": 0.5, "attempts": 1}],
                          dataset="mnist", metrics=SimpleNamespace(test_accuracy=0.9), earlier=earlier)
     assert f"the best of the {len(scores)} runs before it: {best}." in text
@@ -187,7 +188,7 @@ def test_stored_values_put_no_link_heading_or_row_in_the_run_report(refs, tmp_pa
         "batch_size": "\x1b]0;title\x07\x1b[2Jcleared", "test_accuracy": 0.5}) + "\n")
     folder = Path(store) / "runs" / "this-run"
     runner.write_run_report(store, folder, stage_report, refs["model"], refs["metrics"], PARAMS, "mnist",
-                            GateResult(passed=False, champion_accuracy=None, reason=ROW),
+                            GateResult(passed=False, champion_accuracy=None, reason=ROW, verdict="not promoted"),
                             {"train": {"state": LINK, "seconds": 1.0, "attempts": 1}})
 
     markdown = (folder / report.REPORT_MD).read_text()
@@ -233,11 +234,13 @@ def test_the_ui_artifacts_show_stored_values_as_text(refs, tmp_path, monkeypatch
     monkeypatch.setenv("MNIST_PIPELINE_REPORTS_ROOT", str(tmp_path))
     folder = tmp_path / "runs" / "this-run"
     folder.mkdir(parents=True)
+    def refused(reason: str) -> GateResult:
+        return GateResult(passed=False, champion_accuracy=None, reason=reason, verdict="not promoted")
+
     (folder / report.REPORT_MD).write_text(report.render(
-        "run.md.j2", gate=GateResult(passed=False, champion_accuracy=None, reason=LINK), timing=[],
+        "run.md.j2", gate=refused(LINK), timing=[],
         dataset="mnist", metrics=refs["metrics"], earlier=[{"finished": ROW, "test_accuracy": 0.5, "runs": 1}]))
-    runner.publish_report.fn(refs["store"], folder, refs["metrics"], "mnist",
-                             GateResult(passed=False, champion_accuracy=None, reason=f"{LINK} {ROW}"))
+    runner.publish_report.fn(refs["store"], folder, refs["metrics"], "mnist", refused(f"{LINK} {ROW}"))
     page = _Page(python_markdown.markdown(made["markdown"]["markdown"], extensions=["tables"]))
     _assert_nothing_live(page)
     assert page.links() == ["http://127.0.0.1:4201/runs/this-run/report.html"]
@@ -259,7 +262,7 @@ def test_the_run_report_opens_with_a_summary_and_folds_reruns_of_one_model(refs,
     (Path(store) / "runs.jsonl").write_text("".join(json.dumps(line) + "\n" for line in logged))
     folder = Path(store) / "runs" / "this-run"
     runner.write_run_report(store, folder, refs["report"], refs["model"], refs["metrics"], PARAMS, "mnist",
-                            GateResult(passed=True, champion_accuracy=0.93, reason="it holds"),
+                            GateResult(passed=True, champion_accuracy=0.93, reason="it holds", verdict="promoted to champion"),
                             {"train": {"state": "Completed", "seconds": 1.0, "attempts": 1}})
 
     markdown = (folder / report.REPORT_MD).read_text()
