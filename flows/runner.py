@@ -52,9 +52,10 @@ class StageFailed(RuntimeError):
         self.stage, self.cause, self.summary = stage, cause, summary
 
 
-def _crash_leftover_task_runs() -> None:
-    """Mark Crashed the task runs an earlier attempt of this flow run left Running or Pending: a process killed
-    outright (SIGKILL, a lost machine) cannot report their end, and once the flow run is retried, they never will."""
+def crash_leftover_task_runs(flow_run_id: Any, message: str, started_before: Optional[datetime] = None) -> int:
+    """Mark Crashed the task runs a flow run's process left Running or Pending (those that started before
+    `started_before`, if given): a process killed outright (SIGKILL, a lost machine) cannot report their end,
+    and the UI would show them running until a retry. How many it marked."""
     from prefect import get_client
     from prefect.client.schemas.filters import (
         FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterState, TaskRunFilterStateType,
@@ -64,13 +65,15 @@ def _crash_leftover_task_runs() -> None:
 
     with get_client(sync_client=True) as client:
         leftovers = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])),
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
             task_run_filter=TaskRunFilter(state=TaskRunFilterState(
                 type=TaskRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING]))),
         )
+        leftovers = [run for run in leftovers if started_before is None
+                     or (run.start_time or run.expected_start_time or started_before) < started_before]
         for task_run in leftovers:
-            client.set_task_run_state(task_run.id, Crashed(message="its flow run's process ended; the flow run "
-                                                                    "was retried"), force=True)
+            client.set_task_run_state(task_run.id, Crashed(message=message), force=True)
+    return len(leftovers)
 
 
 def task_run_times(ids: list[Any], wait_s: float = 15.0) -> dict[Any, tuple[float, int]]:
@@ -123,7 +126,7 @@ class StageRunner:
         # Task run id: how many times it ran, as Prefect's hooks report it.
         self.attempts: dict[Any, int] = {}
         if (flow_run.run_count or 0) > 1:
-            _crash_leftover_task_runs()
+            crash_leftover_task_runs(flow_run.id, "its flow run's process ended; the flow run was retried")
 
     def __enter__(self) -> "StageRunner":
         """The run is in progress: `mnist-pipeline gc` removes nothing until it ends (and it waits for a gc)."""

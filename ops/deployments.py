@@ -3,6 +3,7 @@
     python -m ops.deployments pool NAME   before `prefect deploy --all`
     python -m ops.deployments configure   after it
     python -m ops.deployments cancel      before the worker is stopped
+    python -m ops.deployments tidy        beside the worker: what a crashed flow run left Running, Crashed
 """
 
 from __future__ import annotations
@@ -113,6 +114,7 @@ def cancel_in_flight(timeout_s: float = 15) -> int:
                                      deployment_filter=of_ours)
         for run in runs:
             client.set_flow_run_state(run.id, Cancelling(message="make stop"), force=True)
+            print(f"cancelled flow run {shown(run.name)} ({run.id})", flush=True)
         deadline = time.monotonic() + timeout_s
         while runs and time.monotonic() < deadline:
             time.sleep(0.5)
@@ -122,8 +124,42 @@ def cancel_in_flight(timeout_s: float = 15) -> int:
     return len(runs)
 
 
+def tidy() -> None:
+    """Mark Crashed the task runs that a flow run marked Crashed left Running or Pending: its process, killed
+    outright, cannot report their end, and the UI would show them running for ever. It follows the server's
+    Crashed events (those of the last hour first); a run retried meanwhile is left to its new attempt."""
+    import anyio
+
+    anyio.run(_tidy)
+
+
+async def _tidy() -> None:
+    from datetime import datetime, timedelta, timezone
+    from uuid import UUID
+
+    import anyio
+    from prefect.events.clients import get_events_subscriber
+    from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
+
+    from flows.runner import crash_leftover_task_runs
+
+    crashed = EventFilter(event=EventNameFilter(name=["prefect.flow-run.Crashed"]),
+                          occurred=EventOccurredFilter(since=datetime.now(timezone.utc) - timedelta(hours=1)))
+    async with get_events_subscriber(filter=crashed, reconnection_attempts=1_000_000) as events:
+        async for event in events:
+            flow_run_id = UUID(event.resource.id.rsplit(".", 1)[-1])
+            async with get_client() as client:
+                if (await client.read_flow_run(flow_run_id)).state_type != StateType.CRASHED:
+                    continue  # retried since: its new attempt owns its task runs
+            marked = await anyio.to_thread.run_sync(
+                crash_leftover_task_runs, flow_run_id,
+                "its flow run crashed (its process ended without reporting); Retry resumes it", event.occurred)
+            if marked:
+                print(f"marked Crashed {marked} task run(s) of crashed flow run {flow_run_id}", flush=True)
+
+
 if __name__ == "__main__":
     try:
-        {"pool": work_pool, "configure": configure, "cancel": cancel_in_flight}[sys.argv[1]](*sys.argv[2:])
+        {"pool": work_pool, "configure": configure, "cancel": cancel_in_flight, "tidy": tidy}[sys.argv[1]](*sys.argv[2:])
     except Exception as error:  # the API refused (401 without the credentials make serve had), or is gone
         sys.exit(f"{sys.argv[1]}: {shown(str(error).strip().splitlines()[0] if str(error).strip() else error)}")

@@ -286,7 +286,7 @@ def test_a_command_line_run_reports_to_the_served_server(served, api, mirror, tm
     assert listed["state"]["type"] == "COMPLETED"
 
 
-def test_a_killed_flow_run_retried_leaves_no_task_run_running(served, api, mirror, tmp_path):
+def test_a_killed_flow_run_leaves_no_task_run_running_and_its_retry_completes(served, api, mirror, tmp_path):
     import signal
 
     run = api.post(f"/deployments/{serving.deployment(api, 'on-demand')['id']}/create_flow_run",
@@ -299,16 +299,23 @@ def test_a_killed_flow_run_retried_leaves_no_task_run_running(served, api, mirro
     # Prefect's worker sees its flow run's process end, and marks the run Crashed.
     assert serving.eventually(lambda: api.get(f"/flow_runs/{run['id']}").json()["state"]["type"] == "CRASHED",
                               timeout=60)
+
+    def task_runs() -> list[dict]:
+        return api.post("/task_runs/filter", json={"flow_runs": {"id": {"any_": [run["id"]]}}}).json()
+
+    def unfinished() -> list[str]:
+        return [t["name"] for t in task_runs() if t["state"]["type"] in ("RUNNING", "PENDING")]
+
+    # ... and its task runs, which its process could not end, are marked Crashed too, before anyone retries.
+    assert serving.eventually(lambda: not unfinished(), timeout=60), unfinished()
+    [train] = [t for t in task_runs() if t["task_key"].startswith("train_model")]
+    assert train["state"]["type"] == "CRASHED" and "Retry resumes it" in train["state"]["message"]
     time.sleep(10)  # the worker reports the process's end once more; a person reads the page first too
     # Retry, as the UI does it.
     api.post(f"/flow_runs/{run['id']}/set_state", json={"state": {"type": "SCHEDULED", "name": "AwaitingRetry",
                                                                   "message": "Retry from the UI"}, "force": True})
     done = serving.wait(api, run["id"], timeout=300)
     assert done["state"]["type"] == "COMPLETED", done["state"]
-
-    def unfinished() -> list[str]:
-        states = api.post("/task_runs/filter", json={"flow_runs": {"id": {"any_": [run["id"]]}}}).json()
-        return [t["name"] for t in states if t["state"]["type"] in ("RUNNING", "PENDING")]
 
     # Task runs' states reach the server as events, a moment after the flow run's own: the last task
     # (publish_report) can still read Running when the flow run already reads Completed.
