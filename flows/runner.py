@@ -166,8 +166,10 @@ class StageRunner:
         from prefect.futures import as_completed
 
         _stop_if_interrupted()
-        bound, start = self._bound(stage_task), time.perf_counter()
-        futures = {label: bound.submit(self.artifacts_dir, *args) for label, args in runs.items()}
+        start = time.perf_counter()
+        # Each task run named after its combination, in the UI and in its progress artifact.
+        futures = {label: self._bound(stage_task.with_options(task_run_name=f"{stage_task.name}[{label}]")).submit(
+                   self.artifacts_dir, *args) for label, args in runs.items()}
         # Until each run's own record arrives: from the submission to its end, waits for a free worker included.
         waited = {}
         for future in as_completed(list(futures.values())):

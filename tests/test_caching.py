@@ -278,3 +278,26 @@ def test_only_what_is_imported_for_annotations_stays_out_of_a_key(helper_package
     (helper_package / "stage.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
                                              "    from pkgx import unused\nelse:\n    from pkgx import helper\n")
     assert project_modules("pkgx.stage") == ["pkgx.helper", "pkgx.leaf", "pkgx.stage"]
+
+
+@pytest.mark.parametrize("task_run_name, key, description", [
+    ("train_model-4a1", "train-progress", "Share of the train stage done"),
+    ("train_model[lr=0.006 batch=32 seed=0]", "train-progress-lr-0-006-batch-32-seed-0",
+     "Share of the train stage done: lr=0.006 batch=32 seed=0"),
+])
+def test_a_progress_artifact_is_named_after_its_sweep_combination(monkeypatch, task_run_name, key, description):
+    """A sweep's training task runs each show their own progress, told apart by their combination."""
+    from types import SimpleNamespace
+
+    import prefect.artifacts
+
+    made, updated = [], []
+    monkeypatch.setattr(caching.TaskRunContext, "get", lambda: SimpleNamespace(task_run=SimpleNamespace(
+        name=task_run_name)))
+    monkeypatch.setattr(prefect.artifacts, "create_progress_artifact", lambda **made_with: made.append(made_with) or "id")
+    monkeypatch.setattr(prefect.artifacts, "update_progress_artifact", lambda **update: updated.append(update))
+    report = caching._progress_artifact("train")
+    report(10.04)
+    report(55.55)
+    assert made == [{"progress": 10.0, "key": key, "description": description}]
+    assert updated == [{"artifact_id": "id", "progress": 55.5}]
