@@ -159,7 +159,7 @@ def run(parameters: dict[str, Any], as_json: bool, verbose: bool = False, sweep:
     # before that server starts, as exit handlers run last-in, first-out.
     last_word: list[str] = []
     atexit.register(lambda: last_word and print(*last_word, file=sys.stderr, flush=True))
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
 
     from ops import temporary_server as servers
 
@@ -190,8 +190,13 @@ def run(parameters: dict[str, Any], as_json: bool, verbose: bool = False, sweep:
     INTERRUPTED.clear()  # an earlier run's, in a process that calls this again
     if ours:
         signal.signal(signal.SIGINT, interrupt)
+    # A temporary server ends with the run: no link into its UI, which would be dead by the time it is read.
+    shown_urls = {PREFECT_API_URL: server["api_url"], **({PREFECT_UI_URL: ""} if temporary else {})}
+    if temporary is not None:
+        last_word.append(f"{PROG}: this run was not recorded on a lasting Prefect server (its temporary one ended "
+                         "with it); `make serve` keeps every run in the UI, and runs then report there")
     try:
-        with temporary_settings({PREFECT_API_URL: server["api_url"]}):
+        with temporary_settings(shown_urls):
             state = flow(**parameters, return_state=True)
     finally:
         if ours:

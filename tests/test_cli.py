@@ -391,6 +391,17 @@ def test_the_temporary_server_ends_with_the_run(tmp_path, mirror, sig, monkeypat
 
 
 @pytest.mark.e2e
+def test_a_run_on_a_temporary_server_prints_no_link_into_it(tmp_path, mirror):
+    done = _run_cli(tmp_path, "--mirror", str(mirror), "--epochs", "1", "--batch-size", "16")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _summary(done.stdout)["server"]["temporary"] is True
+    # Its server is gone when the run ends: a link into its UI would be dead; what to do instead is said once.
+    assert "View at http" not in done.stderr and "/runs/flow-run/" not in done.stderr
+    assert done.stderr.count("this run was not recorded on a lasting Prefect server") == 1
+    assert done.stderr.rstrip().endswith("`make serve` keeps every run in the UI, and runs then report there")
+
+
+@pytest.mark.e2e
 def test_mirror_file_still_being_copied_is_retried(tmp_path, server):
     mirror = write_mirror(tmp_path / "mirror", gzipped=False)
     images = mirror / "train-images-idx3-ubyte"
