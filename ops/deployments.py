@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from typing import Any
 
 from prefect import get_client
 from prefect.client.schemas.actions import DeploymentUpdate
@@ -125,9 +126,13 @@ def cancel_in_flight(timeout_s: float = 15) -> int:
 
 
 def tidy() -> None:
-    """Mark Crashed the task runs that a flow run marked Crashed left Running or Pending: its process, killed
-    outright, cannot report their end, and the UI would show them running for ever. It follows the server's
-    Crashed events (those of the last hour first); a run retried meanwhile is left to its new attempt."""
+    """What the UI would show wrong, put right as it happens; follows the server's events (the last hour's first).
+
+    - A flow run marked Crashed (its process killed outright) cannot report its task runs' end: those it left
+      Running or Pending are marked Crashed too, unless it was retried meanwhile (its new attempt owns them).
+    - A run due while the worker runs another (or created with others at once) waits for the worker's one
+      slot: it shows as Prefect's AwaitingConcurrencySlot, naming the run it waits for, not as Late.
+    """
     import anyio
 
     anyio.run(_tidy)
@@ -141,21 +146,60 @@ async def _tidy() -> None:
     from prefect.events.clients import get_events_subscriber
     from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
 
-    from flows.runner import crash_leftover_task_runs
-
-    crashed = EventFilter(event=EventNameFilter(name=["prefect.flow-run.Crashed"]),
-                          occurred=EventOccurredFilter(since=datetime.now(timezone.utc) - timedelta(hours=1)))
-    async with get_events_subscriber(filter=crashed, reconnection_attempts=1_000_000) as events:
+    names = [f"prefect.flow-run.{name}" for name in ("Crashed", "Scheduled", "Late", "Pending")]
+    wanted = EventFilter(event=EventNameFilter(name=names),
+                         occurred=EventOccurredFilter(since=datetime.now(timezone.utc) - timedelta(hours=1)))
+    async with get_events_subscriber(filter=wanted, reconnection_attempts=1_000_000) as events:
         async for event in events:
             flow_run_id = UUID(event.resource.id.rsplit(".", 1)[-1])
-            async with get_client() as client:
-                if (await client.read_flow_run(flow_run_id)).state_type != StateType.CRASHED:
-                    continue  # retried since: its new attempt owns its task runs
-            marked = await anyio.to_thread.run_sync(
-                crash_leftover_task_runs, flow_run_id,
-                "its flow run crashed (its process ended without reporting); Retry resumes it", event.occurred)
-            if marked:
-                print(f"marked Crashed {marked} task run(s) of crashed flow run {flow_run_id}", flush=True)
+            handle = _crash_leftovers if event.event.endswith(".Crashed") else _hold_back
+            said = await anyio.to_thread.run_sync(handle, flow_run_id, event.occurred)
+            if said:
+                print(said, flush=True)
+
+
+def _crash_leftovers(flow_run_id: Any, crashed_at: Any) -> str:
+    from flows.runner import crash_leftover_task_runs
+
+    with get_client(sync_client=True) as client:
+        if client.read_flow_run(flow_run_id).state_type != StateType.CRASHED:
+            return ""  # retried since: its new attempt owns its task runs
+    marked = crash_leftover_task_runs(
+        flow_run_id, "its flow run crashed (its process ended without reporting); Retry resumes it", crashed_at)
+    return f"marked Crashed {marked} task run(s) of crashed flow run {flow_run_id}" if marked else ""
+
+
+def _hold_back(flow_run_id: Any, _: Any) -> str:
+    """A run of ours due while the worker runs another waits for the worker's one slot: AwaitingConcurrencySlot,
+    which the worker takes when free (and Prefect never marks Late). Judged as a run is created or goes Late,
+    and for every run due, as one starts."""
+    from datetime import datetime, timedelta, timezone
+
+    from prefect.states import Scheduled
+
+    now = datetime.now(timezone.utc)
+    with get_client(sync_client=True) as client:
+        ours = DeploymentFilter(id={"any_": [deployment.id for deployment in _deployments(client)]})
+        run = client.read_flow_run(flow_run_id)
+        if run.deployment_id not in ours.id.any_:
+            return ""
+        due = client.read_flow_runs(deployment_filter=ours, flow_run_filter=FlowRunFilter(
+            state={"type": {"any_": [StateType.SCHEDULED]}, "name": {"any_": ["Scheduled", "Late"]}},
+            next_scheduled_start_time={"before_": now + timedelta(seconds=5)}))
+        if run.state_type in (StateType.PENDING, StateType.RUNNING):
+            holder = run
+        else:
+            running = client.read_flow_runs(deployment_filter=ours, flow_run_filter=FlowRunFilter(
+                state={"type": {"any_": [StateType.PENDING, StateType.RUNNING]}}))
+            holder, due = (running[0] if running else None), [waiting for waiting in due if waiting.id == run.id]
+        if holder is None:
+            return ""
+        for waiting in (waiting for waiting in due if waiting.id != holder.id):
+            client.set_flow_run_state(waiting.id, Scheduled(
+                name="AwaitingConcurrencySlot", scheduled_time=now, message=(
+                    f"waits for flow run {holder.name}, which the worker is running: one run at a time")), force=True)
+    return "".join(f"flow run {shown(waiting.name)} waits for {shown(holder.name)}\n" for waiting in due
+                   if waiting.id != holder.id).rstrip()
 
 
 if __name__ == "__main__":

@@ -235,6 +235,12 @@ def test_ten_runs_created_at_once_are_all_created_and_complete(served, api, mirr
     assert [a.status_code for a in answers] == [201] * 10, [a.text[:200] for a in answers if a.status_code != 201]
     finished = [serving.wait(api, a.json()["id"], timeout=600) for a in answers]
     assert [run["state"]["type"] for run in finished] == ["COMPLETED"] * 10
+    # While one ran, the others waited for the worker's one slot, and said so: never Late.
+    histories = [api.get("/flow_run_states/", params={"flow_run_id": run["id"]}).json() for run in finished]
+    seen = [(state["name"], state["message"] or "") for history in histories for state in history]
+    assert "Late" not in [name for name, _ in seen]
+    waited = [message for name, message in seen if name == "AwaitingConcurrencySlot"]
+    assert len(waited) >= 5 and all(message.startswith("waits for flow run ") for message in waited), seen
 
 
 def test_retry_from_the_browser(served, api, browser, mirror, tmp_path):
