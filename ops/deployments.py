@@ -158,12 +158,24 @@ async def _tidy() -> None:
                 print(said, flush=True)
 
 
+# Prefect's words when a flow run's process ends under it (the worker stopped, the process killed): they do
+# not say what happened to the run, nor that Retry resumes it.
+_ENDED = ("Execution was aborted by", "Flow run infrastructure exited", "Process exited with status code")
+RESUMES = "the flow run's process ended before the run did (its worker stopped, or it was killed); Retry resumes it"
+
+
 def _crash_leftovers(flow_run_id: Any, crashed_at: Any) -> str:
+    from prefect.states import Crashed
+
     from flows.runner import crash_leftover_task_runs
 
     with get_client(sync_client=True) as client:
-        if client.read_flow_run(flow_run_id).state_type != StateType.CRASHED:
+        crashed = client.read_flow_run(flow_run_id).state
+        if crashed.type != StateType.CRASHED:
             return ""  # retried since: its new attempt owns its task runs
+        if (crashed.message or "").startswith(_ENDED):
+            client.set_flow_run_state(flow_run_id, Crashed(message=f"{RESUMES} ({crashed.message.rstrip('.')})"),
+                                      force=True)
     marked = crash_leftover_task_runs(
         flow_run_id, "its flow run crashed (its process ended without reporting); Retry resumes it", crashed_at)
     return f"marked Crashed {marked} task run(s) of crashed flow run {flow_run_id}" if marked else ""

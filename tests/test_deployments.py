@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from flows.config import TINY
+from ops import deployments
 from tests import serving
 from tests.serving import ROOT
 
@@ -312,8 +313,14 @@ def test_a_killed_flow_run_leaves_no_task_run_running_and_its_retry_completes(se
     def unfinished() -> list[str]:
         return [t["name"] for t in task_runs() if t["state"]["type"] in ("RUNNING", "PENDING")]
 
-    # ... and its task runs, which its process could not end, are marked Crashed too, before anyone retries.
+    # ... and its task runs, which its process could not end, are marked Crashed too, before anyone retries;
+    # the flow run's message says what happened and what to do.
     assert serving.eventually(lambda: not unfinished(), timeout=60), unfinished()
+    def state() -> dict:
+        return api.get(f"/flow_runs/{run['id']}").json()["state"]
+
+    assert serving.eventually(lambda: (state()["message"] or "").startswith(deployments.RESUMES), timeout=60), state()
+    assert state()["type"] == "CRASHED" and "status code: -9" in state()["message"]
     [train] = [t for t in task_runs() if t["task_key"].startswith("train_model")]
     assert train["state"]["type"] == "CRASHED" and "Retry resumes it" in train["state"]["message"]
     time.sleep(10)  # the worker reports the process's end once more; a person reads the page first too
