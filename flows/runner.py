@@ -18,10 +18,11 @@ from flows.config import PipelineConfig
 from tasks import report as reports
 from engine import layout, locking, remote, runlog
 from engine.champions import champion_lock
-from flows import gate
+from flows import gate, logs
 from engine.caching import EntryRecords
 from flows.gate import GateResult
 from engine.refs import EntryRef
+from tasks.params import TrainParams
 from tasks.refs import MetricsRef, ModelRef, ReportRef
 from engine.retries import INTERRUPTED, PermanentError, TransientError
 from engine.settings import settings
@@ -29,9 +30,14 @@ from engine.store import ArtifactStore, StoreError, store_errors, write_atomical
 
 # The flow run's state when its model did not pass the quality gate.
 NOT_PROMOTED = "NotPromoted"
-# How many earlier runs of the same dataset a run's report compares against.
+# How many earlier runs of the same dataset a run's report compares against, and what it shows of each.
 PREVIOUS_RUNS = 5
+EARLIER_COLUMNS = ["epochs", "batch_size", "learning_rate", "validation_accuracy", "test_accuracy", "gate_verdict"]
 
+
+# In every process that runs the stages (a Dask worker's too): no engine lines about the runner's hooks, and no
+# Prefect traceback after a run that failed on purpose.
+logs.quiet()
 
 # The quality gate's verdict, a task of its own in the UI.
 gate_model = task(gate.gate_model, cache_policy=NO_CACHE)
@@ -46,9 +52,10 @@ class StageFailed(RuntimeError):
         self.stage, self.cause, self.summary = stage, cause, summary
 
 
-def _crash_leftover_task_runs() -> None:
-    """Mark Crashed the task runs an earlier attempt of this flow run left Running or Pending: a process killed
-    outright (SIGKILL, a lost machine) cannot report their end, and once the flow run is retried, they never will."""
+def crash_leftover_task_runs(flow_run_id: Any, message: str, started_before: Optional[datetime] = None) -> int:
+    """Mark Crashed the task runs a flow run's process left Running or Pending (those that started before
+    `started_before`, if given): a process killed outright (SIGKILL, a lost machine) cannot report their end,
+    and the UI would show them running until a retry. How many it marked."""
     from prefect import get_client
     from prefect.client.schemas.filters import (
         FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterState, TaskRunFilterStateType,
@@ -58,13 +65,37 @@ def _crash_leftover_task_runs() -> None:
 
     with get_client(sync_client=True) as client:
         leftovers = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])),
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
             task_run_filter=TaskRunFilter(state=TaskRunFilterState(
                 type=TaskRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING]))),
         )
+        leftovers = [run for run in leftovers if started_before is None
+                     or (run.start_time or run.expected_start_time or started_before) < started_before]
         for task_run in leftovers:
-            client.set_task_run_state(task_run.id, Crashed(message="its flow run's process ended; the flow run "
-                                                                    "was retried"), force=True)
+            client.set_task_run_state(task_run.id, Crashed(message=message), force=True)
+    return len(leftovers)
+
+
+def task_run_times(ids: list[Any], wait_s: float = 15.0) -> dict[Any, tuple[float, int]]:
+    """Each ended task run's own running time, in seconds (its tries', not the waits between them nor its
+    queueing), and its count of tries, as the API records them, which is what the UI shows.
+
+    The engine that ran a task in another process (a Dask worker) reports its states as events, which the server
+    records a moment later: waits up to `wait_s` for every run's final state; those still missing are left out.
+    """
+    from prefect import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterId
+
+    found: dict[Any, tuple[float, int]] = {}
+    deadline = time.monotonic() + wait_s
+    with get_client(sync_client=True) as client:
+        while True:
+            for task_run in client.read_task_runs(task_run_filter=TaskRunFilter(id=TaskRunFilterId(any_=ids))):
+                if task_run.state is not None and task_run.state.is_final() and task_run.end_time is not None:
+                    found[task_run.id] = (task_run.total_run_time.total_seconds(), max(1, task_run.run_count))
+            if len(found) == len(set(ids)) or time.monotonic() > deadline:
+                return found
+            time.sleep(0.25)
 
 
 def _stop_if_interrupted() -> None:
@@ -95,7 +126,7 @@ class StageRunner:
         # Task run id: how many times it ran, as Prefect's hooks report it.
         self.attempts: dict[Any, int] = {}
         if (flow_run.run_count or 0) > 1:
-            _crash_leftover_task_runs()
+            crash_leftover_task_runs(flow_run.id, "its flow run's process ended; the flow run was retried")
 
     def __enter__(self) -> "StageRunner":
         """The run is in progress: `mnist-pipeline gc` removes nothing until it ends (and it waits for a gc)."""
@@ -126,22 +157,36 @@ class StageRunner:
         _stop_if_interrupted()
         start = time.perf_counter()
         state = self._bound(stage_task)(self.artifacts_dir, *args, return_state=True)
-        return self._record(stage_task.cache_policy.stage, state, start)
+        return self._record(stage_task.cache_policy.stage, state, time.perf_counter() - start)
 
     def map(self, stage_task: Task, runs: dict[str, tuple]) -> dict[str, Any]:
         """The stage once per entry of `runs` (label: arguments), through the flow's task runner (Dask's, say),
-        each recorded as `stage[label]`; a failure fails them all, once every run has ended."""
+        each recorded as `stage[label]` with its own time and tries; a failure fails them all, once every run
+        has ended."""
+        from prefect.futures import as_completed
+
         _stop_if_interrupted()
-        bound, start = self._bound(stage_task), time.perf_counter()
-        futures = {label: bound.submit(self.artifacts_dir, *args) for label, args in runs.items()}
-        for future in futures.values():
-            future.wait()
-        return {label: self._record(f"{stage_task.cache_policy.stage}[{label}]", future.state, start)
+        start = time.perf_counter()
+        # Each task run named after its combination, in the UI and in its progress artifact.
+        futures = {label: self._bound(stage_task.with_options(task_run_name=f"{stage_task.name}[{label}]")).submit(
+                   self.artifacts_dir, *args) for label, args in runs.items()}
+        # Until each run's own record arrives: from the submission to its end, waits for a free worker included.
+        waited = {}
+        for future in as_completed(list(futures.values())):
+            future.wait()  # done: its final state, at hand
+            waited[future.task_run_id] = time.perf_counter() - start
+        own = task_run_times([future.task_run_id for future in futures.values()])
+        for task_run_id, (seconds, attempts) in own.items():
+            waited[task_run_id] = seconds
+            # Its hooks ran in the worker's process, where this runner's count is not seen.
+            self.attempts[task_run_id] = attempts
+        return {label: self._record(f"{stage_task.cache_policy.stage}[{label}]", future.state,
+                                    waited[future.task_run_id])
                 for label, future in futures.items()}
 
-    def _record(self, stage: str, state: State, start: float) -> Any:
+    def _record(self, stage: str, state: State, seconds: float) -> Any:
         # A stage served from cache never runs its hooks: one attempt.
-        record = self.stages[stage] = {"state": state.name, "seconds": round(time.perf_counter() - start, 3),
+        record = self.stages[stage] = {"state": state.name, "seconds": round(seconds, 3),
                                        "attempts": self.attempts.pop(state.state_details.task_run_id, 1),
                                        "artifact": None}
         if not state.is_completed():  # Failed, or Crashed
@@ -181,17 +226,20 @@ class StageRunner:
         folder = layout.run_folder(self.artifacts_dir, run_id)
         with champion_lock(self.locks, cfg.dataset), ExitStack() as undo, \
                 store_errors(f"cannot record the run in the artifact store {self.store.root}"):
-            verdict = gate_model(self.artifacts_dir, cfg.dataset, metrics, cfg.threshold)
+            verdict = gate_model(self.artifacts_dir, cfg.dataset, model, metrics, cfg.threshold)
             summary = self.summary(model=model, metrics=metrics, report=report)
             summary["gate"] = verdict.model_dump()
             summary.update(extra)  # what a flow adds to the summary (a sweep's comparison)
             # The stage's report with what only this run knows (stage times, earlier runs).
             undo.callback(shutil.rmtree, folder, ignore_errors=True)
-            write_run_report(self.artifacts_dir, folder, report, metrics, cfg.dataset, verdict, self.stages)
+            write_run_report(self.artifacts_dir, folder, report, model, metrics, cfg.train, cfg.dataset, verdict,
+                             self.stages)
             summary["run_report"] = str(folder / reports.REPORT_HTML)
             line = {
                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "flow_run_id": run_id,
+                # The name the UI shows for it ("crimson-fox"), which `mnist-pipeline runs` lists.
+                "run_name": flow_run.name,
                 **cfg.model_dump(exclude={"artifacts_dir"}),
                 # Which data the figures come from: the test split's short checksum, and the splits' sizes.
                 "test_data": metrics.test_sha256[:12],
@@ -199,14 +247,14 @@ class StageRunner:
                          f"/{metrics.test_count}",
                 "validation_accuracy": model.validation_accuracy,
                 "test_accuracy": metrics.test_accuracy, "test_loss": metrics.test_loss,
-                "gate_passed": verdict.passed, "gate_reason": verdict.reason,
+                "gate_passed": verdict.passed, "gate_verdict": verdict.verdict, "gate_reason": verdict.reason,
                 "stages": {stage: record["state"] for stage, record in self.stages.items()},
                 # The entries it used, `<stage>/<fingerprint>`: what `mnist-pipeline gc` keeps for it.
                 "entries": {stage: Path(record["artifact"]).relative_to(self.store.root).as_posix()
                             for stage, record in self.stages.items() if record["artifact"]},
             }
             with runlog.added(self.artifacts_dir, line, self.locks):  # taken back if the promotion fails
-                if verdict.passed:
+                if verdict.verdict == gate.PROMOTED:
                     gate.promote(self.artifacts_dir, cfg.dataset, model, metrics, run_id)
             undo.pop_all()  # all written: nothing to take back
         publish_report(self.artifacts_dir, folder, metrics, cfg.dataset, verdict)
@@ -216,24 +264,37 @@ class StageRunner:
         return Completed(name=NOT_PROMOTED, message=f"not promoted: {verdict.reason}", data=summary)
 
 
-def write_run_report(artifacts_dir: str, folder: Path, report: ReportRef, metrics: MetricsRef, dataset: str,
-                     gate: GateResult, stages: dict[str, dict]) -> None:
-    """This run's report in `folder`: the stage's, with the gate's verdict, stage times and earlier runs."""
+def write_run_report(artifacts_dir: str, folder: Path, report: ReportRef, model: ModelRef, metrics: MetricsRef,
+                     params: TrainParams, dataset: str, gate: GateResult, stages: dict[str, dict]) -> None:
+    """This run's report in `folder`: the stage's, with a summary under its title (the gate's verdict and the
+    run's parameters), and the stage times and earlier runs at its end."""
     entry = ArtifactStore(artifacts_dir).path(report)
     timing = [{"stage": stage, **{k: record[k] for k in ("state", "seconds", "attempts")}}
               for stage, record in stages.items()]
-    earlier = [run for run in runlog.records(artifacts_dir) if run["dataset"] == dataset][-PREVIOUS_RUNS:]
-    columns = ["finished", "test_data", "sizes", "epochs", "batch_size", "learning_rate", "lr_schedule",
-               "validation_accuracy", "test_accuracy", "gate_passed"]
-    text = (entry / reports.REPORT_MD).read_text() + reports.render(
+    title, _, body = (entry / reports.REPORT_MD).read_text().partition("\n")
+    summary = reports.render("summary.md.j2", gate=gate, metrics=metrics, model=model, params=params.model_dump())
+    text = title + "\n" + summary + body + reports.render(
         "run.md.j2", gate=gate, timing=timing, dataset=dataset, metrics=metrics,
-        earlier=[{column: run.get(column) for column in columns} for run in earlier] or None)
+        earlier=_earlier_runs(artifacts_dir, dataset) or None)
     folder.mkdir(parents=True, exist_ok=True)
     # The report's images beside it, so both pages read them by name.
     for image in entry.glob("*.png"):
         shutil.copyfile(image, folder / image.name)
     write_atomically(folder / reports.REPORT_MD, text)
     write_atomically(folder / reports.REPORT_HTML, reports.to_html(text, folder))
+
+
+def _earlier_runs(artifacts_dir: str, dataset: str) -> list[dict[str, Any]]:
+    """The dataset's last runs in the run log, a row each, narrow enough for the page; reruns of one model with
+    the same result folded into one row, with their count and the last one's time."""
+    rows: dict[tuple, dict[str, Any]] = {}
+    for run in (run for run in runlog.records(artifacts_dir) if run["dataset"] == dataset):
+        same = (run.get("entries", {}).get("train") or run.get("flow_run_id"), run.get("test_data"),
+                run.get("test_accuracy"))
+        folded = rows.pop(same, {"runs": 0})
+        rows[same] = {"finished": run.get("finished"), **{column: run.get(column) for column in EARLIER_COLUMNS},
+                      "runs": folded["runs"] + 1}
+    return list(rows.values())[-PREVIOUS_RUNS:]
 
 
 def report_link(path: Path) -> str:
@@ -256,7 +317,7 @@ def publish_report(artifacts_dir: str, folder: Path, metrics: MetricsRef, datase
     key = dataset.replace("_", "-")
     link = report_link(folder / reports.REPORT_HTML)
     headline = (f"**Test accuracy {metrics.test_accuracy:.4f}** (test split), test loss {metrics.test_loss:.4f}; "
-                f"{'promoted to champion' if gate.passed else 'not promoted'}: {reports.as_text(gate.reason)}. "
+                f"{gate.verdict}: {reports.as_text(gate.reason)}. "
                 f"Full report with images: [report.html]({link})")
     # report.md shows every value as text, as report.html does. The UI cannot reach the store's
     # PNG files: images stay in report.html.

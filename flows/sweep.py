@@ -3,7 +3,8 @@ validation accuracy) evaluated on the test split, reported and offered to the ga
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from typing import Any, Optional
 
 from prefect import Flow, task
 from prefect.cache_policies import NO_CACHE
@@ -12,7 +13,7 @@ from prefect.states import Failed
 from prefect_dask import DaskTaskRunner
 from pydantic import ValidationError
 
-from flows import config
+from flows import config, logs
 from flows.config import GRID_FIELDS, PipelineConfig, SweepGrid
 from flows.runner import StageRunner, report_link
 from flows.stages import build_report, download_dataset, evaluate_model, preprocess_dataset, train_model
@@ -26,11 +27,23 @@ PLOT_PNG = "sweep.png"
 def task_runner() -> DaskTaskRunner:
     """An existing Dask scheduler when one is named, else a local cluster of single-threaded worker processes."""
     dask = settings()
+    logs.quiet()  # `distributed` at WARNING in this process (its scheduler's); silence_logs does the workers'
     if dask.dask_address:
         return DaskTaskRunner(address=dask.dask_address)
-    # One thread each: TensorFlow uses the cores itself, and its state is per process.
-    return DaskTaskRunner(cluster_kwargs={"n_workers": dask.dask_workers,
-                                          "threads_per_worker": 1, "processes": True, "dashboard_address": None})
+    # prefect-dask names the dashboard's address whether there is one or not.
+    logs.dashboard_named(dask.dask_dashboard_port is not None)
+    return DaskTaskRunner(cluster_kwargs=cluster_kwargs(dask.dask_workers, dask.dask_dashboard_port))
+
+
+def cluster_kwargs(workers: int, dashboard_port: Optional[int]) -> dict[str, Any]:
+    """The local cluster: `workers` processes of one thread each (TensorFlow uses the cores itself, and its state
+    is per process), quiet below WARNING, on loopback only; its dashboard at 127.0.0.1:`dashboard_port`, or none."""
+    # Without a dashboard the scheduler still serves its health and metrics pages: on a port of its own
+    # choosing, not on 8787, which another cluster or a user's dashboard may hold.
+    address = f"127.0.0.1:{dashboard_port or 0}"
+    return {"n_workers": workers, "threads_per_worker": 1, "processes": True, "host": "127.0.0.1",
+            "silence_logs": logging.WARNING, "dashboard_address": address,
+            "scheduler_kwargs": {"dashboard": dashboard_port is not None, "dashboard_address": address}}
 
 
 def comparison(models: dict[str, Any], runs: dict[str, PipelineConfig], stages: dict[str, dict]) -> Any:

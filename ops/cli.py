@@ -51,8 +51,11 @@ def _parser(recipe: str = "default") -> argparse.ArgumentParser:
         flow.set_defaults(handler=lambda args: run(validate(args), args.json, args.verbose, args.command == "sweep"))
     # The options of the commands that read the store.
     in_store = argparse.ArgumentParser(add_help=False)
-    in_store.add_argument("--artifacts-dir", default=config.DEFAULT_ARTIFACTS_DIR)
-    in_store.add_argument("--json", action="store_true")
+    in_store.add_argument("--artifacts-dir", default=config.DEFAULT_ARTIFACTS_DIR, metavar="DIR",
+                          help=f"the artifact store: a folder, or s3://bucket/prefix (default: "
+                               f"{config.DEFAULT_ARTIFACTS_DIR})")
+    in_store.add_argument("--json", action="store_true",
+                          help="print JSON (every field, every row) instead of a table")
 
     predict_ = commands.add_parser("predict", parents=[in_store], help="classify PNG or JPEG images")
     predict_.add_argument("images", nargs="+", type=Path)
@@ -66,7 +69,8 @@ def _parser(recipe: str = "default") -> argparse.ArgumentParser:
     store_ = commands.add_parser("store", parents=[in_store], help="what the artifact store holds: entries by "
                                  "stage, sizes, ages, last runs, champions")
     config.add_options(store_, config.GcPolicy, exclude=frozenset({"older_than_days"}))
-    store_.add_argument("--all", action="store_true", help="list every path, not the totals per stage and kind")
+    store_.add_argument("--all", action="store_true", help="every path under the store with every field, in a table as wide as it "
+                        "takes, not one line per entry")
     store_.set_defaults(handler=store)
 
     gc_ = commands.add_parser("gc", parents=[in_store], help="remove the entries no champion and no recent run "
@@ -78,8 +82,11 @@ def _parser(recipe: str = "default") -> argparse.ArgumentParser:
     what.add_argument("--yes", action="store_true", help="remove it")
     gc_.set_defaults(handler=gc)
 
-    commands.add_parser("runs", parents=[in_store], help="list past runs with their metrics and gate results"
-                        ).set_defaults(handler=runs)
+    runs_ = commands.add_parser("runs", parents=[in_store], help="list past runs, oldest first, with their "
+                                "main settings, test accuracy and gate verdict, one screen wide")
+    runs_.add_argument("--all", action="store_true",
+                       help="every setting and figure logged, in a table as wide as it takes")
+    runs_.set_defaults(handler=runs)
     return parser
 
 
@@ -127,8 +134,6 @@ def _quiet_terminal() -> None:
     for handler in {h for logger in loggers for h in getattr(logger, "handlers", [])}:
         if isinstance(handler, PrefectConsoleHandler) and handler.formatter is not None:
             handler.setFormatter(_WithoutExpectedTracebacks(handler.formatter))
-            # The engine's lines about the hook that counts a stage's tries: nothing a user needs.
-            handler.addFilter(lambda record: "'count_attempts'" not in record.getMessage())
 
 
 def _prefect_at_home() -> None:
@@ -154,7 +159,7 @@ def run(parameters: dict[str, Any], as_json: bool, verbose: bool = False, sweep:
     # before that server starts, as exit handlers run last-in, first-out.
     last_word: list[str] = []
     atexit.register(lambda: last_word and print(*last_word, file=sys.stderr, flush=True))
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
 
     from ops import temporary_server as servers
 
@@ -185,8 +190,13 @@ def run(parameters: dict[str, Any], as_json: bool, verbose: bool = False, sweep:
     INTERRUPTED.clear()  # an earlier run's, in a process that calls this again
     if ours:
         signal.signal(signal.SIGINT, interrupt)
+    # A temporary server ends with the run: no link into its UI, which would be dead by the time it is read.
+    shown_urls = {PREFECT_API_URL: server["api_url"], **({PREFECT_UI_URL: ""} if temporary else {})}
+    if temporary is not None:
+        last_word.append(f"{PROG}: this run was not recorded on a lasting Prefect server (its temporary one ended "
+                         "with it); `make serve` keeps every run in the UI, and runs then report there")
     try:
-        with temporary_settings({PREFECT_API_URL: server["api_url"]}):
+        with temporary_settings(shown_urls):
             state = flow(**parameters, return_state=True)
     finally:
         if ours:
@@ -212,7 +222,7 @@ def _emit(summary: dict[str, Any], as_json: bool) -> None:
         print(json.dumps(summary), flush=True)
     elif "metrics" in summary:
         print(f"test accuracy {summary['metrics']['test_accuracy']:.4f}; report: {shown(summary['report'])}")
-        print(("promoted to champion: " if summary["gate"]["passed"] else "not promoted: ") + summary["gate"]["reason"])
+        print(f"{summary['gate']['verdict']}: {summary['gate']['reason']}")
 
 
 def predict(args: argparse.Namespace) -> int:
@@ -226,8 +236,12 @@ def predict(args: argparse.Namespace) -> int:
     try:
         images = [prediction.prepare(path, invert) for path in args.images]
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        model = prediction.load_model(args.model or prediction.champion_model(
-            remote.store_root(args.artifacts_dir), args.dataset))
+        if args.model:
+            used, model_file = {"path": str(args.model)}, args.model
+        else:
+            fingerprint, model_file = prediction.champion_model(remote.store_root(args.artifacts_dir), args.dataset)
+            used = {"dataset": args.dataset, "fingerprint": fingerprint, "path": str(model_file)}
+        model = prediction.load_model(model_file)
     except (prediction.NotAnImage, prediction.ModelUnreadable, ChampionDamaged, FileNotFoundError) as error:
         print(f"{PROG}: error: {shown(str(error))}", file=sys.stderr)
         return EXIT_INVALID
@@ -235,23 +249,130 @@ def predict(args: argparse.Namespace) -> int:
     results = [{"image": shown(str(path)), "class": int(p.argmax()),
                 "probabilities": [round(float(x), 6) for x in p]}
                for path, p in zip(args.images, probabilities)]
+    used = {key: shown(value) for key, value in used.items()}
     if args.json:
-        print(json.dumps(results))
+        print(json.dumps({"model": used, "predictions": results}))
     else:
+        print(f"model: the {used['dataset']} champion {used['fingerprint']} ({used['path']})" if "dataset" in used
+              else f"model: {used['path']}")
         for result in results:
             top = result["probabilities"][result["class"]]
             print(f"{result['image']}: {result['class']} ({top:.1%})")
     return 0
 
 
+# Where a table goes when stdout is not a terminal (a pipe, a file): this many columns.
+PIPED_WIDTH = 120
+
+
+def _width() -> int:
+    """The terminal's width, or PIPED_WIDTH when stdout is not one."""
+    import shutil
+
+    return shutil.get_terminal_size((PIPED_WIDTH, 24)).columns if sys.stdout.isatty() else PIPED_WIDTH
+
+
+def _text(cell: Any) -> str:
+    """A cell as printed: numbers briefly, nothing as "-", text printable (no control characters)."""
+    import numbers
+
+    import pandas as pd
+
+    if isinstance(cell, str):
+        return shown(cell) if cell else "-"
+    if cell is None or pd.api.types.is_scalar(cell) and pd.isna(cell):
+        return "-"
+    if pd.api.types.is_bool(cell):
+        return "yes" if cell else "no"
+    if isinstance(cell, numbers.Integral):
+        return str(int(cell))
+    if isinstance(cell, numbers.Real):
+        return f"{float(cell):.6g}"
+    return shown(cell)
+
+
+# A column this wide or narrower is never cut short to fit the screen; a wider one is, to this width at least.
+_KEPT_WIDTH = 16
+
+
+def _fitted(widths: list[int], room: int) -> list[int]:
+    """Column widths that fit in `room`: the widest columns cut first, none below _KEPT_WIDTH while others are
+    wider; then, if need be, every column down to one character."""
+    widths = list(widths)
+    for floor in (_KEPT_WIDTH, 1):
+        while sum(widths) > room:
+            widest = max(range(len(widths)), key=widths.__getitem__)
+            if widths[widest] <= floor:
+                break
+            widths[widest] -= 1
+    return widths
+
+
+def _grid(frame: Any, wide: bool = False, right: Sequence[str] = ()) -> str:
+    """A table as plain text (no colours, no markup): the terminal's width, its widest columns cut short with
+    "…" to fit; or, `wide`, as wide as its cells make it. `right`: the columns aligned right (numbers)."""
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = [list(map(_text, row)) for row in frame.itertuples(index=False)]
+    headers = [str(column) for column in frame.columns]
+    width = 100_000 if wide else _width()
+    widths = _fitted([max([len(header)] + [len(row[n]) for row in rows]) for n, header in enumerate(headers)],
+                     width - 2 * (len(headers) - 1))
+    table = Table(box=None, pad_edge=False, padding=(0, 1), header_style="", collapse_padding=False)
+    for header, column, fitted in zip(headers, frame.columns, widths):
+        table.add_column(header, justify="right" if column in right else "left", no_wrap=True,
+                         overflow="ellipsis", width=fitted)
+    for row in rows:
+        table.add_row(*row)
+    out = io.StringIO()
+    Console(file=out, width=width, color_system=None, markup=False, highlight=False, emoji=False).print(table)
+    return "\n".join(line.rstrip() for line in out.getvalue().splitlines())
+
+
+def _numbers(frame: Any) -> list[str]:
+    import pandas as pd
+
+    return [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c]) and frame[c].dtype != bool]
+
+
+def _when(finished: Any) -> str:
+    """A run's end in local time, to the minute."""
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(finished).astimezone().strftime("%Y-%m-%d %H:%M")
+    except (TypeError, ValueError):
+        return "-"
+
+
 def runs(args: argparse.Namespace) -> int:
+    import pandas as pd
+
     from engine import remote, runlog
 
     table = runlog.read(remote.store_root(args.artifacts_dir))
-    if table.empty and not args.json:
+    names = [runlog.run_name(run) for _, run in table.iterrows()]
+    if args.json:
+        print(_table(table, as_json=True))
+    elif table.empty:
         print(f"no runs logged in {shown(args.artifacts_dir)}")
-    else:
-        print(_table(table if args.json else table[runlog.COLUMNS], args.json))
+    elif args.all:
+        listing = table[runlog.COLUMNS].assign(run_name=names)
+        print(_grid(listing, wide=True, right=_numbers(listing)))
+    else:  # one screen wide: the run, its main settings, its figure and its verdict
+        gate = table["gate_passed"].map({True: "promoted", False: "not promoted"})
+        if "gate_verdict" in table:  # lines from before the verdict had a name: passed or not
+            gate = table["gate_verdict"].map({"already the champion": "already"}).fillna(gate)
+        listing = pd.DataFrame({
+            "when": table["finished"].map(_when), "run": names,
+            "dataset": table["dataset"], "epochs": table["epochs"], "batch": table["batch_size"],
+            "lr": table["learning_rate"], "test accuracy": table["test_accuracy"].map(
+                lambda x: f"{x:.4f}" if isinstance(x, float) and x == x else None),
+            "gate": gate.where(gate.notna(), None)})
+        print(_grid(listing, right=["epochs", "batch", "lr", "test accuracy"]))
     return 0
 
 
@@ -303,21 +424,62 @@ def store(args: argparse.Namespace) -> int:
     if args.json:
         print(_table(table, as_json=True))
         return 0
-    if args.all:  # each path as the store names it
+    if args.all:  # each path as the store names it, as wide as it takes
         root = table["path"].iloc[0]
         listing = table.assign(path=[shown(os.path.relpath(path, root)) for path in table["path"]])
+        print(_grid(listing, wide=True, right=["bytes", "age_days"]))
     else:
-        listing = table.groupby(["kind", "stage"], sort=False).agg(
-            count=("bytes", "size"), bytes=("bytes", "sum"), oldest_days=("age_days", "max"),
-            kept_by_champion=("champion", lambda c: int((c != "").sum())),
-            kept_by_recent_run=("recent_run", "sum"), local_only=("local_only", "sum")).reset_index()
-    print(_table(listing, as_json=False))
+        entries = table[table["kind"] == "entry"]
+        print(_grid(_entry_rows(entries, bucket=bool(table["local_only"].any())), right=["size", "age"])
+              if len(entries) else f"no entries in {shown(args.artifacts_dir)}")
+        others = [_OTHER_KINDS[kind](len(rows)) + f" ({_size(rows['bytes'].sum())})"
+                  for kind, rows in table[table["kind"] != "entry"].groupby("kind", sort=False)]
+        if others:
+            print("besides: " + ", ".join(others))
     total = int(table["bytes"].sum())
     print(f"total: {total} bytes ({total / 1e6:.1f} MB) in {shown(args.artifacts_dir)}")
     return 0
 
 
+# What `store` sums up beside the entries, by kind (inventory.py): in words, for so many.
+_OTHER_KINDS = {
+    "run report": lambda n: f"{n} run report{'s' * (n > 1)}",
+    "leftover": lambda n: f"{n} leftover{'s' * (n > 1)} gc removes",
+    "checkpoint": lambda n: f"{n} checkpoint{'s' * (n > 1)} gc removes",
+    "foreign": lambda n: f"{n} {'files' if n > 1 else 'file'} gc never touches",
+    "store": lambda n: "the store's own folders and files",
+}
+
+
+def _size(size: Any) -> str:
+    from rich.filesize import decimal
+
+    return decimal(int(size))
+
+
+def _age(days: float) -> str:
+    hours = days * 24
+    return f"{hours * 60:.0f} min" if hours < 1 else f"{hours:.0f} h" if hours < 48 else f"{days:.0f} d"
+
+
+def _entry_rows(rows: Any, bucket: bool = False) -> Any:
+    """One line per entry of the store: what it is, its size and age, the last run that used it, what keeps it."""
+    import pandas as pd
+
+    kept = [", ".join(why for why in (f"champion {row.champion}" if row.champion else "",
+                                      "recent run" if row.recent_run else "") if why) or "nothing: gc removes it"
+            for row in rows.itertuples()]
+    listing = pd.DataFrame({"stage": rows["stage"], "fingerprint": rows["fingerprint"],
+                            "size": rows["bytes"].map(_size), "age": rows["age_days"].map(_age),
+                            "last run": rows["last_run_name"], "kept by": kept})
+    if bucket:  # a store in S3: what this host's copy holds that the bucket lacks
+        listing["in the bucket"] = rows["local_only"].map({True: "no", False: "yes"})
+    return listing
+
+
 def gc(args: argparse.Namespace) -> int:
+    import pandas as pd
+
     from engine import inventory
 
     policy = _gc_policy(args)
@@ -327,8 +489,15 @@ def gc(args: argparse.Namespace) -> int:
         print(f"{PROG}: error: {error}; try again then", file=sys.stderr)
         return EXIT_FAILED
     if not args.yes:
-        listing = doomed.drop(columns=["path"])
-        print(_table(listing, args.json) if args.json or len(doomed) else "nothing to remove")
+        if args.json:
+            print(_table(doomed.drop(columns=["path"]), as_json=True))
+        elif len(doomed):  # one line each: what it is, its size and age, the last run that used it
+            listing = pd.DataFrame({"kind": doomed["kind"], "stage": doomed["stage"],
+                                    "fingerprint": doomed["fingerprint"], "size": doomed["bytes"].map(_size),
+                                    "age": doomed["age_days"].map(_age), "last run": doomed["last_run_name"]})
+            print(_grid(listing, right=["size", "age"]))
+        else:
+            print("nothing to remove")
         print(f"would free {int(doomed['bytes'].sum())} bytes ({doomed['bytes'].sum() / 1e6:.1f} MB); "
               "run again with --yes to remove it", file=sys.stderr)
         return 0

@@ -23,7 +23,7 @@ export PREFECT_SERVER_API_HOST=127.0.0.1 PREFECT_SERVER_API_PORT="$PORT" PREFECT
 export PREFECT_SERVER_CORS_ALLOWED_ORIGINS="${PREFECT_SERVER_CORS_ALLOWED_ORIGINS:-http://127.0.0.1:$PORT}"
 # The deployments' pull step moves flow runs into this checkout.
 export PROJECT_DIR="$PWD"
-# Runs created from the UI or the API read and write only here (see README): the project
+# Runs created from the UI or the API read and write only here (see docs/operations.md): the project
 # (its artifact store and data/), Debian's datasets, and what MNIST_PIPELINE_ALLOWED_ROOTS adds.
 export MNIST_PIPELINE_ALLOWED_ROOTS="$PWD:/usr/share/datasets${MNIST_PIPELINE_ALLOWED_ROOTS:+:$MNIST_PIPELINE_ALLOWED_ROOTS}"
 # With basic auth on the server (and the reports), the CLI and the worker present the same.
@@ -39,7 +39,7 @@ export MNIST_PIPELINE_REPORTS_URL="http://127.0.0.1:$REPORTS_PORT"
 alive() {
   local pid
   pid=$(cat "$RUN_DIR/$1.pid" 2>/dev/null) || return 1
-  kill -0 "$pid" 2>/dev/null && grep -qE 'prefect|reports_server|http\.server' "/proc/$pid/cmdline" 2>/dev/null
+  kill -0 "$pid" 2>/dev/null && grep -qE 'prefect|reports_server|ops\.deployments|http\.server' "/proc/$pid/cmdline" 2>/dev/null
 }
 
 # Start a command in its own session, so `stop` can end it with what it starts.
@@ -106,6 +106,7 @@ start() {
   "$BIN/python" -m ops.deployments configure
   alive worker && echo "worker already running (pid $(cat "$RUN_DIR/worker.pid"))" \
     || launch worker "$BIN/prefect" worker start --pool "$POOL" --limit 1
+  alive tidy || launch tidy "$BIN/python" -m ops.deployments tidy  # a crashed run's task runs: Crashed too
   alive reports || launch reports "$BIN/python" -m uvicorn --factory ops.reports_server:from_environment \
     --host 127.0.0.1 --port "$REPORTS_PORT"
   why=$("$BIN/python" -m ops.services process listening reports "$(cat "$RUN_DIR/reports.pid")" "$REPORTS_PORT" 2>&1) \
@@ -131,7 +132,7 @@ stop() {
     PREFECT_API_URL="http://127.0.0.1:$port/api" "$BIN/python" -m ops.deployments cancel \
       || echo "could not cancel the flow runs in flight through the API; they will show as crashed" >&2
   fi
-  for name in worker reports server; do
+  for name in tidy worker reports server; do
     pid=$(cat "$RUN_DIR/$name.pid" 2>/dev/null) || continue
     "$BIN/python" -m ops.services process stop "$name" "$pid"
     rm -f "$RUN_DIR/$name.pid"

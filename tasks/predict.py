@@ -20,6 +20,8 @@ MAX_PIXELS = 50_000_000
 _WORKING_SIZE = 1024
 # Less difference than this between the darkest and the lightest pixel (of 255) is a blank image.
 _LEAST_CONTRAST = 24
+# Parts of the ink smaller than this share of its largest part are specks of dirt or noise, not strokes.
+_LEAST_PART = 0.05
 
 
 class NotAnImage(ValueError):
@@ -71,17 +73,31 @@ def _gray(image: Image.Image) -> np.ndarray:
 
 
 def to_mnist(gray: np.ndarray, invert: Optional[bool] = None) -> np.ndarray:
-    """A (28, 28, 1) float32 image in [0, 1], white ink on black, centred as MNIST's."""
+    """A (28, 28, 1) float32 image in [0, 1], white ink on black, centred as MNIST's.
+
+    A photo of paper is not black and white: the paper has its own shade and a lighting gradient. The
+    paper is estimated and divided out first (what is left is how much darker than its paper each pixel
+    is), the ink is what Otsu's threshold sets apart from the paper, and specks far smaller than the
+    digit are dropped; then MNIST's own preparation: the ink's box scaled into 20x20, centred by mass."""
+    from skimage import filters, measure
+
     if float(gray.max() - gray.min()) < _LEAST_CONTRAST:
         raise NotAnImage("is blank: one shade throughout, nothing to classify")
     if invert is None:
         # The background is what the border shows; MNIST's is black.
         border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
         invert = float(np.median(border)) > 127
-    ink = (255.0 - gray if invert else gray) / 255.0
-    rows, cols = np.nonzero(ink > 0.2)
-    if rows.size == 0:
+    lit = gray if invert else 255.0 - gray  # the paper light, the ink dark
+    paper = _paper(lit)
+    ink = filters.gaussian(np.clip((paper - lit) / np.maximum(paper, 1.0), 0.0, 1.0), sigma=max(lit.shape) / 400)
+    if float(ink.max()) < _LEAST_CONTRAST / 255.0:
         raise NotAnImage("is blank: no ink on its background (try --invert)")
+    parts = measure.label(ink > filters.threshold_otsu(ink))
+    sizes = np.bincount(parts.ravel())[1:]
+    kept = np.isin(parts, 1 + np.flatnonzero(sizes >= _LEAST_PART * sizes.max()))
+    rows, cols = np.nonzero(kept)
+    # Full strength where the strokes are solid, as MNIST's are; nothing outside the digit's parts.
+    ink = np.clip(np.where(kept, ink, 0.0) / np.percentile(ink[kept], 90), 0.0, 1.0)
     ink = ink[rows.min(): rows.max() + 1, cols.min(): cols.max() + 1]
     scale = _BOX / max(ink.shape)
     size = (max(1, round(ink.shape[1] * scale)), max(1, round(ink.shape[0] * scale)))
@@ -97,6 +113,24 @@ def to_mnist(gray: np.ndarray, invert: Optional[bool] = None) -> np.ndarray:
     return canvas[..., np.newaxis]
 
 
+def _paper(lit: np.ndarray) -> np.ndarray:
+    """The paper's own shade under its lighting, ink taken away: a grey closing with a window wider than
+    any stroke (a quarter of the image) fills the strokes in with the paper around them, and a blur as
+    wide smooths what is left into the lighting's gradient. Worked out on a copy of at most 256 pixels."""
+    from skimage import filters, morphology, transform
+
+    small = transform.resize(lit, _fit(lit.shape, 256), anti_aliasing=True, preserve_range=True)
+    window = max(3, max(small.shape) // 4)
+    paper = morphology.closing(small, morphology.footprint_rectangle((window, window), decomposition="separable"))
+    paper = filters.gaussian(paper, sigma=window / 2, mode="nearest", preserve_range=True)
+    return transform.resize(paper, lit.shape, preserve_range=True)
+
+
+def _fit(shape: tuple[int, ...], most: int) -> tuple[int, int]:
+    scale = min(1.0, most / max(shape))
+    return max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale))
+
+
 def prepare(path: Path, invert: Optional[bool] = None) -> np.ndarray:
     """The image file as the model takes it: (28, 28, 1), white ink on black."""
     gray = load_gray(path)
@@ -106,8 +140,8 @@ def prepare(path: Path, invert: Optional[bool] = None) -> np.ndarray:
         raise NotAnImage(f"{path} {blank}") from None
 
 
-def champion_model(artifacts_dir: str, dataset: str) -> Path:
-    """The dataset's champion's model file, once its train entry has been verified."""
+def champion_model(artifacts_dir: str, dataset: str) -> tuple[str, Path]:
+    """The dataset's champion's fingerprint and model file, once its train entry has been verified."""
     from engine.champions import ChampionDamaged, read_champion
     from engine.store import ArtifactStore
 
@@ -122,7 +156,7 @@ def champion_model(artifacts_dir: str, dataset: str) -> Path:
     if problem is not None:
         raise ChampionDamaged(f"the {dataset} champion's model cannot be trusted: {problem}")
     model: ModelRef = store.load_ref("train", champion.model)
-    return model.at(store.root).model_file
+    return champion.model, model.at(store.root).model_file
 
 
 def load_model(model_path: Path):

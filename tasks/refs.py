@@ -78,6 +78,8 @@ class ModelRef(EntryRef):
     HISTORY: ClassVar[str] = "history.csv"
     SUMMARY: ClassVar[str] = "model_summary.txt"
     INFO: ClassVar[str] = "train.json"
+    # Keras's TensorBoard logs: train/ and validation/ event files, a scalar per epoch (the model's graph too).
+    TENSORBOARD: ClassVar[str] = "tensorboard"
 
     epochs_run: int
     epoch_seconds: list[float]

@@ -59,18 +59,32 @@ def _cell(value: Any) -> Any:
     return value if value is None or isinstance(value, numbers.Number) else markdown_escape(value)
 
 
+def seconds(value: Any) -> Any:
+    """A time as the reports show it: `23.55 s`; anything but a number as it is."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and np.isfinite(value):
+        return f"{value:.2f} s"
+    return value
+
+
+def _column(key: Any, value: Any) -> Any:
+    """A table cell of the column `key`: times (a column named `seconds`) with their unit, at two decimals."""
+    return _cell(seconds(value) if key == "seconds" else value)
+
+
 def table(frame: "pd.DataFrame | list[dict[str, Any]]") -> str:
     """A pipe table of a frame or of rows (dicts, which need no pandas: a run's own report is made of them), as
-    pandas' to_markdown makes it; text cells escaped, so that a value cannot open a cell, a row or a link."""
+    pandas' to_markdown makes it; text cells escaped, so that a value cannot open a cell, a row or a link.
+    Numbers show four decimals, but in a column named `seconds`: `23.55 s`."""
     from tabulate import tabulate
 
     if isinstance(frame, list):
-        rows = [{_cell(key): _cell(value) for key, value in row.items()} for row in frame]
+        rows = [{_cell(key): _column(key, value) for key, value in row.items()} for row in frame]
         return tabulate(rows, headers="keys", tablefmt="pipe", floatfmt=".4f")
     import pandas as pd
 
     meaningful_index = not isinstance(frame.index, pd.RangeIndex) or frame.index.name is not None
-    cells = frame.apply(lambda column: column.map(_cell)).astype(object).rename(columns=_cell, index=_cell)
+    cells = frame.apply(lambda column: column.map(lambda value: _column(column.name, value))).astype(object).rename(
+        columns=_cell, index=_cell)
     return tabulate(cells, headers="keys", tablefmt="pipe", floatfmt=".4f", showindex=meaningful_index)
 
 

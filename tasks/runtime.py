@@ -13,11 +13,16 @@ from typing import Iterator, Optional
 # What TensorFlow's C++ start-up writes straight to the terminal when a machine has no CUDA driver.
 _NO_DRIVER_NOISE = re.compile(rb"Could not find cuda drivers|failed call to cuInit|"
                               rb"All log messages before absl::InitializeLog\(\) is called")
+# Its note that oneDNN's kernels are on, which it writes once for each of its libraries, whatever
+# TF_CPP_MIN_LOG_LEVEL says: passed on once in a process.
+_ONEDNN_NOTE = re.compile(rb"oneDNN custom operations are on")
+_noted: list[bytes] = []
 
 
 @contextmanager
 def _without_no_driver_noise() -> Iterator[None]:
-    """Hold back what is written to stderr's file descriptor; pass on all but the no-driver lines."""
+    """Hold back what is written to stderr's file descriptor; pass on all but the no-driver lines and a repeated
+    oneDNN note."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as caught:
@@ -30,12 +35,18 @@ def _without_no_driver_noise() -> Iterator[None]:
             os.close(saved)
             caught.seek(0)
             for line in caught:
+                if _ONEDNN_NOTE.search(line):
+                    if _noted:
+                        continue
+                    _noted.append(line)
                 if not _NO_DRIVER_NOISE.search(line):
                     os.write(2, line)
 
 
 def tensorflow():
     """TensorFlow, imported and its GPUs listed, without its no-driver lines on a machine without CUDA."""
+    # Its C++ notices (the CPU's features) left out; its warnings and errors shown. The caller's level stands.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     with _without_no_driver_noise():
         import tensorflow as tf
 

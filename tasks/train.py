@@ -85,6 +85,22 @@ def _compiled_model(params: TrainParams, steps: int, resume_from: Optional[Path]
         return model
 
 
+def _replay(logs: Path, history: list[dict[str, Any]]) -> None:
+    """TensorBoard's curves of the epochs a checkpoint holds, written afresh from its history: the same curves
+    whether or not the attempt that trained them lived to log them, and none of an attempt that is not resumed."""
+    import tensorflow as tf
+
+    shutil.rmtree(logs, ignore_errors=True)
+    for split, prefix in (("train", ""), ("validation", "val_")):
+        if not history:
+            break
+        with tf.summary.create_file_writer(str(logs / split)).as_default():
+            for row in history:
+                for name, value in row.items():
+                    if name not in ("epoch", "seconds") and name.startswith("val_") == (prefix == "val_"):
+                        tf.summary.scalar(f"epoch_{name[len(prefix):]}", value, step=row["epoch"] - 1)
+
+
 def train_model(out: Path, data: PreparedRef, params: TrainParams, *, work: Path, log: Any,
                 progress: Callable[[float], None], check_lock: Callable[[], None] = lambda: None) -> dict[str, Any]:
     """Fit the CNN with Adam on the training split, validating on the held-out split; checkpointed in `work`."""
@@ -118,15 +134,22 @@ def train_model(out: Path, data: PreparedRef, params: TrainParams, *, work: Path
     train = tf.data.Dataset.from_tensor_slices((x_train, y_train))
     validation = make_dataset(x_val, y_val, _EVAL_BATCH)
     first = len(history)
+    # TensorBoard's logs beside the checkpoints, so a resumed run goes on with the same curves. Each epoch's
+    # are written after its checkpoint: an epoch trained again after a crash is never logged twice.
+    logs = work / ModelRef.TENSORBOARD
+    _replay(logs, history)
     # One fit call per epoch, so each epoch's order is chosen here, by its number.
     for epoch in range(first, params.epochs):
+        board = keras.callbacks.TensorBoard(log_dir=str(logs), write_graph=epoch == first)
         model.fit(
             epoch_order(train, len(x_train), params.seed, epoch, global_batch),
-            initial_epoch=epoch, epochs=epoch + 1, validation_data=validation, callbacks=[recorder], verbose=0,
+            initial_epoch=epoch, epochs=epoch + 1, validation_data=validation, callbacks=[recorder, board],
+            verbose=0,
             # The order is epoch_order's; Keras must not (and cannot) shuffle a tf.data pipeline.
             shuffle=False,
         )
 
+    shutil.copytree(logs, out / ModelRef.TENSORBOARD)
     model.save(out / ModelRef.MODEL)
     pd.DataFrame(history).to_csv(out / ModelRef.HISTORY, index=False)
     lines: list[str] = []

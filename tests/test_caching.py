@@ -260,13 +260,13 @@ def test_the_machinery_and_other_stages_stay_out_of_every_key():
                                                                     "report"} and m != f"tasks.{stage}"], stage
 
 
-def test_the_readme_says_what_each_key_covers():
+def test_the_store_guide_says_what_each_key_covers():
     import re
 
     from flows import stages
 
-    readme = (ROOT / "README.md").read_text()
-    rows = dict(re.findall(r"^\| (\w+) \| (`tasks/.*`) \|$", readme, re.M))
+    guide = (ROOT / "docs" / "store.md").read_text()
+    rows = dict(re.findall(r"^\| (\w+) \| (`tasks/.*`) \|$", guide, re.M))
     for name in ("download_dataset", "preprocess_dataset", "train_model", "evaluate_model", "build_report"):
         cache = getattr(stages, name).cache_policy
         covered = {f"tasks/{m.split('.', 1)[1].replace('.', '/')}.py" for m in project_modules(cache.module)}
@@ -493,3 +493,26 @@ def test_the_run_logger_is_prefects_inside_a_task_run(monkeypatch):
     monkeypatch.setattr(caching.TaskRunContext, "get", lambda: object())
     monkeypatch.setattr(caching, "get_run_logger", lambda: "prefect's run logger")
     assert caching.run_logger() == "prefect's run logger"
+
+
+@pytest.mark.parametrize("task_run_name, key, description", [
+    ("train_model-4a1", "train-progress", "Share of the train stage done"),
+    ("train_model[lr=0.006 batch=32 seed=0]", "train-progress-lr-0-006-batch-32-seed-0",
+     "Share of the train stage done: lr=0.006 batch=32 seed=0"),
+])
+def test_a_progress_artifact_is_named_after_its_sweep_combination(monkeypatch, task_run_name, key, description):
+    """A sweep's training task runs each show their own progress, told apart by their combination."""
+    from types import SimpleNamespace
+
+    import prefect.artifacts
+
+    made, updated = [], []
+    monkeypatch.setattr(caching.TaskRunContext, "get", lambda: SimpleNamespace(task_run=SimpleNamespace(
+        name=task_run_name)))
+    monkeypatch.setattr(prefect.artifacts, "create_progress_artifact", lambda **made_with: made.append(made_with) or "id")
+    monkeypatch.setattr(prefect.artifacts, "update_progress_artifact", lambda **update: updated.append(update))
+    report = caching._progress_artifact("train")
+    report(10.04)
+    report(55.55)
+    assert made == [{"progress": 10.0, "key": key, "description": description}]
+    assert updated == [{"artifact_id": "id", "progress": 55.5}]

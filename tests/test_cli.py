@@ -123,6 +123,8 @@ def test_command_runs_then_serves_everything_from_cache(tmp_path, mirror, server
     # No word from TensorFlow's probe for a CUDA driver on a machine that has none.
     assert "cuInit" not in first.stderr and "Could not find cuda drivers" not in first.stderr
     assert (tmp_path / summary["report"]).is_file()
+    # Nothing about the hook that counts a stage's tries, and TensorFlow's oneDNN note once at most.
+    assert "count_attempts" not in first.stderr and first.stderr.count("oneDNN custom operations") <= 1
 
     again = _run_cli(tmp_path, *args, importtime=True, server=server)
     assert again.returncode == 0, again.stderr[-2000:]
@@ -136,6 +138,43 @@ def test_command_runs_then_serves_everything_from_cache(tmp_path, mirror, server
     logs = httpx.post(f"{server}/logs/filter",
                       json={"logs": {"flow_run_id": {"any_": [cached["flow_run_id"]]}}}).json()
     assert any(log["message"].startswith("Finished in state Completed") for log in logs)
+    # The first run's logs, as the UI shows them: the same.
+    logs = httpx.post(f"{server}/logs/filter", json={"logs": {"flow_run_id": {"any_": [summary["flow_run_id"]]}},
+                                                     "limit": 200}).json()
+    assert any("epoch 2/2" in log["message"] for log in logs)
+    assert not [log for log in logs if "count_attempts" in log["message"]]
+    assert sum("oneDNN custom operations" in log["message"] for log in logs) <= 1
+
+
+_AS_A_WORKER_RUNS_IT = """
+import sys
+from prefect import get_client
+from prefect.flow_engine import run_flow
+from prefect.logging.loggers import flow_run_logger
+from flows.pipeline import mnist_pipeline
+
+with get_client(sync_client=True) as client:
+    flow_run = client.create_flow_run(mnist_pipeline, parameters={"mirror": sys.argv[1]})
+print(flow_run.id, flush=True)
+run_flow(mnist_pipeline, flow_run=flow_run, error_logger=flow_run_logger(flow_run))  # prefect.engine's call
+"""
+
+
+@pytest.mark.e2e
+def test_a_run_from_the_ui_refused_on_purpose_ends_failed_in_one_line_without_prefects_traceback(tmp_path, server):
+    empty = tmp_path / "empty-mirror"
+    empty.mkdir()
+    env = {**os.environ, "PREFECT_API_URL": server}
+    done = subprocess.run([sys.executable, "-c", _AS_A_WORKER_RUNS_IT, str(empty)], capture_output=True, text=True,
+                          env=env, cwd=Path(__file__).resolve().parent.parent, timeout=300)
+    assert done.returncode != 0 and "FailedRun" in done.stderr  # as a worker's flow run process ends
+    run_id = done.stdout.split()[0]
+    run = httpx.get(f"{server}/flow_runs/{run_id}").json()
+    assert run["state"]["type"] == "FAILED"
+    assert run["state"]["message"] == f"mirror {empty} has no train-images-idx3-ubyte (nor train-images-idx3-ubyte.gz)"
+    logs = httpx.post(f"{server}/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}}}).json()
+    assert any(log["message"].startswith("Finished in state Failed('mirror ") for log in logs)
+    assert not [log for log in logs if "Engine execution exited" in log["message"] or "Traceback" in log["message"]]
 
 
 @pytest.mark.e2e
@@ -352,6 +391,17 @@ def test_the_temporary_server_ends_with_the_run(tmp_path, mirror, sig, monkeypat
 
 
 @pytest.mark.e2e
+def test_a_run_on_a_temporary_server_prints_no_link_into_it(tmp_path, mirror):
+    done = _run_cli(tmp_path, "--mirror", str(mirror), "--epochs", "1", "--batch-size", "16")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _summary(done.stdout)["server"]["temporary"] is True
+    # Its server is gone when the run ends: a link into its UI would be dead; what to do instead is said once.
+    assert "View at http" not in done.stderr and "/runs/flow-run/" not in done.stderr
+    assert done.stderr.count("this run was not recorded on a lasting Prefect server") == 1
+    assert done.stderr.rstrip().endswith("`make serve` keeps every run in the UI, and runs then report there")
+
+
+@pytest.mark.e2e
 def test_mirror_file_still_being_copied_is_retried(tmp_path, server):
     mirror = write_mirror(tmp_path / "mirror", gzipped=False)
     images = mirror / "train-images-idx3-ubyte"
@@ -368,13 +418,13 @@ def test_mirror_file_still_being_copied_is_retried(tmp_path, server):
     assert download["state"] == "Completed" and download["attempts"] == 2
 
 
-def test_the_readme_lists_every_flow_parameter_with_its_description():
+def test_the_operations_guide_lists_every_flow_parameter_with_its_description():
     import re
 
     from flows.pipeline import mnist_pipeline
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    table = dict(re.findall(r"^\| `(\w+)` \| (.+?) \|$", readme.split("| field | description |")[1].split("\n\n")[0],
+    guide = (Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text()
+    table = dict(re.findall(r"^\| `(\w+)` \| (.+?) \|$", guide.split("| field | description |")[1].split("\n\n")[0],
                             re.MULTILINE))
     schema = mnist_pipeline.parameters.model_dump()["properties"]
     assert table == {name: field["description"] for name, field in schema.items()}
@@ -547,7 +597,8 @@ def test_a_bad_setting_in_the_environment_is_one_line_naming_it(variable, value,
             done.stderr
 
 
-@pytest.mark.parametrize("command", [["runs"], ["runs", "--json"], ["store"], ["store", "--all"], ["gc"]])
+@pytest.mark.parametrize("command", [["runs"], ["runs", "--json"], ["runs", "--all"], ["store"], ["store", "--all"],
+                                     ["gc"]])
 def test_a_reader_that_stops_early_ends_the_command_quietly(command, tmp_path):
     from engine import runlog
 
@@ -558,11 +609,69 @@ def test_a_reader_that_stops_early_ends_the_command_quietly(command, tmp_path):
                                    "gate_reason": "x" * 40})
     for n in range(500):
         (store / "train" / f".tmp-{n:016x}-00000000").mkdir(parents=True)
-    done = subprocess.run(["bash", "-c", f'"$0" -m ops.cli {" ".join(command)} --artifacts-dir "$1" | head -1;'
+    done = subprocess.run(["bash", "-c", f'"$0" -m ops.cli {" ".join(command)} --artifacts-dir "$1" | head -3;'
                            ' echo "status ${PIPESTATUS[0]}"', sys.executable, str(store)],
                           capture_output=True, text=True, timeout=120)
     assert done.stdout.splitlines()[-1] == "status 0", done.stderr
+    assert len(done.stdout.splitlines()) == (2 if "--json" in command else 4)  # JSON is one line
     assert "Error" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+    if command in (["runs"], ["store"], ["gc"]):  # piped: 120 columns, no colours
+        assert max(map(len, done.stdout.splitlines())) <= cli.PIPED_WIDTH and "\x1b" not in done.stdout
+
+
+def _logged(store, **line):
+    from engine import runlog
+
+    runlog.append(str(store), {"dataset": "mnist", "epochs": 10, "batch_size": 128, "learning_rate": 0.002,
+                               "test_accuracy": 0.9912, "gate_passed": True, "finished": "2026-12-06T05:22:28+00:00",
+                               **line})
+
+
+def test_runs_fits_one_screen_newest_last_by_the_names_the_ui_shows(tmp_path, capsys):
+    _logged(tmp_path, flow_run_id="0a1b2c3d-0000-4000-8000-000000000000")  # logged before runs had names
+    _logged(tmp_path, flow_run_id="1" * 36, run_name="crimson-fox", dataset="fashion_mnist", gate_passed=False,
+            gate_reason="test accuracy 0.9000 is below the threshold " + "x" * 300, test_accuracy=0.9)
+    _logged(tmp_path, flow_run_id="2" * 36, run_name="a-" + "very-" * 40 + "long-name", train_limit=1000)
+    assert cli.main(["runs", "--artifacts-dir", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(map(len, lines)) <= 120 and len(lines) == 4
+    assert lines[0].split() == ["when", "run", "dataset", "epochs", "batch", "lr", "test", "accuracy", "gate"]
+    assert lines[1].split()[2:] == ["0a1b2c3d", "mnist", "10", "128", "0.002", "0.9912", "promoted"]
+    assert lines[2].split()[2:] == ["crimson-fox", "fashion_mnist", "10", "128", "0.002", "0.9000", "not", "promoted"]
+    assert lines[3].split()[2].startswith("a-very-very-") and lines[3].endswith("0.9912  promoted")
+    # The rest with --all, as wide as it takes, and everything with --json.
+    assert cli.main(["runs", "--artifacts-dir", str(tmp_path), "--all"]) == 0
+    wide = capsys.readouterr().out
+    assert "x" * 300 in wide and "1" * 36 in wide and "NaN" not in wide
+    assert wide.splitlines()[0].split() == runlog_columns()
+    assert cli.main(["runs", "--artifacts-dir", str(tmp_path), "--json"]) == 0
+    assert [run.get("run_name") for run in json.loads(capsys.readouterr().out)] == [
+        None, "crimson-fox", "a-" + "very-" * 40 + "long-name"]
+
+
+def runlog_columns() -> list[str]:
+    from engine import runlog
+
+    return runlog.COLUMNS
+
+
+def test_the_width_is_the_terminals_where_there_is_one(tmp_path, monkeypatch, capsys):
+    _logged(tmp_path, flow_run_id="1" * 36, run_name="crimson-fox", gate_reason="r" * 300)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
+    monkeypatch.setenv("COLUMNS", "70")
+    assert cli.main(["runs", "--artifacts-dir", str(tmp_path)]) == 0
+    assert max(map(len, capsys.readouterr().out.splitlines())) <= 70
+
+
+@pytest.mark.parametrize("command", ["runs", "store", "gc", "predict"])
+def test_every_option_of_the_commands_that_read_the_store_says_what_it_does(command, capsys):
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "--artifacts-dir DIR the artifact store: a folder, or s3://bucket/prefix (default: artifacts)" in shown
+    assert "--json print JSON (every field, every row) instead of a table" in shown
+    if command in ("runs", "store"):
+        assert "--all every setting and figure" in shown or "--all every path under the store" in shown
 
 
 def test_logged_values_and_file_names_print_no_terminal_escapes(tmp_path, capsys):

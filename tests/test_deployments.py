@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from flows.config import TINY
+from ops import deployments
 from tests import serving
 from tests.serving import ROOT
 
@@ -235,6 +236,12 @@ def test_ten_runs_created_at_once_are_all_created_and_complete(served, api, mirr
     assert [a.status_code for a in answers] == [201] * 10, [a.text[:200] for a in answers if a.status_code != 201]
     finished = [serving.wait(api, a.json()["id"], timeout=600) for a in answers]
     assert [run["state"]["type"] for run in finished] == ["COMPLETED"] * 10
+    # While one ran, the others waited for the worker's one slot, and said so: never Late.
+    histories = [api.get("/flow_run_states/", params={"flow_run_id": run["id"]}).json() for run in finished]
+    seen = [(state["name"], state["message"] or "") for history in histories for state in history]
+    assert "Late" not in [name for name, _ in seen]
+    waited = [message for name, message in seen if name == "AwaitingConcurrencySlot"]
+    assert len(waited) >= 5 and all(message.startswith("waits for flow run ") for message in waited), seen
 
 
 def test_retry_from_the_browser(served, api, browser, mirror, tmp_path):
@@ -286,7 +293,7 @@ def test_a_command_line_run_reports_to_the_served_server(served, api, mirror, tm
     assert listed["state"]["type"] == "COMPLETED"
 
 
-def test_a_killed_flow_run_retried_leaves_no_task_run_running(served, api, mirror, tmp_path):
+def test_a_killed_flow_run_leaves_no_task_run_running_and_its_retry_completes(served, api, mirror, tmp_path):
     import signal
 
     run = api.post(f"/deployments/{serving.deployment(api, 'on-demand')['id']}/create_flow_run",
@@ -299,16 +306,29 @@ def test_a_killed_flow_run_retried_leaves_no_task_run_running(served, api, mirro
     # Prefect's worker sees its flow run's process end, and marks the run Crashed.
     assert serving.eventually(lambda: api.get(f"/flow_runs/{run['id']}").json()["state"]["type"] == "CRASHED",
                               timeout=60)
+
+    def task_runs() -> list[dict]:
+        return api.post("/task_runs/filter", json={"flow_runs": {"id": {"any_": [run["id"]]}}}).json()
+
+    def unfinished() -> list[str]:
+        return [t["name"] for t in task_runs() if t["state"]["type"] in ("RUNNING", "PENDING")]
+
+    # ... and its task runs, which its process could not end, are marked Crashed too, before anyone retries;
+    # the flow run's message says what happened and what to do.
+    assert serving.eventually(lambda: not unfinished(), timeout=60), unfinished()
+    def state() -> dict:
+        return api.get(f"/flow_runs/{run['id']}").json()["state"]
+
+    assert serving.eventually(lambda: (state()["message"] or "").startswith(deployments.RESUMES), timeout=60), state()
+    assert state()["type"] == "CRASHED" and "status code: -9" in state()["message"]
+    [train] = [t for t in task_runs() if t["task_key"].startswith("train_model")]
+    assert train["state"]["type"] == "CRASHED" and "Retry resumes it" in train["state"]["message"]
     time.sleep(10)  # the worker reports the process's end once more; a person reads the page first too
     # Retry, as the UI does it.
     api.post(f"/flow_runs/{run['id']}/set_state", json={"state": {"type": "SCHEDULED", "name": "AwaitingRetry",
                                                                   "message": "Retry from the UI"}, "force": True})
     done = serving.wait(api, run["id"], timeout=300)
     assert done["state"]["type"] == "COMPLETED", done["state"]
-
-    def unfinished() -> list[str]:
-        states = api.post("/task_runs/filter", json={"flow_runs": {"id": {"any_": [run["id"]]}}}).json()
-        return [t["name"] for t in states if t["state"]["type"] in ("RUNNING", "PENDING")]
 
     # Task runs' states reach the server as events, a moment after the flow run's own: the last task
     # (publish_report) can still read Running when the flow run already reads Completed.

@@ -27,19 +27,31 @@ def test_worse_than_the_best_on_the_same_test_data_beyond_tolerance_is_refused()
     assert result.champion_accuracy == 0.990
 
 
-def test_within_tolerance_of_the_best_is_promoted():
-    assert gate.judge(0.990 - gate.TOLERANCE / 2, threshold=0.97, bar=0.990).passed
+def test_within_tolerance_of_the_best_is_a_tie_and_the_champion_stays():
+    result = gate.judge(0.990 - gate.TOLERANCE / 2, threshold=0.97, bar=0.990)
+    assert not result.passed and result.verdict == gate.NOT_PROMOTED
+    assert "ties with 0.9900, the best promoted on the same test data (within 0.005), and does not beat it" in result.reason
 
 
 @pytest.mark.parametrize("bar", [0.990, 0.9715, 0.5])
-def test_the_tolerance_and_the_threshold_are_inclusive_to_the_last_bit(bar):
+def test_only_a_better_model_replaces_the_champion_to_the_last_bit(bar):
     import math
 
+    assert gate.judge(math.nextafter(bar, 1.0), threshold=0.0, bar=bar).verdict == gate.PROMOTED
+    assert "beats" in gate.judge(math.nextafter(bar, 1.0), threshold=0.0, bar=bar).reason
+    # Equal is a tie; the tolerance's edge still a tie, one bit under it worse: neither replaces the champion.
     edge = bar - gate.TOLERANCE
-    assert gate.judge(edge, threshold=0.0, bar=bar).passed
-    assert not gate.judge(math.nextafter(edge, 0.0), threshold=0.0, bar=bar).passed
+    for accuracy, words in ((bar, "ties with"), (edge, "ties with"), (math.nextafter(edge, 0.0), "more than 0.005 under")):
+        result = gate.judge(accuracy, threshold=0.0, bar=bar)
+        assert not result.passed and words in result.reason, (accuracy, result.reason)
     assert gate.judge(bar, threshold=bar, bar=None).passed
     assert not gate.judge(math.nextafter(bar, 0.0), threshold=bar, bar=None).passed
+
+
+def test_the_champions_own_model_is_already_the_champion_whatever_its_score():
+    result = gate.judge(0.98, threshold=0.97, bar=0.98, already=True)
+    assert result.passed and result.verdict == gate.ALREADY
+    assert result.reason == "this model is the champion already, at test accuracy 0.9800"
 
 
 def _refs(fingerprint: str, accuracy: float, test_data: str = TEST_DATA):
@@ -55,8 +67,8 @@ def _decide(store: str, fingerprint: str, accuracy: float, run_id: str,
     """The gate's steps as a run takes them: judge, then promote if passed, under the champion's lock."""
     model, metrics = _refs(fingerprint, accuracy, test_data)
     with champions.champion_lock(FileLockManager(Path(store) / ".locks"), "mnist"):
-        verdict = gate.gate_model(store, "mnist", metrics, 0.97)
-        if verdict.passed:
+        verdict = gate.gate_model(store, "mnist", model, metrics, 0.97)
+        if verdict.verdict == gate.PROMOTED:
             gate.promote(store, "mnist", model, metrics, run_id)
     return verdict
 
@@ -70,9 +82,13 @@ def test_champion_record_follows_the_gate(tmp_path):
     assert _decide(store, "c" * 16, 0.99, "run-3").passed
     champion = champions.read_champion(store, "mnist")
     assert (champion.model, champion.flow_run_id, champion.model_path) == ("c" * 16, "run-3", "train/" + "c" * 16)
-    # The same model again (a cached rerun): the record keeps the run that promoted it.
-    assert _decide(store, "c" * 16, 0.99, "run-4").passed
+    # The same model again (a cached rerun): already the champion; the record keeps the run that promoted it.
+    assert _decide(store, "c" * 16, 0.99, "run-4").verdict == gate.ALREADY
     assert champions.read_champion(store, "mnist").flow_run_id == "run-3"
+    # A model as good as the champion, or a little worse (a 2-epoch model within the tolerance), never replaces it.
+    assert _decide(store, "d" * 16, 0.99, "run-5").verdict == gate.NOT_PROMOTED
+    assert _decide(store, "e" * 16, 0.99 - gate.TOLERANCE / 2, "run-6").verdict == gate.NOT_PROMOTED
+    assert champions.read_champion(store, "mnist").model == "c" * 16
     assert champions.read_champion(store, "fashion_mnist") is None
 
 
@@ -136,10 +152,10 @@ def test_promotions_cannot_ratchet_down():
     import tempfile
 
     store = tempfile.mkdtemp()
-    # Five runs, each 0.004 under the last: within the tolerance of the last champion every time.
+    # Five runs, each 0.004 under the last: within the tolerance of the last one every time, better never.
     accuracies = [0.990 - 0.004 * i for i in range(5)]
     passed = [_decide(store, f"{i:016x}", accuracy, f"run-{i}").passed for i, accuracy in enumerate(accuracies)]
-    assert passed == [True, True, False, False, False]
+    assert passed == [True, False, False, False, False]
     assert champions.read_champion(store, "mnist").best == {TEST_DATA: 0.990}
 
 

@@ -840,3 +840,34 @@ def test_a_path_gone_while_the_store_is_listed_is_left_out_and_the_rest_listed(t
     monkeypatch.setattr(inventory, "_rows", one_gone_first)
     listed = _listing(store)
     assert "train/0123456789abcdef" not in listed and _five(run) <= set(listed)
+
+
+def test_store_lists_one_line_per_entry_and_a_total_and_gc_what_would_go_without_nan(tmp_path, capsys):
+    store = tmp_path / "artifacts"
+    champion, old, new = _logged_run(store), _logged_run(store), _logged_run(store)
+    _crown(store, champion)
+    (store / "train" / ".tmp-0123456789abcdef-0badcafe").mkdir()
+    assert cli.main(["store", "--artifacts-dir", str(store), "--keep-runs", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["stage", "fingerprint", "size", "age", "last", "run", "kept", "by"]
+    listed = {tuple(line.split()[:2]) for line in lines[1:-2]}
+    assert listed == {tuple(name.split("/")) for run in (champion, old, new) for name in _five(run)}
+    assert len(lines) == 1 + 15 + 2 and max(map(len, lines)) <= cli.PIPED_WIDTH and "NaN" not in "".join(lines)
+    by_fingerprint = {line.split()[1]: line for line in lines[1:-2]}
+    assert by_fingerprint[champion["train"].split("/")[1]].endswith("champion mnist")
+    assert by_fingerprint[new["train"].split("/")[1]].endswith("recent run")
+    assert by_fingerprint[old["train"].split("/")[1]].endswith("nothing: gc removes it")
+    # The last run by its name; a line logged before runs had names, by its id's first characters.
+    assert f" {old['flow_run_id'][:8]} " in by_fingerprint[old["train"].split("/")[1]]
+    assert lines[-2].startswith("besides: the store's own folders and files (") and "1 leftover gc removes" in lines[-2]
+    assert lines[-1].startswith(f"total: {_du(store)} bytes")
+
+    assert cli.main(["gc", "--artifacts-dir", str(store), "--keep-runs", "1"]) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert lines[0].split() == ["kind", "stage", "fingerprint", "size", "age", "last", "run"]
+    assert sorted(line.split()[0] for line in lines[1:]) == ["entry"] * 5 + ["leftover"]
+    assert "NaN" not in captured.out and max(map(len, lines)) <= cli.PIPED_WIDTH
+    assert "would free" in captured.err
+    assert cli.main(["gc", "--artifacts-dir", str(store), "--json"]) == 0
+    assert "NaN" not in capsys.readouterr().out

@@ -193,9 +193,13 @@ def test_gate_promotes_a_good_model_and_refuses_a_weak_one(run, store):
     from engine.champions import read_champion
 
     promoted = run(accuracy_threshold=0.5)
-    assert promoted["gate"]["passed"] is True
+    assert promoted["gate"]["passed"] is True and promoted["gate"]["verdict"] == "promoted to champion"
     champion = read_champion(store, "mnist")
     assert champion.test_accuracy == promoted["metrics"]["test_accuracy"]
+    # The same model again, every stage cached: already the champion, not promoted a second time.
+    again = run(accuracy_threshold=0.5)
+    assert again["gate"]["verdict"] == "already the champion" and again["gate"]["passed"] is True
+    assert read_champion(store, "mnist") == champion
 
     state = run(accuracy_threshold=0.999, seed=1, return_state=True)
     assert state.is_completed() and state.name == "NotPromoted"
@@ -242,13 +246,23 @@ def test_flow_run_publishes_its_artifacts(run):
 
 
 def test_runs_command_lists_what_ran(run, store, capsys):
+    from prefect.client.orchestration import get_client
+
     from ops import cli
 
     summary = run(accuracy_threshold=0.5)
     assert cli.main(["runs", "--artifacts-dir", store, "--json"]) == 0
     listed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert [r["flow_run_id"] for r in listed] == [summary["flow_run_id"]]
+    # By default one screen wide, the run by the name the Prefect UI gives it, recorded when it ran.
+    with get_client(sync_client=True) as client:
+        name = client.read_flow_run(summary["flow_run_id"]).name
+    assert listed[0]["run_name"] == name
     assert cli.main(["runs", "--artifacts-dir", store]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["when", "run", "dataset", "epochs", "batch", "lr", "test", "accuracy", "gate"]
+    assert f" {name} " in lines[-1] and max(map(len, lines)) <= 120
+    assert cli.main(["runs", "--artifacts-dir", store, "--all"]) == 0
     assert summary["flow_run_id"] in capsys.readouterr().out
 
 

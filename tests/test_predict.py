@@ -44,7 +44,9 @@ def test_predict_classifies_typed_digits_at_any_size(model_path, tmp_path, capsy
             Image.fromarray(glyph(digit, size, rng, ink_on_paper=paper)).convert("RGB").save(path)
             files.append((digit, path))
     assert cli.main(["predict", *[str(p) for _, p in files], "--model", str(model_path), "--json"]) == 0
-    results = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["model"] == {"path": str(model_path)}
+    results = summary["predictions"]
     right = sum(r["class"] == digit for (digit, _), r in zip(files, results))
     assert right >= 0.9 * len(files)
     assert all(abs(sum(r["probabilities"]) - 1) < 1e-3 for r in results)
@@ -107,7 +109,16 @@ def test_predict_with_the_champion_loads_no_prefect(champion, tmp_path):
 
 def test_predict_finds_the_champion_in_a_moved_store(champion, tmp_path, capsys):
     assert cli.main(["predict", str(_digit(tmp_path)), "--artifacts-dir", str(champion), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)[0]["class"] == 3
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["predictions"][0]["class"] == 3
+    # The model it used: the champion, by the fingerprint its record holds, at its place in the moved store.
+    fingerprint = json.loads((champion / "champions" / "mnist.json").read_text())["model"]
+    assert summary["model"] == {"dataset": "mnist", "fingerprint": fingerprint,
+                                "path": str(champion / "train" / fingerprint / ModelRef.MODEL)}
+    assert cli.main(["predict", str(_digit(tmp_path)), "--artifacts-dir", str(champion)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"model: the mnist champion {fingerprint} ({champion / 'train' / fingerprint / ModelRef.MODEL})"
+    assert lines[1].startswith(f"{tmp_path / 'digit-3.png'}: 3 (")
 
 
 def test_a_swapped_champion_model_is_refused(champion, model_path, tmp_path, capsys):
@@ -206,7 +217,7 @@ def test_invert_overrides_what_the_border_suggests(model_path, tmp_path, capsys)
 
     def seen(*option: str) -> list:
         assert cli.main(["predict", str(dark_on_light), "--model", str(model_path), "--json", *option]) == 0
-        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])[0]["probabilities"]
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])["predictions"][0]["probabilities"]
 
     assert seen() == seen("--invert", "auto") == seen("--invert", "yes")
     # Not inverted, the paper is the "ink": the digit's box is the whole page, another image altogether.

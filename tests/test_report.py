@@ -14,7 +14,8 @@ from tasks import report
 from engine.store import ArtifactStore
 from tests.stages import run_stages
 
-SECTIONS = ["Dataset", "Model", "Training", "Metrics", "Confusion matrix", "Predictions", "Misclassified examples"]
+SECTIONS = ["Dataset", "Model", "Training", "Metrics", "Confusion matrix", "Predictions", "Misclassified examples",
+            "Provenance"]
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +53,12 @@ def test_html_is_self_contained_and_its_images_decode(entry):
     assert "src='http" not in html and 'src="http' not in html
 
 
-def test_report_shows_the_metrics_and_model(entry):
+def test_report_shows_the_metrics_and_model(entry, refs):
     text = (entry / report.REPORT_MD).read_text()
     assert "Test accuracy" in text and "121,930" in text and "sha256" in text
     assert "tensorflow-datasets" in text and "keras" in text  # library versions
+    # Where the model's TensorBoard curves are, and how to see them.
+    assert f"are in `{refs['model'].name}/tensorboard` of the store; `make tensorboard`" in text
 
 
 def test_the_datasets_warnings_are_in_the_report(entry):
@@ -95,12 +98,24 @@ def test_the_run_part_names_the_best_earlier_score_of_those_recorded(scores, bes
 
     from flows.gate import GateResult
 
-    earlier = [{"finished": f"2026-11-0{i + 1}", "test_accuracy": score} for i, score in enumerate(scores)]
-    text = report.render("run.md.j2", gate=GateResult(passed=False, champion_accuracy=None, reason="r"),
+    earlier = [{"finished": f"2026-11-0{i + 1}", "test_accuracy": score, "runs": 1} for i, score in enumerate(scores)]
+    refused = GateResult(passed=False, champion_accuracy=None, reason="r", verdict="not promoted")
+    text = report.render("run.md.j2", gate=refused,
                          timing=[{"stage": "train", "state": "Cached", "seconds": 0.5, "attempts": 1}],
                          dataset="mnist", metrics=SimpleNamespace(test_accuracy=0.9), earlier=earlier)
     assert f"the best of the {len(scores)} runs before it: {best}." in text
-    assert "| train   | Cached  |    0.5000 |          1 |" in text
+    assert "| train   | Cached  | 0.50 s    |          1 |" in text
+
+
+def test_seconds_show_two_decimals_and_their_unit_in_every_table_of_the_reports():
+    import pandas as pd
+
+    rows = [{"stage": "train", "seconds": 23.55}, {"stage": "report", "seconds": 0.0612}]
+    assert report.table(rows).splitlines()[2:] == ["| train   | 23.55 s   |", "| report  | 0.06 s    |"]
+    # The epochs' table of the stage's report too; other figures keep their four decimals.
+    history = report.table(pd.DataFrame({"epoch": [1], "loss": [0.25], "seconds": [8.1234]}))
+    assert history.splitlines()[2] == "|       1 | 0.2500 | 8.12 s    |"
+    assert "23.5500" not in report.table(rows) and report.seconds(None) is None
 
 
 HEADINGS = ("h1", "h2", "h3", "h4", "h5", "h6")
@@ -171,18 +186,18 @@ def test_stored_values_put_no_link_heading_or_row_in_the_run_report(refs, tmp_pa
     monkeypatch.setattr(ModelRef, "summary", lambda self: f"Model\n```\n<img src=x onerror=alert(1)>\n{LINK}\n")
     stage_report = build_report.fn(store, raw, refs["data"], refs["model"], refs["metrics"], PARAMS)
     (Path(store) / "runs.jsonl").write_text(json.dumps({
-        "flow_run_id": "earlier", "dataset": "mnist", "finished": LINK, "epochs": ROW, "lr_schedule": "a|b|c",
+        "flow_run_id": "earlier", "dataset": "mnist", "finished": LINK, "epochs": ROW, "learning_rate": "a|b|c",
         "batch_size": "\x1b]0;title\x07\x1b[2Jcleared", "test_accuracy": 0.5}) + "\n")
     folder = Path(store) / "runs" / "this-run"
-    runner.write_run_report(store, folder, stage_report, refs["metrics"], "mnist",
-                            GateResult(passed=False, champion_accuracy=None, reason=ROW),
+    runner.write_run_report(store, folder, stage_report, refs["model"], refs["metrics"], PARAMS, "mnist",
+                            GateResult(passed=False, champion_accuracy=None, reason=ROW, verdict="not promoted"),
                             {"train": {"state": LINK, "seconds": 1.0, "attempts": 1}})
 
     markdown = (folder / report.REPORT_MD).read_text()
     assert "\n# injected" not in markdown and "\n| injected" not in markdown
     page = _Page((folder / report.REPORT_HTML).read_text())
     _assert_nothing_live(page)
-    assert page.headings == [page.headings[0], *SECTIONS, "Quality gate", "This run", "Earlier runs"]
+    assert page.headings == [page.headings[0], "Summary", *SECTIONS, "Quality gate", "This run", "Earlier runs"]
     # Every row has its table's columns, and the earlier runs' table (the last) has the one run logged.
     assert [set(rows) for rows in page.tables] == [{rows[0]} for rows in page.tables]
     assert len(page.tables[-1]) == 2  # its header and the run
@@ -221,12 +236,54 @@ def test_the_ui_artifacts_show_stored_values_as_text(refs, tmp_path, monkeypatch
     monkeypatch.setenv("MNIST_PIPELINE_REPORTS_ROOT", str(tmp_path))
     folder = tmp_path / "runs" / "this-run"
     folder.mkdir(parents=True)
+    def refused(reason: str) -> GateResult:
+        return GateResult(passed=False, champion_accuracy=None, reason=reason, verdict="not promoted")
+
     (folder / report.REPORT_MD).write_text(report.render(
-        "run.md.j2", gate=GateResult(passed=False, champion_accuracy=None, reason=LINK), timing=[],
-        dataset="mnist", metrics=refs["metrics"], earlier=[{"finished": ROW, "test_accuracy": 0.5}]))
-    runner.publish_report.fn(refs["store"], folder, refs["metrics"], "mnist",
-                             GateResult(passed=False, champion_accuracy=None, reason=f"{LINK} {ROW}"))
+        "run.md.j2", gate=refused(LINK), timing=[],
+        dataset="mnist", metrics=refs["metrics"], earlier=[{"finished": ROW, "test_accuracy": 0.5, "runs": 1}]))
+    runner.publish_report.fn(refs["store"], folder, refs["metrics"], "mnist", refused(f"{LINK} {ROW}"))
     page = _Page(python_markdown.markdown(made["markdown"]["markdown"], extensions=["tables"]))
     _assert_nothing_live(page)
     assert page.links() == ["http://127.0.0.1:4201/runs/this-run/report.html"]
     assert LINK in " ".join(page.text)
+
+
+def test_the_run_report_opens_with_a_summary_and_folds_reruns_of_one_model(refs, tmp_path):
+    import shutil
+
+    from flows.gate import GateResult
+    from tests.stages import PARAMS
+
+    store = str(tmp_path / "store")
+    shutil.copytree(refs["store"], store)
+    logged = [{"flow_run_id": f"run-{n}", "dataset": "mnist", "finished": f"2026-12-0{n + 1}T00:00:00+00:00",
+               "test_data": "abc", "epochs": 3, "test_accuracy": accuracy, "gate_passed": True,
+               "entries": {"train": f"train/{fingerprint * 16}"}}
+              for n, (fingerprint, accuracy) in enumerate([("a", 0.91), ("b", 0.93), ("a", 0.91), ("a", 0.91)])]
+    (Path(store) / "runs.jsonl").write_text("".join(json.dumps(line) + "\n" for line in logged))
+    folder = Path(store) / "runs" / "this-run"
+    runner.write_run_report(store, folder, refs["report"], refs["model"], refs["metrics"], PARAMS, "mnist",
+                            GateResult(passed=True, champion_accuracy=0.93, reason="it holds", verdict="promoted to champion"),
+                            {"train": {"state": "Completed", "seconds": 1.0, "attempts": 1}})
+
+    markdown = (folder / report.REPORT_MD).read_text()
+    title, summary = markdown.split("\n\n## ")[:2]
+    assert title.startswith("# mnist CNN") and summary.startswith("Summary\n")
+    accuracy = refs["metrics"].test_accuracy
+    assert f"**Test accuracy {accuracy:.4f}** on the test split ({refs['metrics'].test_count} images)" in summary
+    assert "**Quality gate:** promoted to champion: it holds." in summary
+    assert "**Compared with:** 0.9300, the best test accuracy promoted on the same test data." in summary
+    assert f"**Training:** {refs['model'].epochs_run} epochs in " in summary
+    assert f"epochs {PARAMS.epochs}, batch\\_size {PARAMS.batch_size}, learning\\_rate " in summary
+    # The checksums come after everything a reader looks for first.
+    assert markdown.index("## Provenance") > markdown.index("## Misclassified examples")
+    assert markdown.index("SHA-256 of the decoded arrays") > markdown.index("## Provenance")
+    # Three reruns of one model with one result are one row, counted; the newest last.
+    assert "the best of the 4 runs before it: 0.9300." in markdown
+    page = _Page((folder / report.REPORT_HTML).read_text())
+    earlier = page.tables[-1]
+    assert len(earlier) == 3  # its header and two rows
+    rows = markdown.split("## Earlier runs")[1].strip().splitlines()[-2:]
+    assert rows[0].split("|")[1].strip() == "2026-12-02T00:00:00+00:00" and rows[0].rstrip("| ").endswith("1")
+    assert rows[1].split("|")[1].strip() == "2026-12-04T00:00:00+00:00" and rows[1].rstrip("| ").endswith("3")

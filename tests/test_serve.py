@@ -38,6 +38,8 @@ def test_stop_ends_a_flow_run_in_progress_as_cancelled(tmp_path, mirror):
         stopped = serving.serve_command("stop", server["env"])
         assert stopped.returncode == 0, stopped.stderr
         assert not [pid for pid in flow_runs if serving.running(pid)]
+        # It names the run it cancelled, as the UI does.
+        assert f"cancelled flow run {run['name']} ({run['id']})" in stopped.stdout
     # What the UI shows after the next `make serve`.
     with serving.started(home) as server, serving.PatientClient(base_url=f"{server['url']}/api", timeout=30) as api:
         assert api.get(f"/flow_runs/{run['id']}").json()["state"]["type"] == "CANCELLED"

@@ -160,6 +160,10 @@ def test_resumed_training_matches_an_uninterrupted_run(mirror, tmp_path):
     assert b["loss"].iloc[-1] == pytest.approx(a["loss"].iloc[-1], rel=1e-4)
     import keras
 
+    # TensorBoard's curves go on where they stopped: one point per epoch, none twice, as uninterrupted.
+    for run in ("whole", "resumed"):
+        assert sorted(_tensorboard_points(tmp_path / run / ModelRef.TENSORBOARD)[("validation", "epoch_accuracy")]) \
+            == [0, 1, 2], run
     weights = [keras.models.load_model(tmp_path / run / ModelRef.MODEL).get_weights() for run in ("whole", "resumed")]
     for left, right in zip(*weights):
         np.testing.assert_allclose(right, left, rtol=1e-3, atol=1e-5)
@@ -314,3 +318,24 @@ def test_the_stages_train_with_onednn_kernels_unless_the_environment_says_otherw
     kept = subprocess.run([sys.executable, "-c", "import os, tasks; print(os.environ['TF_ENABLE_ONEDNN_OPTS'])"],
                           capture_output=True, text=True, cwd=root, env={**env, "TF_ENABLE_ONEDNN_OPTS": "0"})
     assert kept.stdout.strip() == "0", kept.stderr[-3000:]
+
+
+def _tensorboard_points(folder: Path) -> dict[tuple[str, str], list[int]]:
+    """Each (train|validation, tag)'s steps, from the event files Keras's TensorBoard callback wrote."""
+    import tensorflow as tf
+
+    points: dict[tuple[str, str], list[int]] = {}
+    for events in sorted(folder.rglob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(events)):
+            for value in event.summary.value:
+                points.setdefault((events.parent.name, value.tag), []).append(event.step)
+    return points
+
+
+def test_the_train_entry_holds_tensorboard_curves_a_point_per_epoch(trained):
+    store, ref = trained
+    points = _tensorboard_points(ArtifactStore(store).path(ref) / ModelRef.TENSORBOARD)
+    epochs = list(range(ref.epochs_run))
+    for split, tag in [("train", "epoch_loss"), ("train", "epoch_accuracy"), ("train", "epoch_learning_rate"),
+                       ("validation", "epoch_loss"), ("validation", "epoch_accuracy")]:
+        assert sorted(points[(split, tag)]) == epochs, (split, tag, points)
