@@ -1,6 +1,7 @@
 import importlib
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -11,6 +12,9 @@ from engine.caching import StageCache, project_modules, source_digest
 from flows.config import train_params
 from tasks.refs import PreparedRef
 from engine.store import ArtifactStore
+
+# What the stages see of Prefect's context in a task run: its name.
+_in_a_task_run = SimpleNamespace(task_run=SimpleNamespace(name="train_model-0a1"))
 
 DATA = PreparedRef(stage="preprocess", fingerprint="00000000f00df00d", train_count=1, validation_count=0, test_count=1, test_sha256="0" * 64)
 
@@ -333,7 +337,7 @@ def test_stage_makes_a_cached_prefect_task_of_a_plain_function(tmp_path, monkeyp
     upstream = _golden_entry(store)
     shown = []
     monkeypatch.setattr(prefect.artifacts, "create_progress_artifact", lambda **made: shown.append(made["key"]))
-    monkeypatch.setattr(caching.TaskRunContext, "get", lambda: object())  # as in a task run
+    monkeypatch.setattr(caching.TaskRunContext, "get", lambda: _in_a_task_run)  # as in a task run
     monkeypatch.setattr(caching, "get_run_logger", lambda: caching.log)
     ref = task.fn(store, upstream)  # the plain function, computing the entry
     assert ref.fingerprint == cache.fingerprint({"artifacts_dir": store, "raw": upstream, "scale": 2})
@@ -357,7 +361,7 @@ def test_progress_is_one_artifact_made_at_the_first_report_then_updated(monkeypa
     monkeypatch.setattr(prefect.artifacts, "update_progress_artifact", lambda **update: calls.append(("update", update)))
     outside = caching._progress_artifact("train")  # no task run: nobody to show it to
     assert outside(12.34) is None and calls == []
-    monkeypatch.setattr(caching.TaskRunContext, "get", lambda: object())
+    monkeypatch.setattr(caching.TaskRunContext, "get", lambda: _in_a_task_run)
     report = caching._progress_artifact("train")
     report(12.34)
     report(50.06)
@@ -490,7 +494,7 @@ def test_a_served_entry_that_its_bucket_lacks_is_uploaded(memory_bucket):
 
 def test_the_run_logger_is_prefects_inside_a_task_run(monkeypatch):
     assert caching.run_logger() is caching.log
-    monkeypatch.setattr(caching.TaskRunContext, "get", lambda: object())
+    monkeypatch.setattr(caching.TaskRunContext, "get", lambda: _in_a_task_run)
     monkeypatch.setattr(caching, "get_run_logger", lambda: "prefect's run logger")
     assert caching.run_logger() == "prefect's run logger"
 

@@ -170,9 +170,12 @@ def test_the_bar_is_the_best_promoted_on_the_same_test_data_the_record_itself_in
 
 def test_the_gates_reasons_word_for_word():
     assert gate.judge(0.98, threshold=0.97, bar=None).reason == "test accuracy 0.9800 reaches the threshold 0.9700"
-    held = gate.judge(0.99, threshold=0.97, bar=0.99)
-    assert held.reason == ("test accuracy 0.9900 reaches the threshold 0.9700 and holds against 0.9900, the best "
-                           "promoted on the same test data") and held.champion_accuracy == 0.99
+    beats = gate.judge(0.995, threshold=0.97, bar=0.99)
+    assert beats.reason == ("test accuracy 0.9950 reaches the threshold 0.9700 and beats 0.9900, the best "
+                            "promoted on the same test data") and beats.champion_accuracy == 0.99
+    tie = gate.judge(0.99, threshold=0.97, bar=0.99)
+    assert tie.reason == ("test accuracy 0.9900 ties with 0.9900, the best promoted on the same test data (within "
+                          "0.005), and does not beat it: the champion stays") and tie.champion_accuracy == 0.99
     alone = gate.judge(0.97, threshold=0.95, bar=None, other_data=True)
     assert alone.reason == ("test accuracy 0.9700 reaches the threshold 0.9500; the champion was measured on other "
                             "test data, so it was judged against the threshold alone")

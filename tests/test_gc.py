@@ -538,8 +538,8 @@ def test_the_store_lists_every_path_once_with_its_bytes_and_what_keeps_it(tmp_pa
     rows = _listing(store, keep_runs=1)
     assert sum(row["bytes"] for row in rows.values()) == _du(store)
     assert list(inventory.inventory(store).columns) == ["kind", "stage", "fingerprint", "bytes", "age_days",
-                                                        "last_run", "champion", "recent_run", "local_only",
-                                                        "flow_run_id", "path"]
+                                                        "last_run", "last_run_name", "champion", "recent_run",
+                                                        "local_only", "flow_run_id", "path"]
     kinds = {name: (row["kind"], row["stage"], row["fingerprint"]) for name, row in rows.items()}
     entries = {f"{stage}/{fingerprint}" for kind, stage, fingerprint in kinds.values() if kind == "entry"}
     assert entries == _entries(store) - {"train/NOTES.txt"} > _five(champion) | _five(newer) | _five(fashion)
