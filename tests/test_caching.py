@@ -503,6 +503,7 @@ def test_the_run_logger_is_prefects_inside_a_task_run(monkeypatch):
     ("train_model-4a1", "train-progress", "Share of the train stage done"),
     ("train_model[lr=0.006 batch=32 seed=0]", "train-progress-lr-0-006-batch-32-seed-0",
      "Share of the train stage done: lr=0.006 batch=32 seed=0"),
+    ("train_model[(lr=0.1, seed=7)]", "train-progress-lr-0-1-seed-7", "Share of the train stage done: (lr=0.1, seed=7)"),
 ])
 def test_a_progress_artifact_is_named_after_its_sweep_combination(monkeypatch, task_run_name, key, description):
     """A sweep's training task runs each show their own progress, told apart by their combination."""

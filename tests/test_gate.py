@@ -50,7 +50,7 @@ def test_only_a_better_model_replaces_the_champion_to_the_last_bit(bar):
 
 def test_the_champions_own_model_is_already_the_champion_whatever_its_score():
     result = gate.judge(0.98, threshold=0.97, bar=0.98, already=True)
-    assert result.passed and result.verdict == gate.ALREADY
+    assert result.passed and result.verdict == gate.ALREADY and result.champion_accuracy == 0.98
     assert result.reason == "this model is the champion already, at test accuracy 0.9800"
 
 
@@ -246,3 +246,13 @@ def test_a_champion_record_is_written_into_a_new_store_and_rewritten(tmp_path):
         champions.write_champion(str(tmp_path / "file"), "mnist", record)
     assert str(refused.value) == (f"cannot write the mnist champion record {tmp_path / 'file' / 'champions' / 'mnist.json'}"
                                   ": Not a directory")
+
+
+def test_a_promotion_never_lowers_the_best_kept_for_its_test_data(tmp_path):
+    """promote() keeps the best accuracy per test data whatever it is given: the gate's bar never falls."""
+    store = str(tmp_path)
+    with champions.champion_lock(FileLockManager(tmp_path / ".locks"), "mnist"):
+        gate.promote(store, "mnist", *_refs("a" * 16, 0.99), "run-1")
+        gate.promote(store, "mnist", *_refs("b" * 16, 0.97), "run-2")  # as a record from an older rule might
+    champion = champions.read_champion(store, "mnist")
+    assert (champion.model, champion.best) == ("b" * 16, {TEST_DATA: 0.99})

@@ -570,6 +570,9 @@ def test_the_store_lists_every_path_once_with_its_bytes_and_what_keeps_it(tmp_pa
     assert {rows[entry]["last_run"] for entry in _five(champion) - {champion["download"]}} == {champion["flow_run_id"]}
     assert {rows[entry]["last_run"] for entry in _five(newer)} == {newer["flow_run_id"]}
     assert rows["train/.work/0123456789abcdef"]["last_run"] == "" and not any(r["local_only"] for r in rows.values())
+    # ... by the name the UI shows (a line logged without one: its id's first 8 characters); none used it: empty.
+    assert rows["train/.work/0123456789abcdef"]["last_run_name"] == ""
+    assert {rows[entry]["last_run_name"] for entry in _five(newer)} == {newer["flow_run_id"][:8]}
     assert {name for name, row in rows.items() if row["flow_run_id"] == row["flow_run_id"] and row["flow_run_id"]} == {
         f"runs/{newer['flow_run_id']}", os.fsdecode(b"runs/r\xff")}
     # keep_runs: the last 5 of each dataset by default.
