@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from contextlib import ExitStack
@@ -273,9 +274,12 @@ def write_run_report(artifacts_dir: str, folder: Path, report: ReportRef, model:
               for stage, record in stages.items()]
     title, _, body = (entry / reports.REPORT_MD).read_text().partition("\n")
     summary = reports.render("summary.md.j2", gate=gate, metrics=metrics, model=model, params=params.model_dump())
+    # The best this run is compared with: every earlier run of the dataset on the same test data, not only those shown.
+    logged = [run for run in runlog.records(artifacts_dir) if run["dataset"] == dataset]
+    compared = [run.get("test_accuracy") for run in logged if run.get("test_data") == metrics.test_sha256[:12]]
     text = title + "\n" + summary + body + reports.render(
-        "run.md.j2", gate=gate, timing=timing, dataset=dataset, metrics=metrics,
-        earlier=_earlier_runs(artifacts_dir, dataset) or None)
+        "run.md.j2", gate=gate, timing=timing, dataset=dataset, metrics=metrics, compared=compared,
+        earlier=_earlier_runs(logged) or None)
     folder.mkdir(parents=True, exist_ok=True)
     # The report's images beside it, so both pages read them by name.
     for image in entry.glob("*.png"):
@@ -284,13 +288,16 @@ def write_run_report(artifacts_dir: str, folder: Path, report: ReportRef, model:
     write_atomically(folder / reports.REPORT_HTML, reports.to_html(text, folder))
 
 
-def _earlier_runs(artifacts_dir: str, dataset: str) -> list[dict[str, Any]]:
-    """The dataset's last runs in the run log, a row each, narrow enough for the page; reruns of one model with
+def _earlier_runs(logged: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The last of `logged` (a dataset's runs), a row each, narrow enough for the page; reruns of one model with
     the same result folded into one row, with their count and the last one's time."""
     rows: dict[tuple, dict[str, Any]] = {}
-    for run in (run for run in runlog.records(artifacts_dir) if run["dataset"] == dataset):
-        same = (run.get("entries", {}).get("train") or run.get("flow_run_id"), run.get("test_data"),
-                run.get("test_accuracy"))
+    for run in logged:
+        # Compared as JSON text: a value of any type (a list in a hand-edited line) folds, or not, without failing.
+        entries = run.get("entries")
+        model = entries.get("train") if isinstance(entries, dict) else None
+        same = tuple(json.dumps(value, sort_keys=True, default=str)
+                     for value in (model or run.get("flow_run_id"), run.get("test_data"), run.get("test_accuracy")))
         folded = rows.pop(same, {"runs": 0})
         rows[same] = {"finished": run.get("finished"), **{column: run.get(column) for column in EARLIER_COLUMNS},
                       "runs": folded["runs"] + 1}

@@ -344,7 +344,7 @@ def _when(finished: Any) -> str:
 
     try:
         return datetime.fromisoformat(finished).astimezone().strftime("%Y-%m-%d %H:%M")
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # not a time, or one local time cannot show (year 9999)
         return "-"
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -45,10 +47,19 @@ def main() -> None:
         cli.error(f"the package holds {len(images)} digits, fewer than --train + --test")
     order = np.random.default_rng(args.seed).permutation(len(images))
     train, test = order[:args.train], order[args.train:args.train + args.test]
-    args.out.mkdir(parents=True, exist_ok=True)
-    for split, rows in (("train", train), ("test", test)):
-        idx.write(args.out / f"{idx.FILES[f'{split}_images']}.gz", images[rows], gzipped=True)
-        idx.write(args.out / f"{idx.FILES[f'{split}_labels']}.gz", labels[rows], gzipped=True)
+    # Written beside it, then renamed into place: a folder cut short (a kill, a full disk) is never `make data`'s
+    # target, whose file it would hold.
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{args.out.name}-", dir=args.out.parent))
+    partial.chmod(0o755)  # as a folder mkdir makes, not mkdtemp's 0700
+    try:
+        for split, rows in (("train", train), ("test", test)):
+            idx.write(partial / f"{idx.FILES[f'{split}_images']}.gz", images[rows], gzipped=True)
+            idx.write(partial / f"{idx.FILES[f'{split}_labels']}.gz", labels[rows], gzipped=True)
+        shutil.rmtree(args.out, ignore_errors=True)
+        partial.rename(args.out)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
 
     from PIL import Image
 

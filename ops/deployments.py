@@ -54,9 +54,12 @@ def work_pool(name: str) -> None:
     from prefect.exceptions import ObjectNotFound
     from prefect.workers.process import ProcessWorker
 
+    from prefect.client.schemas.actions import WorkPoolUpdate
+
     with get_client(sync_client=True) as client:
         try:
-            client.read_work_pool(name)
+            if client.read_work_pool(name).is_paused:  # by `make stop`, so the worker took no queued run
+                client.update_work_pool(name, WorkPoolUpdate(is_paused=False))
         except ObjectNotFound:
             client.create_work_pool(WorkPoolCreate(name=name, type=ProcessWorker.type,
                                                    base_job_template=ProcessWorker.get_default_base_job_template()))
@@ -107,10 +110,19 @@ def _zombie_automation():
     )
 
 
-def cancel_in_flight(timeout_s: float = 15) -> int:
-    """Cancel the runs in flight (Cancelled in the UI, not Crashed); those the worker is slow to end, marked so."""
+def cancel_in_flight(pool: str, timeout_s: float = 15) -> int:
+    """Cancel the runs in flight (Cancelled in the UI, not Crashed); those the worker is slow to end, marked so.
+    The pool is paused first, so the worker takes no queued run while it stops; queued runs stay, named."""
+    from prefect.client.schemas.actions import WorkPoolUpdate
+
     with get_client(sync_client=True) as client:
+        client.update_work_pool(pool, WorkPoolUpdate(is_paused=True))
         of_ours = DeploymentFilter(id={"any_": [deployment.id for deployment in _deployments(client)]})
+        queued = client.read_flow_runs(flow_run_filter=FlowRunFilter(state={"type": {"any_": [StateType.SCHEDULED]}}),
+                                       deployment_filter=of_ours)
+        for run in queued:
+            if (run.state.state_details.scheduled_time or run.expected_start_time) <= _now():
+                print(f"kept queued: flow run {shown(run.name)} ({run.id}); the next make serve starts it", flush=True)
         runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(state={"type": {"any_": _IN_FLIGHT}}),
                                      deployment_filter=of_ours)
         for run in runs:
@@ -123,6 +135,12 @@ def cancel_in_flight(timeout_s: float = 15) -> int:
         for run in runs:
             client.set_flow_run_state(run.id, Cancelled(message="make stop"), force=True)
     return len(runs)
+
+
+def _now() -> Any:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc)
 
 
 def tidy() -> None:
@@ -193,10 +211,12 @@ def _hold_back(flow_run_id: Any, _: Any) -> str:
     with get_client(sync_client=True) as client:
         ours = DeploymentFilter(id={"any_": [deployment.id for deployment in _deployments(client)]})
         run = client.read_flow_run(flow_run_id)
-        if run.deployment_id not in ours.id.any_:
+        if run.deployment_id not in ours.id.any_ or run.state_type == StateType.SCHEDULED and run.state.name not in (
+                "Scheduled", "Late"):
             return ""
         due = client.read_flow_runs(deployment_filter=ours, flow_run_filter=FlowRunFilter(
-            state={"type": {"any_": [StateType.SCHEDULED]}, "name": {"any_": ["Scheduled", "Late"]}},
+            state={"type": {"any_": [StateType.SCHEDULED]},
+                   "name": {"any_": ["Scheduled", "Late", "AwaitingConcurrencySlot"]}},
             next_scheduled_start_time={"before_": now + timedelta(seconds=5)}))
         if run.state_type in (StateType.PENDING, StateType.RUNNING):
             holder = run

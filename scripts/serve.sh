@@ -129,7 +129,7 @@ stop() {
   local name pid port
   if alive server && alive worker && port=$(cat "$RUN_DIR/server.port" 2>/dev/null); then
     # Flow runs in flight end as Cancelled in the UI, not Crashed.
-    PREFECT_API_URL="http://127.0.0.1:$port/api" "$BIN/python" -m ops.deployments cancel \
+    PREFECT_API_URL="http://127.0.0.1:$port/api" "$BIN/python" -m ops.deployments cancel "$POOL" \
       || echo "could not cancel the flow runs in flight through the API; they will show as crashed" >&2
   fi
   for name in tidy worker reports server; do

@@ -22,6 +22,11 @@ _WORKING_SIZE = 1024
 _LEAST_CONTRAST = 24
 # Parts of the ink smaller than this share of its largest part are specks of dirt or noise, not strokes.
 _LEAST_PART = 0.05
+# A part that touches the image's edge and spans this share of its width or height is a table's edge, a shadow or
+# the page's border, not a stroke (unless there is nothing else).
+_EDGE_SPAN = 0.9
+# Fewer pixels than this on a side cannot hold a digit.
+_LEAST_SIDE = 8
 
 
 class NotAnImage(ValueError):
@@ -34,6 +39,8 @@ class ModelUnreadable(ValueError):
 
 def load_gray(path: Path) -> np.ndarray:
     """The image as grayscale in 0..255: EXIF orientation applied, transparency flattened, 16 bits scaled."""
+    if path.exists() and not path.is_file() and not path.is_dir():  # a FIFO would block the read for ever
+        raise NotAnImage(f"{path} is not a regular file")
     try:
         with warnings.catch_warnings():
             # Pillow warns of large images, or refuses them in words of its own: they are refused
@@ -41,19 +48,27 @@ def load_gray(path: Path) -> np.ndarray:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             pillows_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
             try:
-                opened = Image.open(path)
+                # PNG and JPEG only: Pillow's other decoders (TIFF's colour spaces and floats, EPS through
+                # Ghostscript) are more to trust than a photo of a digit needs.
+                opened = Image.open(path, formats=("PNG", "JPEG"))
             finally:
                 Image.MAX_IMAGE_PIXELS = pillows_limit
         with opened as image:
             if image.width * image.height > MAX_PIXELS:
                 raise NotAnImage(f"{path} has {image.width}x{image.height} pixels, more than the "
                                  f"{MAX_PIXELS:,} this command takes")
+            if min(image.width, image.height) < _LEAST_SIDE:
+                raise NotAnImage(f"{path} has {image.width}x{image.height} pixels, too few to hold a digit")
             image = ImageOps.exif_transpose(image)
             if image.mode in ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr"):
                 image.thumbnail((_WORKING_SIZE, _WORKING_SIZE))
-            return _gray(image)
+            gray = _gray(image)
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
         raise NotAnImage(f"{path} is not an image PNG or JPEG can be read from: {err}") from err
+    if max(gray.shape) > _WORKING_SIZE:  # 16-bit grey, which Pillow does not shrink: brought down here
+        size = _fit(gray.shape, _WORKING_SIZE)
+        gray = np.asarray(Image.fromarray(gray.astype(np.float32)).resize((size[1], size[0]), Image.BOX), dtype=np.float32)
+    return gray
 
 
 def _gray(image: Image.Image) -> np.ndarray:
@@ -94,6 +109,9 @@ def to_mnist(gray: np.ndarray, invert: Optional[bool] = None) -> np.ndarray:
         raise NotAnImage("is blank: no ink on its background (try --invert)")
     parts = measure.label(ink > filters.threshold_otsu(ink))
     sizes = np.bincount(parts.ravel())[1:]
+    edges = [part.label for part in measure.regionprops(parts) if _along_an_edge(part.bbox, parts.shape)]
+    if len(edges) < sizes.size:
+        sizes[np.asarray(edges, dtype=int) - 1] = 0
     kept = np.isin(parts, 1 + np.flatnonzero(sizes >= _LEAST_PART * sizes.max()))
     rows, cols = np.nonzero(kept)
     # Full strength where the strokes are solid, as MNIST's are; nothing outside the digit's parts.
@@ -111,6 +129,13 @@ def to_mnist(gray: np.ndarray, invert: Optional[bool] = None) -> np.ndarray:
     left = int(np.clip(round(_SIZE / 2 - centre_col), 0, _SIZE - ink.shape[1]))
     canvas[top: top + ink.shape[0], left: left + ink.shape[1]] = ink
     return canvas[..., np.newaxis]
+
+
+def _along_an_edge(box: tuple[int, int, int, int], shape: tuple[int, ...]) -> bool:
+    """Whether a part with this bounding box touches the image's edge and spans most of its width or height."""
+    top, left, bottom, right = box
+    touches = top == 0 or left == 0 or bottom == shape[0] or right == shape[1]
+    return touches and (bottom - top >= _EDGE_SPAN * shape[0] or right - left >= _EDGE_SPAN * shape[1])
 
 
 def _paper(lit: np.ndarray) -> np.ndarray:
@@ -163,16 +188,21 @@ def load_model(model_path: Path):
     """The Keras model at `model_path`; safe_mode refuses one that would run code of its own."""
     from tasks.runtime import tensorflow
 
+    if not model_path.is_file():  # before TensorFlow's import: a mistyped path is said at once
+        raise ModelUnreadable(f"no model file at {model_path}")
     tensorflow()
     import keras
 
-    if not model_path.is_file():
-        raise ModelUnreadable(f"no model file at {model_path}")
     try:
-        return keras.models.load_model(model_path, safe_mode=True)
+        model = keras.models.load_model(model_path, safe_mode=True)
     except Exception as err:  # Keras raises ValueError, OSError, zipfile errors ... for files it will not load
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ModelUnreadable(f"cannot load the model {model_path}: {reason}") from err
+    inputs, outputs = tuple(getattr(model, "input_shape", ()) or ())[1:], tuple(getattr(model, "output_shape", ()) or ())
+    if inputs != (28, 28, 1) or outputs[-1:] != (10,):
+        raise ModelUnreadable(f"the model {model_path} takes {inputs} and gives {outputs[1:]}, not 28x28x1 images "
+                              "and 10 classes")
+    return model
 
 
 def classify(model, images: np.ndarray) -> np.ndarray:

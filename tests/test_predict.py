@@ -224,3 +224,34 @@ def test_invert_overrides_what_the_border_suggests(model_path, tmp_path, capsys)
     assert seen("--invert", "no") != seen()
     assert np.array_equal(predict.prepare(dark_on_light, invert=True), predict.prepare(dark_on_light))
     assert not np.array_equal(predict.prepare(dark_on_light, invert=False), predict.prepare(dark_on_light))
+
+
+def test_a_fifo_a_tiff_and_a_tiny_image_are_refused_in_one_line(model_path, tmp_path, capsys):
+    import os
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)  # reading it would wait for a writer for ever
+    tiff = tmp_path / "lab.tiff"
+    Image.fromarray(np.zeros((64, 64), dtype=np.uint8)).save(tiff)
+    tiny = tmp_path / "tiny.png"
+    Image.fromarray(np.eye(3, dtype=np.uint8) * 255).save(tiny)
+    for path, words in ((fifo, "is not a regular file"), (tiff, "is not an image PNG or JPEG can be read from"),
+                        (tiny, "has 3x3 pixels, too few to hold a digit")):
+        assert cli.main(["predict", str(path), "--model", str(model_path)]) == cli.EXIT_INVALID
+        assert f"{path} {words}" in _one_line(capsys)
+
+
+def test_a_model_of_another_shape_is_refused_in_one_line(tmp_path, capsys):
+    import keras
+
+    other = keras.Sequential([keras.Input(shape=(32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(3)])
+    other.save(tmp_path / "other.keras")
+    assert cli.main(["predict", str(_digit(tmp_path)), "--model", str(tmp_path / "other.keras")]) == cli.EXIT_INVALID
+    assert "takes (32, 32, 3) and gives (3,), not 28x28x1 images and 10 classes" in _one_line(capsys)
+
+
+def test_a_large_sixteen_bit_image_is_brought_down_before_its_paper_is_estimated(tmp_path):
+    gray = np.asarray(Image.fromarray(glyph(5, 64, np.random.default_rng(5))).resize((3000, 3000)))
+    Image.fromarray(gray.astype(np.uint16) * 257).save(tmp_path / "deep.png")
+    loaded = predict.load_gray(tmp_path / "deep.png")
+    assert loaded.shape == (1024, 1024) and 0 <= loaded.min() and loaded.max() <= 255.5

@@ -100,10 +100,10 @@ def test_the_run_part_names_the_best_earlier_score_of_those_recorded(scores, bes
 
     earlier = [{"finished": f"2026-11-0{i + 1}", "test_accuracy": score, "runs": 1} for i, score in enumerate(scores)]
     refused = GateResult(passed=False, champion_accuracy=None, reason="r", verdict="not promoted")
-    text = report.render("run.md.j2", gate=refused,
+    text = report.render("run.md.j2", gate=refused, compared=scores,
                          timing=[{"stage": "train", "state": "Cached", "seconds": 0.5, "attempts": 1}],
                          dataset="mnist", metrics=SimpleNamespace(test_accuracy=0.9), earlier=earlier)
-    assert f"the best of the {len(scores)} runs before it: {best}." in text
+    assert f"the best of the {len(scores)} runs before it on the same test data: {best}." in text
     assert "| train   | Cached  | 0.50 s    |          1 |" in text
 
 
@@ -240,7 +240,7 @@ def test_the_ui_artifacts_show_stored_values_as_text(refs, tmp_path, monkeypatch
         return GateResult(passed=False, champion_accuracy=None, reason=reason, verdict="not promoted")
 
     (folder / report.REPORT_MD).write_text(report.render(
-        "run.md.j2", gate=refused(LINK), timing=[],
+        "run.md.j2", gate=refused(LINK), timing=[], compared=[0.5],
         dataset="mnist", metrics=refs["metrics"], earlier=[{"finished": ROW, "test_accuracy": 0.5, "runs": 1}]))
     runner.publish_report.fn(refs["store"], folder, refs["metrics"], "mnist", refused(f"{LINK} {ROW}"))
     page = _Page(python_markdown.markdown(made["markdown"]["markdown"], extensions=["tables"]))
@@ -257,10 +257,14 @@ def test_the_run_report_opens_with_a_summary_and_folds_reruns_of_one_model(refs,
 
     store = str(tmp_path / "store")
     shutil.copytree(refs["store"], store)
+    test_data = refs["metrics"].test_sha256[:12]
     logged = [{"flow_run_id": f"run-{n}", "dataset": "mnist", "finished": f"2026-12-0{n + 1}T00:00:00+00:00",
-               "test_data": "abc", "epochs": 3, "test_accuracy": accuracy, "gate_passed": True,
+               "test_data": test_data, "epochs": 3, "test_accuracy": accuracy, "gate_passed": True,
                "entries": {"train": f"train/{fingerprint * 16}"}}
               for n, (fingerprint, accuracy) in enumerate([("a", 0.91), ("b", 0.93), ("a", 0.91), ("a", 0.91)])]
+    # Measured on other test data: shown, but not what this run is compared with.
+    logged.insert(0, {"flow_run_id": "other", "dataset": "mnist", "finished": "2026-11-30T00:00:00+00:00",
+                      "test_data": "0123456789ab", "test_accuracy": 0.99})
     (Path(store) / "runs.jsonl").write_text("".join(json.dumps(line) + "\n" for line in logged))
     folder = Path(store) / "runs" / "this-run"
     runner.write_run_report(store, folder, refs["report"], refs["model"], refs["metrics"], PARAMS, "mnist",
@@ -280,10 +284,30 @@ def test_the_run_report_opens_with_a_summary_and_folds_reruns_of_one_model(refs,
     assert markdown.index("## Provenance") > markdown.index("## Misclassified examples")
     assert markdown.index("SHA-256 of the decoded arrays") > markdown.index("## Provenance")
     # Three reruns of one model with one result are one row, counted; the newest last.
-    assert "the best of the 4 runs before it: 0.9300." in markdown
+    assert "the best of the 4 runs before it on the same test data: 0.9300." in markdown
     page = _Page((folder / report.REPORT_HTML).read_text())
     earlier = page.tables[-1]
-    assert len(earlier) == 3  # its header and two rows
+    assert len(earlier) == 4  # its header and three rows
     rows = markdown.split("## Earlier runs")[1].strip().splitlines()[-2:]
     assert rows[0].split("|")[1].strip() == "2026-12-02T00:00:00+00:00" and rows[0].rstrip("| ").endswith("1")
     assert rows[1].split("|")[1].strip() == "2026-12-04T00:00:00+00:00" and rows[1].rstrip("| ").endswith("3")
+
+
+def test_a_run_log_line_of_odd_types_folds_without_failing_the_run(refs, tmp_path):
+    """A hand-edited line whose values are lists or objects is shown as text; the run's report is still written."""
+    import shutil
+
+    from flows.gate import GateResult
+    from tests.stages import PARAMS
+
+    store = str(tmp_path / "store")
+    shutil.copytree(refs["store"], store)
+    odd = {"flow_run_id": "u", "dataset": "mnist", "test_data": ["a", 1], "learning_rate": {"x": 1}}
+    (Path(store) / "runs.jsonl").write_text(json.dumps(odd) + "\n" + json.dumps(odd) + "\n")
+    folder = Path(store) / "runs" / "this-run"
+    runner.write_run_report(store, folder, refs["report"], refs["model"], refs["metrics"], PARAMS, "mnist",
+                            GateResult(passed=True, champion_accuracy=None, reason="r", verdict="promoted to champion"),
+                            {})
+    markdown = (folder / report.REPORT_MD).read_text()
+    assert "the best of the 0 runs before it on the same test data: none recorded." in markdown
+    assert markdown.split("## Earlier runs")[1].strip().splitlines()[-1].rstrip("| ").endswith("2")

@@ -35,14 +35,22 @@ def test_stop_ends_a_flow_run_in_progress_as_cancelled(tmp_path, mirror):
         worker = int((server["home"] / "run" / "worker.pid").read_text())
         flow_runs = [pid for pid in serving.children(worker) if serving.running(pid)]
         assert flow_runs
+        # Another run, queued behind it: it waits, named so, and stays queued through `make stop`.
+        queued = api.post(f"/deployments/{serving.deployment(api, 'on-demand')['id']}/create_flow_run",
+                          json={"parameters": serving.tiny(mirror, tmp_path / "artifacts")}).json()
+        assert serving.eventually(lambda: api.get(f"/flow_runs/{queued['id']}").json()["state"]["name"]
+                                  == "AwaitingConcurrencySlot", timeout=30)
         stopped = serving.serve_command("stop", server["env"])
         assert stopped.returncode == 0, stopped.stderr
         assert not [pid for pid in flow_runs if serving.running(pid)]
-        # It names the run it cancelled, as the UI does.
+        # It names the run it cancelled, as the UI does, and the one it kept queued; the worker took none.
         assert f"cancelled flow run {run['name']} ({run['id']})" in stopped.stdout
+        assert f"kept queued: flow run {queued['name']} ({queued['id']})" in stopped.stdout
     # What the UI shows after the next `make serve`.
     with serving.started(home) as server, serving.PatientClient(base_url=f"{server['url']}/api", timeout=30) as api:
         assert api.get(f"/flow_runs/{run['id']}").json()["state"]["type"] == "CANCELLED"
+        # ... and the queued run, left queued, is taken by the new worker.
+        assert serving.wait(api, queued["id"], timeout=240)["state"]["type"] == "COMPLETED"
 
 
 def test_basic_auth_guards_the_server_and_serve_uses_it(tmp_path):
