@@ -41,14 +41,16 @@ def judge(accuracy: float, threshold: float, bar: Optional[float], other_data: b
                           reason=f"this model is the champion already, at test accuracy {accuracy:.4f}")
     if accuracy < threshold:
         return refused(f"test accuracy {accuracy:.4f} is under the threshold {threshold:.4f}")
-    if bar is not None and accuracy <= bar:
+    # Equal to the best on its test data takes the title back from a champion measured on other test data.
+    if bar is not None and (accuracy < bar or accuracy == bar and not other_data):
         if accuracy >= bar - TOLERANCE:
             return refused(f"test accuracy {accuracy:.4f} ties with {bar:.4f}, the best promoted on the same test "
                            f"data (within {TOLERANCE}), and does not beat it: the champion stays")
         return refused(f"test accuracy {accuracy:.4f} is more than {TOLERANCE} under {bar:.4f}, "
                        "the best promoted on the same test data")
     if bar is not None:
-        against = f" and beats {bar:.4f}, the best promoted on the same test data"
+        against = (f" and {'beats' if accuracy > bar else 'equals'} {bar:.4f}, the best promoted on the same test data"
+                   + ("; the champion was measured on other test data" if other_data else ""))
     elif other_data:
         against = "; the champion was measured on other test data, so it was judged against the threshold alone"
     else:

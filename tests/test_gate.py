@@ -256,3 +256,18 @@ def test_a_promotion_never_lowers_the_best_kept_for_its_test_data(tmp_path):
         gate.promote(store, "mnist", *_refs("b" * 16, 0.97), "run-2")  # as a record from an older rule might
     champion = champions.read_champion(store, "mnist")
     assert (champion.model, champion.best) == ("b" * 16, {TEST_DATA: 0.99})
+
+
+def test_the_best_on_its_test_data_takes_the_title_back_from_a_champion_measured_on_other_data(tmp_path):
+    """A weak model measured on a few test images becomes champion (other data: the threshold alone); the model
+    that was best on the full test data, run again, equals its own bar there and takes the title back."""
+    store = str(tmp_path)
+    full, few = "f" * 64, "s" * 64
+    assert _decide(store, "a" * 16, 0.9850, "run-1", test_data=full).verdict == gate.PROMOTED
+    assert _decide(store, "b" * 16, 0.975, "run-2", test_data=few).verdict == gate.PROMOTED
+    back = _decide(store, "a" * 16, 0.9850, "run-3", test_data=full)
+    assert back.verdict == gate.PROMOTED and back.reason.endswith(
+        "and equals 0.9850, the best promoted on the same test data; the champion was measured on other test data")
+    assert champions.read_champion(store, "mnist").model == "a" * 16
+    # On the same test data, equal is still a tie.
+    assert _decide(store, "c" * 16, 0.9850, "run-4", test_data=full).verdict == gate.NOT_PROMOTED
