@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from prefect import get_client
@@ -121,7 +122,7 @@ def cancel_in_flight(pool: str, timeout_s: float = 15) -> int:
         queued = client.read_flow_runs(flow_run_filter=FlowRunFilter(state={"type": {"any_": [StateType.SCHEDULED]}}),
                                        deployment_filter=of_ours)
         for run in queued:
-            if (run.state.state_details.scheduled_time or run.expected_start_time) <= _now():
+            if (run.state.state_details.scheduled_time or run.expected_start_time) <= datetime.now(timezone.utc):
                 print(f"kept queued: flow run {shown(run.name)} ({run.id}); the next make serve starts it", flush=True)
         runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(state={"type": {"any_": _IN_FLIGHT}}),
                                      deployment_filter=of_ours)
@@ -135,12 +136,6 @@ def cancel_in_flight(pool: str, timeout_s: float = 15) -> int:
         for run in runs:
             client.set_flow_run_state(run.id, Cancelled(message="make stop"), force=True)
     return len(runs)
-
-
-def _now() -> Any:
-    from datetime import datetime, timezone
-
-    return datetime.now(timezone.utc)
 
 
 def tidy() -> None:
@@ -157,7 +152,6 @@ def tidy() -> None:
 
 
 async def _tidy() -> None:
-    from datetime import datetime, timedelta, timezone
     from uuid import UUID
 
     import anyio
@@ -203,8 +197,6 @@ def _hold_back(flow_run_id: Any, _: Any) -> str:
     """A run of ours due while the worker runs another waits for the worker's one slot: AwaitingConcurrencySlot,
     which the worker takes when free (and Prefect never marks Late). Judged as a run is created or goes Late,
     and for every run due, as one starts."""
-    from datetime import datetime, timedelta, timezone
-
     from prefect.states import Scheduled
 
     now = datetime.now(timezone.utc)

@@ -198,9 +198,9 @@ def load_model(model_path: Path):
     except Exception as err:  # Keras raises ValueError, OSError, zipfile errors ... for files it will not load
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ModelUnreadable(f"cannot load the model {model_path}: {reason}") from err
-    inputs, outputs = tuple(getattr(model, "input_shape", ()) or ())[1:], tuple(getattr(model, "output_shape", ()) or ())
-    if inputs != (28, 28, 1) or outputs[-1:] != (10,):
-        raise ModelUnreadable(f"the model {model_path} takes {inputs} and gives {outputs[1:]}, not 28x28x1 images "
+    inputs, outputs = (tuple(getattr(model, shape, None) or ())[1:] for shape in ("input_shape", "output_shape"))
+    if (inputs, outputs) != ((28, 28, 1), (10,)):
+        raise ModelUnreadable(f"the model {model_path} takes {inputs} and gives {outputs}, not 28x28x1 images "
                               "and 10 classes")
     return model
 
